@@ -1,0 +1,34 @@
+# gradlab: `make test` and `make reproduce` work on a fresh clone (they create .venv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JOBS ?= 2
+
+.PHONY: install test reproduce lint bench clean
+
+# torch first, pinned: on these machines that is the CPU wheel on disk. The package's own
+# range then admits it, so `pip install -e` installs nothing heavier.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+reproduce: $(STAMP)
+	$(BIN)/gradlab compare configs/ --check --jobs $(JOBS) --out runs
+
+lint: $(STAMP)
+	$(BIN)/ruff check gradlab tests benchmarks
+	$(BIN)/mypy gradlab
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs/*/ .pytest_cache

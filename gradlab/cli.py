@@ -1,0 +1,141 @@
+"""The `gradlab` command line: parse, call one library function, print.
+
+Heavy modules (torch, the trainer) are imported inside the commands that need them, so
+`gradlab validate` and `gradlab --help` stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from gradlab.config import ConfigError, load_config
+
+app = typer.Typer(
+    help="gradlab: a laboratory for vanishing and exploding gradients in deep networks.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records go under.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(message, style="red", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def _overrides(sets: list[str] | None, steps: int | None, seed: int | None,
+               device: str | None) -> list[str]:
+    items = list(sets or [])
+    if steps is not None:
+        items += [f"train.steps={steps}", "train.epochs=null"]
+    if seed is not None:
+        items.append(f"seed={seed}")
+    if device is not None:
+        items.append(f"device={device}")
+    return items
+
+
+class Progress:
+    """Turns the trainer's step events into a live progress bar on stderr."""
+
+    def __init__(self, name: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]}  |g| {task.fields[grad]}"),
+                       TimeRemainingColumn(), console=err_console, transient=True)
+        self.task = self.bar.add_task(name, total=None, loss="–", grad="–")
+
+    def __enter__(self) -> Progress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
+        if step % 5 == 0 or step == total - 1:
+            self.bar.update(self.task, total=total, completed=step + 1, loss=f"{loss:.4g}",
+                            grad=f"{grad_norm:.3g}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="The YAML file describing the variant.",
+                                           dir_okay=False)],
+    device: Annotated[Optional[str], typer.Option(
+        help="auto, cpu or cuda (overrides the config's device).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (overrides the config).")] = None,
+    out: OutOpt = Path("runs"),
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the report.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    all_layers: Annotated[bool, typer.Option("--all-layers", help="Show every layer in the table.")] = False,
+) -> None:
+    """Train one variant, probe every layer, write a run record and report it."""
+    try:
+        cfg = load_config(config, _overrides(set_, steps, seed, device))
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    from gradlab.record import read_record
+    from gradlab.report import run_report
+    from gradlab.runner import run_config
+
+    show_bar = not quiet and not as_json and err_console.is_terminal
+    try:
+        if show_bar:
+            with Progress(cfg.name) as bar:
+                outcome = run_config(cfg, out, (bar,))
+        else:
+            outcome = run_config(cfg, out)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except RuntimeError as e:  # e.g. cuda asked for and absent
+        raise _fail(f"{config}: {e}") from None
+    if as_json:
+        sys.stdout.write(json.dumps(json.loads((outcome.path / "summary.json").read_text()),
+                                    indent=2) + "\n")
+    else:
+        out_console.print(run_report(read_record(outcome.path), all_layers))
+    if outcome.summary["status"] == "interrupted":
+        raise typer.Exit(130)
+    if outcome.summary["status"] == "failed":
+        err_console.print(f"run failed: {outcome.summary['error']} (record: {outcome.path})",
+                          style="red", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    configs: Annotated[list[Path], typer.Argument(help="YAML files (or directories of them) to check.")],
+    set_: SetOpt = None,
+) -> None:
+    """Check configs without training: every problem, with its key path."""
+    from gradlab.compare import config_paths
+
+    problems = 0
+    for path in config_paths(configs):
+        try:
+            load_config(path, set_ or [])
+            out_console.print(f"{path}: ok", markup=False, highlight=False)
+        except ConfigError as e:
+            problems += 1
+            err_console.print(str(e), style="red", markup=False, highlight=False)
+    if problems:
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,126 @@
+"""Model builders and the ordered list of probed layers.
+
+`build_model(cfg.model, n_in, n_out)` returns the network and its `ProbedLayer`s, input
+side first. Builders are plain functions (`mlp(...)`) with explicit arguments; the YAML
+only fills them in. Activations are one table keyed by the names the config allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from gradlab.config import ModelConfig
+from gradlab.init import init_bias, init_weight
+
+ACTIVATIONS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "sigmoid": lambda m: nn.Sigmoid(),
+    "tanh": lambda m: nn.Tanh(),
+    "relu": lambda m: nn.ReLU(),
+    "leaky_relu": lambda m: nn.LeakyReLU(m.negative_slope),
+    "prelu": lambda m: nn.PReLU(init=m.prelu_init),
+    "elu": lambda m: nn.ELU(m.elu_alpha),
+    "selu": lambda m: nn.SELU(),
+    "gelu": lambda m: nn.GELU(),
+    "identity": lambda m: nn.Identity(),
+}
+
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "none": lambda width: nn.Identity(),
+    "batch": lambda width: nn.BatchNorm1d(width),
+    "layer": lambda width: nn.LayerNorm(width),
+}
+
+
+@dataclass(frozen=True)
+class ProbedLayer:
+    """One weight matrix the probe watches, in input-to-output order."""
+
+    name: str
+    weight: nn.Parameter
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape)
+
+
+class MLP(nn.Module):
+    """Linear → norm → activation, `depth` times, then a linear head.
+
+    With residual blocks, the hidden layers after the first are grouped `block` at a
+    time and each group's input is added before its last activation:
+    h ← act(h + norm(W₂ act(norm(W₁ h)))), the two-layer block of He et al. (2016).
+    """
+
+    def __init__(self, n_in: int, n_out: int, depth: int, width: int,
+                 make_act: Callable[[], nn.Module], make_norm: Callable[[int], nn.Module],
+                 residual_block: int = 0):
+        super().__init__()
+        self.linears = nn.ModuleList(
+            nn.Linear(n_in if i == 0 else width, width) for i in range(depth))
+        self.norms = nn.ModuleList(make_norm(width) for _ in range(depth))
+        self.acts = nn.ModuleList(make_act() for _ in range(depth))
+        self.head = nn.Linear(width, n_out)
+        self.block_starts: set[int] = set()
+        self.block_ends: set[int] = set()
+        if residual_block:
+            for start in range(1, depth - residual_block + 1, residual_block):
+                self.block_starts.add(start)
+                self.block_ends.add(start + residual_block - 1)
+        self.capture = False  # when set, forward keeps each hidden layer's output
+        self.captured: list[torch.Tensor] = []
+
+    def hidden(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """The output of hidden layer `upto` (1-based; all of them by default)."""
+        h, skip = x, x
+        kept = []
+        for i, (linear, norm, act) in enumerate(zip(self.linears, self.norms, self.acts)):
+            if i == upto:
+                break
+            if i in self.block_starts:
+                skip = h
+            z = norm(linear(h))
+            if i in self.block_ends:
+                z = z + skip
+            h = act(z)
+            if self.capture:
+                kept.append(h)
+        if self.capture:
+            self.captured = kept
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, features) → (batch, out)
+        return self.head(self.hidden(x))
+
+
+def mlp(n_in: int, n_out: int, depth: int, width: int, activation: str = "relu",
+        norm: str = "none", residual: bool = False, cfg: ModelConfig | None = None) -> MLP:
+    """Build an MLP; `cfg` supplies the activation's own settings (slope, alpha)."""
+    cfg = cfg or ModelConfig(depth=depth, width=width, activation=activation)  # type: ignore[arg-type]
+    block = cfg.residual_block if residual else 0
+    return MLP(n_in, n_out, depth, width, lambda: ACTIVATIONS[activation](cfg),
+               NORMS[norm], block)
+
+
+def build_model(cfg: ModelConfig, n_in: int, n_out: int) -> tuple[nn.Module, list[ProbedLayer]]:
+    """The network a config describes, initialised, with its probed layers in order."""
+    if cfg.kind != "mlp":
+        from gradlab.sequences import build_recurrent
+
+        return build_recurrent(cfg, n_in, n_out)
+    model = mlp(n_in, n_out, cfg.depth, cfg.width, cfg.activation, cfg.norm, cfg.residual, cfg)
+    linears = [*model.linears, model.head]
+    for linear in linears:
+        init_weight(linear.weight, cfg.init, cfg.activation, _slope(cfg))
+        init_bias(linear.bias, cfg.bias_init)
+    names = [f"fc{i + 1}" for i in range(cfg.depth)] + ["head"]
+    return model, [ProbedLayer(n, lin.weight) for n, lin in zip(names, linears)]
+
+
+def _slope(cfg: ModelConfig) -> float:
+    if cfg.activation == "leaky_relu":
+        return cfg.negative_slope
+    return cfg.prelu_init if cfg.activation == "prelu" else 0.0
