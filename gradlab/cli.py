@@ -7,9 +7,10 @@ Heavy modules (torch, the trainer) are imported inside the commands that need th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,10 +21,12 @@ app = typer.Typer(
     help="gradlab: a laboratory for vanishing and exploding gradients in deep networks.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-out_console = Console()
+# Piped output (CI, files) gets 100 columns rather than rich's 80, so tables stay whole.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 100
+out_console = Console(width=_WIDTH)
 err_console = Console(stderr=True)
 
-SetOpt = Annotated[Optional[list[str]], typer.Option(
+SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records go under.")]
 
@@ -74,10 +77,10 @@ class Progress:
 def run(
     config: Annotated[Path, typer.Argument(help="The YAML file describing the variant.",
                                            dir_okay=False)],
-    device: Annotated[Optional[str], typer.Option(
+    device: Annotated[str | None, typer.Option(
         help="auto, cpu or cuda (overrides the config's device).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (overrides the config).")] = None,
     out: OutOpt = Path("runs"),
     set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the report.")] = False,
@@ -114,6 +117,74 @@ def run(
     if outcome.summary["status"] == "failed":
         err_console.print(f"run failed: {outcome.summary['error']} (record: {outcome.path})",
                           style="red", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Config files, or directories whose *.yaml files are all run.")],
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Parallel processes (default: the number of cores).")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Check each config's expect: block; exit 1 if any claim fails.")] = False,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse", help="Skip a config whose identical resolved config already has a "
+                        "completed run under --out.")] = False,
+    out: OutOpt = Path("runs"),
+    set_: SetOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps for every variant.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for every variant.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda for every variant.")] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no figures.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run many variants in parallel and set them side by side."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from gradlab import compare as comparing
+
+    config_files = comparing.config_paths(paths)
+    missing = [p for p in paths if not p.exists()]
+    if missing or not config_files:
+        raise _fail(f"{missing[0] if missing else paths[0]}: no such config file or directory"
+                    if missing else "no *.yaml configs found in " + ", ".join(map(str, paths)))
+    bar = Progress("compare", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err_console, transient=True, disable=quiet)
+    task = bar.add_task("compare", total=len(config_files))
+
+    def done(v: comparing.Variant) -> None:
+        mark = {"completed": "✓", "diverged": "✗"}.get(v.status, "!")
+        secs = ((v.record.summary or {}).get("seconds") if v.record else None)
+        took = f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
+        reused = " (reused)" if v.reused else ""
+        if not quiet:
+            err_console.print(f"{mark} {v.name}: {v.status}{reused}{took}", highlight=False,
+                              markup=False)
+        bar.advance(task)
+
+    with bar:
+        variants = comparing.compare(config_files, out, jobs, _overrides(set_, steps, seed, device),
+                                     reuse, not no_plots, done)
+    rows = comparing.comparison_rows(variants)
+    record_dir = comparing.write_comparison(rows, out)
+    out_console.print(comparing.comparison_table(rows))
+    out_console.print(f"compare record: {record_dir}", style="dim", highlight=False)
+    invalid = [v for v in variants if v.status == "invalid"]
+    for v in invalid:
+        err_console.print(v.error, style="red", markup=False, highlight=False)
+    broken = [(v, e) for v in variants for e in v.expectations if not e.ok] if check else []
+    if check:
+        if broken:
+            out_console.print(f"{len(broken)} expectation(s) failed:", style="bold red")
+            for v, e in broken:
+                out_console.print(f"  {v.name}: {e.describe()}", markup=False, highlight=False)
+        else:
+            held = sum(len(v.expectations) for v in variants)
+            out_console.print(f"all {held} expectations held", style="green")
+    if invalid:
+        raise typer.Exit(2)
+    if broken:
         raise typer.Exit(1)
 
 

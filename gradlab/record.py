@@ -30,17 +30,24 @@ TIME_COLUMNS = ("step", "phase", "t", "grad_norm")
 
 def new_run_dir(out: Path, name: str) -> Path:
     """Create and return a fresh run directory; concurrent writers never share one."""
-    parent = Path(out) / name
+    return unique_dir(Path(out) / name, utc_stamp())
+
+
+def utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def unique_dir(parent: Path, stem: str) -> Path:
+    """Create `parent/stem`, or `stem-1`, `stem-2`, ... if taken, and return it."""
     parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for n in range(10_000):
-        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        path = parent / (stem if n == 0 else f"{stem}-{n}")
         try:
             path.mkdir()  # atomic: exactly one process creates a given directory
             return path
         except FileExistsError:
             continue
-    raise RuntimeError(f"could not create a run directory under {parent}")
+    raise RuntimeError(f"could not create a directory {stem} under {parent}")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -101,7 +108,7 @@ class RunWriter:
         self._metrics.writerow(_csv_row(metrics))
         for row in rows:
             self._layers.writerow(_csv_row({**row, "phase": self.phase}))
-        if rows and self.phase == "train":
+        if rows and not self.phase.startswith("pretrain"):  # first/last rows of training
             if not self.first_layers:
                 self.first_layers = rows
             self.last_layers = rows
