@@ -32,7 +32,7 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records 
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(message, style="red", markup=False, highlight=False)
+    err_console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -172,7 +172,7 @@ def compare(
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False)
     invalid = [v for v in variants if v.status == "invalid"]
     for v in invalid:
-        err_console.print(v.error, style="red", markup=False, highlight=False)
+        err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
     broken = [(v, e) for v in variants for e in v.expectations if not e.ok] if check else []
     if check:
         if broken:
@@ -203,7 +203,7 @@ def validate(
             out_console.print(f"{path}: ok", markup=False, highlight=False)
         except ConfigError as e:
             problems += 1
-            err_console.print(str(e), style="red", markup=False, highlight=False)
+            err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
 
