@@ -107,6 +107,8 @@ def run(
         raise _fail(str(e)) from None
     except RuntimeError as e:  # e.g. cuda asked for and absent
         raise _fail(f"{config}: {e}") from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted before training started; no record was completed", 130) from None
     if as_json:
         sys.stdout.write(json.dumps(json.loads((outcome.path / "summary.json").read_text()),
                                     indent=2) + "\n")
@@ -182,6 +184,10 @@ def compare(
         else:
             held = sum(len(v.expectations) for v in variants)
             out_console.print(f"all {held} expectations held", style="green")
+    if any(v.interrupted for v in variants):
+        err_console.print("interrupted: the comparison covers the variants that finished",
+                          style="yellow")
+        raise typer.Exit(130)
     if invalid:
         raise typer.Exit(2)
     if broken:

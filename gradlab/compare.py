@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from gradlab.expect import Expectation, check
 from gradlab.record import Record, is_run_dir, read_record, unique_dir, utc_stamp, write_atomic
 from gradlab.report import num
 
+NOT_STARTED = "not started: the comparison was interrupted"
 COLUMNS = ("variant", "status", "steps", "final_loss", "test_metric", "grad_ratio_init",
            "grad_ratio_final", "weakest_grad", "verdict", "steps_per_second", "expect", "reused",
            "problems", "run_dir", "config")
@@ -54,6 +56,7 @@ class Variant:
     reused: bool = False
     record: Record | None = None
     expectations: list[Expectation] = field(default_factory=list)
+    interrupted: bool = False  # the comparison this variant belongs to was stopped by Ctrl-C
 
     @property
     def name(self) -> str:
@@ -64,7 +67,7 @@ class Variant:
         if self.config is None:
             return "invalid"
         if self.record is None:
-            return "failed"
+            return "not run" if self.error == NOT_STARTED else "failed"
         return self.record.status
 
     @property
@@ -89,21 +92,44 @@ def find_reusable(out: Path, cfg: Config) -> Path | None:
     return None
 
 
+_busy = False  # in a worker: whether it is running a variant right now
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    """In a worker, the parent's stop request interrupts a running variant (only once)."""
+    global _busy
+    if _busy:
+        _busy = False
+        raise KeyboardInterrupt
+
+
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group; only the parent acts on it, then asks each
+    # worker with SIGTERM, so a record is never interrupted twice mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_terminate)
+
+
 def _worker(path: str, overrides: list[str], out: str, threads: int,
             plots: bool) -> tuple[str | None, str | None]:
     """Run one config in a worker process: (run directory, error text)."""
+    global _busy
+    _busy = True
     try:
         from gradlab.runner import run_config
 
         cfg = load_config(path, overrides)
         outcome = run_config(cfg, Path(out), threads=threads)
+        _busy = False
         if plots:
             _plot(outcome.path)
         return str(outcome.path), None
     except KeyboardInterrupt:
-        return None, "interrupted"
+        return None, "interrupted before training started"
     except Exception as e:  # one variant's failure never stops the others
         return None, f"{type(e).__name__}: {e}"
+    finally:
+        _busy = False
 
 
 def _plot(run_dir: Path) -> None:
@@ -138,26 +164,65 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(todo) or 1))
     threads = max(1, cores // jobs)
-    if todo:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures: dict[Future[tuple[str | None, str | None]], Variant] = {
-                pool.submit(_worker, str(v.path), overrides, str(out), threads, plots): v
-                for v in todo
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    v = futures[fut]
-                    try:
-                        run_dir, error = fut.result()
-                    except Exception as e:  # the worker process itself died
-                        run_dir, error = None, f"worker died: {type(e).__name__}: {e}"
-                    v.run_dir = Path(run_dir) if run_dir else None
-                    v.error = error
-                    _finish(v, on_done)
+    if todo and _run_pool(todo, jobs, threads, overrides, out, plots, on_done):
+        for v in variants:
+            v.interrupted = True
     return variants
+
+
+def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str], out: Path,
+              plots: bool, on_done: Callable[[Variant], None] | None) -> bool:
+    """Run variants in worker processes; return whether Ctrl-C stopped them. Then queued
+    variants are dropped and running ones stopped cleanly (their records say
+    `interrupted`), and every variant that finished is still collected."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
+    futures: dict[Future[tuple[str | None, str | None]], Variant] = {
+        pool.submit(_worker, str(v.path), overrides, str(out), threads, plots): v for v in todo
+    }
+    pending = set(futures)
+    interrupted = False
+    try:
+        while pending:
+            try:
+                # after Ctrl-C, poll: a variant already handed to a worker may start late
+                done, pending = wait(pending, timeout=0.5 if interrupted else None,
+                                     return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                for fut in pending:
+                    fut.cancel()
+                pending = {f for f in pending if not f.cancelled()}
+                done = set()
+            if interrupted:
+                _stop_workers(pool)
+            for fut in done:
+                v = futures[fut]
+                try:
+                    run_dir, error = fut.result()
+                except Exception as e:  # the worker process itself died
+                    run_dir, error = None, f"worker died: {type(e).__name__}: {e}"
+                v.run_dir = Path(run_dir) if run_dir else None
+                v.error = error
+                _finish(v, on_done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for fut, v in futures.items():
+        if fut.cancelled():
+            v.error = NOT_STARTED
+    return interrupted
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Ask every worker to stop the variant it runs; idle workers ignore the request."""
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        if proc.is_alive() and proc.pid is not None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def _finish(v: Variant, on_done: Callable[[Variant], None] | None) -> None:

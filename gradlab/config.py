@@ -184,10 +184,7 @@ class DigitsSequenceData(_DataBase):
 
 
 DataConfig = Annotated[
-    Union[
-        TeacherData, BlobsData, SpiralsData, DigitsData, FileData, AddingData, CopyData,
-        DigitsSequenceData,
-    ],
+    TeacherData | BlobsData | SpiralsData | DigitsData | FileData | AddingData | CopyData | DigitsSequenceData,
     Field(discriminator="kind"),
 ]
 SEQUENCE_DATA = ("adding", "copy", "digits_sequence")
@@ -292,6 +289,9 @@ def _cross_problems(cfg: Config) -> list[str]:
         problems.append("model.residual: residual blocks are for model.kind mlp")
     if cfg.pretrain is not None and kind != "mlp":
         problems.append("pretrain: layer-wise pretraining is for model.kind mlp")
+    elif cfg.pretrain is not None and cfg.model.residual:
+        problems.append("pretrain: layer-wise pretraining is for plain MLPs; "
+                        "set model.residual: false")
     n_train = _n_train(cfg)
     if n_train is not None and cfg.train.batch_size > n_train:
         problems.append(

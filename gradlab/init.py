@@ -6,7 +6,7 @@ same for a bias. `default` leaves PyTorch's own initialisation untouched.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -7,8 +7,8 @@ only fills them in. Activations are one table keyed by the names the config allo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -7,7 +7,8 @@ renderable; only the CLI prints. Nothing here imports the trainer or torch.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -147,7 +148,7 @@ def _stat(layer: dict[str, Any], when: str, key: str) -> float | None:
 
 def _layers_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-layer init/final stats rebuilt from layers.csv (for a run with no summary)."""
-    rows = [r for r in rows if r.get("phase", "train") == "train"]
+    rows = [r for r in rows if not str(r.get("phase", "train")).startswith("pretrain")]
     if not rows:
         return []
     first, last = rows[0]["step"], rows[-1]["step"]
@@ -157,7 +158,7 @@ def _layers_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def loss_curve(metrics: list[dict[str, Any]], width: int = 64, height: int = 12) -> RenderableType:
-    rows = [m for m in metrics if m.get("phase", "train") == "train"]
+    rows = [m for m in metrics if not str(m.get("phase", "train")).startswith("pretrain")]
     series = {
         "train": [(m["step"], m["loss"]) for m in rows if _finite(m.get("loss"))],
         "test": [(m["step"], m["test_loss"]) for m in rows if _finite(m.get("test_loss"))],

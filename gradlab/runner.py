@@ -73,7 +73,7 @@ def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
             from gradlab.pretrain import pretrain
 
             extra["pretrain"] = pretrain(cfg, model, data, writer)
-            writer.phase = "train"
+            writer.phase = "finetune"
         result = train(cfg, model, layers, data, steps, observers)
     except KeyboardInterrupt:
         result = TrainResult(status="interrupted")

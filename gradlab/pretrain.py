@@ -1,0 +1,133 @@
+"""Greedy layer-wise autoencoder pretraining of an MLP's hidden layers, before fine-tuning.
+
+`pretrain(cfg, model, data, writer)` trains hidden layer k as a one-layer autoencoder on the
+codes of layers 1..k-1 (Hinton et al. 2006; Bengio et al. 2007), optionally denoising
+(Vincent et al. 2008). The encoder *is* the model's own Linear → norm → activation, so the
+fine-tuning phase starts from the pretrained weights. Logged rows go to the run record as
+phase `pretrain_layer_k`; the returned dict becomes summary.json's `pretrain`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradlab.config import Config, PretrainConfig, TrainConfig
+from gradlab.data import Dataset
+from gradlab.models import MLP
+from gradlab.train import batches, build_optimizer
+
+
+class Autoencoder(nn.Module):
+    """x → h = act(norm(W x + b)) → x̂ = out_act(W' h + c), with W' = Wᵀ when tied.
+
+    `linear`, `norm` and `act` are the MLP's own modules (shared, not copied): training
+    this autoencoder trains the network's layer in place.
+    """
+
+    def __init__(self, linear: nn.Linear, norm: nn.Module, act: nn.Module, tied: bool,
+                 out_act: nn.Module):
+        super().__init__()
+        self.linear, self.norm, self.act, self.out_act = linear, norm, act, out_act
+        W = linear.weight.detach()  # (fan_out, fan_in)
+        self.bias_out = nn.Parameter(torch.zeros(W.shape[1], device=W.device))
+        # An untied decoder starts equal to the tied one and is then trained on its own.
+        self.weight_out = None if tied else nn.Parameter(W.t().clone())  # (fan_in, fan_out)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (batch, fan_in) → (batch, fan_out)
+        return self.act(self.norm(self.linear(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, fan_in) → (batch, fan_in)
+        W_out = self.linear.weight.t() if self.weight_out is None else self.weight_out
+        return self.out_act(F.linear(self.encode(x), W_out, self.bias_out))
+
+
+def pretrain(cfg: Config, model: nn.Module, data: Dataset, writer: Any = None) -> dict[str, Any]:
+    """Pretrain every hidden layer of `model` in turn, input side first; return the summary."""
+    p = cfg.pretrain
+    if p is None or not isinstance(model, MLP):
+        raise ValueError("pretrain needs a `pretrain:` section and an MLP")
+    if model.block_starts:
+        raise ValueError("layer-wise pretraining is not defined for residual MLPs")
+    started = time.perf_counter()
+    layers = [pretrain_layer(model, k, data.x_train, p, cfg.seed + k, cfg.probe.every, writer)
+              for k in range(1, len(model.linears) + 1)]
+    model.train()
+    return {
+        "method": p.method, "tied": p.tied, "denoising": p.denoising,
+        "optimizer": p.optimizer, "lr": p.lr, "steps_per_layer": p.steps_per_layer,
+        "layers": layers, "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed: int,
+                   log_every: int, writer: Any = None) -> dict[str, Any]:
+    """Train hidden layer k (1-based) to reconstruct its input, the codes of layer k-1."""
+    started = time.perf_counter()
+    codes = _codes(model, x, k - 1)  # (n, fan_in): fixed, the layers below are already trained
+    # Layer 1 reconstructs standardised inputs (any real value): a linear read-out. Deeper
+    # layers reconstruct codes that lie in the activation's range: read out through it.
+    out_act = nn.Identity() if k == 1 else copy.deepcopy(model.acts[k - 1])
+    ae = Autoencoder(model.linears[k - 1], model.norms[k - 1], model.acts[k - 1], p.tied, out_act)
+    optimizer = build_optimizer(ae.parameters(), TrainConfig(optimizer=p.optimizer, lr=p.lr))
+    params = [q for q in ae.parameters() if q.requires_grad]
+    order = batches(len(codes), min(p.batch_size, len(codes)), seed, codes.device)
+    loss_start = _reconstruction_loss(ae, codes)
+    if writer is not None:
+        writer.phase = f"pretrain_layer_{k}"
+    ae.train()
+    diverged = False
+    for step in range(p.steps_per_layer):
+        # forward on a minibatch of codes, corrupted by masking noise when denoising
+        target = codes[next(order)]
+        corrupted = target
+        if p.denoising > 0:  # zero a random fraction of the inputs; reconstruct the clean ones
+            corrupted = target * (torch.rand_like(target) >= p.denoising).to(target.dtype)
+        loss = F.mse_loss(ae(corrupted), target)
+
+        # backward and step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        # log: one CPU sync per logged step, which is also where divergence is noticed
+        if step % log_every == 0 or step == p.steps_per_layer - 1:
+            grad_norm = nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
+            loss_v, norm_v = torch.stack([loss.detach(), grad_norm]).tolist()
+            if writer is not None:
+                writer.on_log(step, {"step": step, "loss": loss_v, "lr": p.lr,
+                                     "grad_norm": norm_v, "clipped": 0}, [])
+            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+                diverged = True
+                break
+    return {
+        "layer": k, "name": f"fc{k}", "loss_start": loss_start,
+        "loss_end": _reconstruction_loss(ae, codes), "steps": step + 1, "diverged": diverged,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+@torch.no_grad()
+def _codes(model: MLP, x: torch.Tensor, upto: int) -> torch.Tensor:
+    """The output of hidden layer `upto` (the input itself for 0), in eval mode."""
+    was_training = model.training
+    model.eval()
+    h = model.hidden(x, upto=upto)
+    model.train(was_training)
+    return h
+
+
+@torch.no_grad()
+def _reconstruction_loss(ae: Autoencoder, codes: torch.Tensor) -> float:
+    """Mean squared error of reconstructing the clean codes, over the whole training set."""
+    was_training = ae.training
+    ae.eval()
+    loss = float(F.mse_loss(ae(codes), codes))
+    ae.train(was_training)
+    return loss
