@@ -63,7 +63,9 @@ def _diverged(summary: dict[str, Any], model: dict[str, Any], train: dict[str, A
     layer = where.get("layer")
     what = {"loss": "the loss", "gradient": f"the gradient of {layer}",
             "weights": f"the weights of {layer}"}.get(where.get("what", ""), "a value")
-    msg = f"diverged: {what} became NaN/Inf at step {where.get('step')}"
+    msg = f"{what} became NaN/Inf at step {where.get('step')}"
+    if where.get("what") == "loss" and layer:
+        msg += f" (first non-finite gradient in backprop: {layer})"
     remedies = [f"lower train.lr (now {train.get('lr')})"]
     if not train.get("clip"):
         remedies.append("set train.clip: {by: norm, max_norm: 1.0}")
@@ -147,7 +149,8 @@ def _units(layers: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str
     return found
 
 
-def _through_time(summary: dict[str, Any], model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any] | None:
+def _through_time(summary: dict[str, Any], model: dict[str, Any],
+                  train: dict[str, Any]) -> dict[str, Any] | None:
     ratio = summary.get("time_grad_ratio_init")
     if ratio is None:
         return None

@@ -106,7 +106,8 @@ def layer_table(record: Record, all_layers: bool = False) -> RenderableType:
                 "act\nstd", unit_label):
         table.add_column(col, justify="left" if col in ("layer", "shape") else "right",
                          no_wrap=True)
-    biggest = {w: max((_stat(l, w, "grad_norm") or 0.0) for l in layers) for w in ("init", "final")}
+    biggest = {w: max((_stat(layer, w, "grad_norm") or 0.0) for layer in layers)
+               for w in ("init", "final")}
     shown = select_layers(len(layers), all_layers)
     previous = -1
     for i in shown:
@@ -221,8 +222,13 @@ def verdict_panel(record: Record) -> RenderableType:
     for i, v in enumerate(verdicts):
         if i:
             body.append("\n")
-        body.append(f"{v['kind']}: ", style=SEVERITY_STYLE.get(v["severity"], ""))
-        body.append(v["message"] + "\n")
+        # Messages name their kind ("vanishing gradients at init: ..."): colour that lead-in.
+        style = SEVERITY_STYLE.get(v["severity"], "")
+        if v["severity"] == "error":
+            body.append(f"{v['kind']}: ", style=style)
+        lead, sep, rest = v["message"].partition(": ")
+        body.append(lead + sep, style=style if sep else "")
+        body.append(rest + "\n")
         for remedy in v.get("remedies", []):
             body.append(f"  → {remedy}\n", style="dim" if v["severity"] == "info" else "")
     body.rstrip()

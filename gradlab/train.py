@@ -213,14 +213,15 @@ def _clip(params: list[torch.Tensor], t: TrainConfig) -> tuple[torch.Tensor, tor
 
 
 def _where_nonfinite(step: int, loss: float, layers: list[ProbedLayer]) -> dict[str, Any]:
-    """The loss, or else the probed layer nearest the output (first in backprop) gone NaN/Inf."""
-    if not math.isfinite(loss):
-        return {"step": step, "layer": None, "what": "loss"}
+    """Where NaN/Inf appeared: the loss or a gradient, and the first probed layer whose gradient
+    went non-finite in backprop order (the one nearest the output), if any did."""
     grads = [p.weight.grad for p in layers]
-    finite = torch.stack([g.isfinite().all() if g is not None else torch.tensor(True)
-                          for g in grads]).tolist()
+    yes = torch.tensor(True, device=layers[0].weight.device)
+    finite = torch.stack([g.isfinite().all() if g is not None else yes
+                          for g in grads]).tolist()  # note: one sync, once per run
     bad = [p.name for p, ok in zip(layers, finite) if not ok]
-    return {"step": step, "layer": bad[-1] if bad else None, "what": "gradient"}
+    what = "gradient" if math.isfinite(loss) else "loss"
+    return {"step": step, "layer": bad[-1] if bad else None, "what": what}
 
 
 def _log(observers: tuple[Any, ...], step: int, lr: float, loss: float, grad_norm: float,
