@@ -288,7 +288,7 @@ def _cross_problems(cfg: Config) -> list[str]:
     if cfg.model.residual and kind != "mlp":
         problems.append("model.residual: residual blocks are for model.kind mlp")
     if cfg.pretrain is not None and kind != "mlp":
-        problems.append("pretrain: layer-wise pretraining is for model.kind mlp")
+        problems.append(f"pretrain: layer-wise pretraining is for model.kind mlp, got '{kind}'")
     elif cfg.pretrain is not None and cfg.model.residual:
         problems.append("pretrain: layer-wise pretraining is for plain MLPs; "
                         "set model.residual: false")

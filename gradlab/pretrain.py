@@ -1,7 +1,7 @@
 """Greedy layer-wise autoencoder pretraining of an MLP's hidden layers, before fine-tuning.
 
-`pretrain(cfg, model, data, writer)` trains hidden layer k as a one-layer autoencoder on the
-codes of layers 1..k-1 (Hinton et al. 2006; Bengio et al. 2007), optionally denoising
+`pretrain(cfg, model, data, observers)` trains hidden layer k as a one-layer autoencoder on
+the codes of layers 1..k-1 (Hinton et al. 2006; Bengio et al. 2007), optionally denoising
 (Vincent et al. 2008). The encoder *is* the model's own Linear → norm → activation, so the
 fine-tuning phase starts from the pretrained weights. Logged rows go to the run record as
 phase `pretrain_layer_k`; the returned dict becomes summary.json's `pretrain`.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import traceback
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 from gradlab.config import Config, PretrainConfig, TrainConfig
 from gradlab.data import Dataset
 from gradlab.models import MLP
-from gradlab.train import batches, build_optimizer
+from gradlab.train import TrainResult, _call, batches, build_optimizer
 
 
 class Autoencoder(nn.Module):
@@ -48,41 +49,75 @@ class Autoencoder(nn.Module):
         return self.out_act(F.linear(self.encode(x), W_out, self.bias_out))
 
 
-def pretrain(cfg: Config, model: nn.Module, data: Dataset, writer: Any = None) -> dict[str, Any]:
-    """Pretrain every hidden layer of `model` in turn, input side first; return the summary."""
+def pretrain(cfg: Config, model: nn.Module, data: Dataset,
+             observers: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Pretrain every hidden layer of `model` in turn, input side first; return the summary.
+
+    Like training, a layer that diverges, fails or is interrupted is a result: the layers
+    above it are left untouched and the summary's `status` says what happened.
+    """
     p = cfg.pretrain
     if p is None or not isinstance(model, MLP):
         raise ValueError("pretrain needs a `pretrain:` section and an MLP")
     if model.block_starts:
         raise ValueError("layer-wise pretraining is not defined for residual MLPs")
-    started = time.perf_counter()
-    layers = [pretrain_layer(model, k, data.x_train, p, cfg.seed + k, cfg.probe.every, writer)
-              for k in range(1, len(model.linears) + 1)]
+    layers: list[dict[str, Any]] = []
+    for k in range(1, len(model.linears) + 1):
+        layers.append(pretrain_layer(model, k, data.x_train, p, cfg.seed + k, cfg.probe.every,
+                                     observers))
+        if layers[-1]["status"] != "completed":
+            break
     model.train()
     return {
+        "status": layers[-1]["status"], "error": layers[-1].get("error"),
         "method": p.method, "tied": p.tied, "denoising": p.denoising,
         "optimizer": p.optimizer, "lr": p.lr, "steps_per_layer": p.steps_per_layer,
-        "layers": layers, "seconds": round(time.perf_counter() - started, 3),
+        "layers": layers, "seconds": round(sum(layer["seconds"] for layer in layers), 3),
     }
 
 
 def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed: int,
-                   log_every: int, writer: Any = None) -> dict[str, Any]:
-    """Train hidden layer k (1-based) to reconstruct its input, the codes of layer k-1."""
-    started = time.perf_counter()
-    codes = _codes(model, x, k - 1)  # (n, fan_in): fixed, the layers below are already trained
+                   log_every: int, observers: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Train hidden layer k (1-based) to reconstruct its input, the codes of layer k-1.
+
+    `seconds` counts computing the codes and the training loop, not building the optimiser
+    (whose first construction in a process imports much of torch), as in `train`.
+    """
     # Layer 1 reconstructs standardised inputs (any real value): a linear read-out. Deeper
     # layers reconstruct codes that lie in the activation's range: read out through it.
     out_act = nn.Identity() if k == 1 else copy.deepcopy(model.acts[k - 1])
     ae = Autoencoder(model.linears[k - 1], model.norms[k - 1], model.acts[k - 1], p.tied, out_act)
     optimizer = build_optimizer(ae.parameters(), TrainConfig(optimizer=p.optimizer, lr=p.lr))
+    _call(observers, "on_phase_start", f"pretrain_layer_{k}")
+    started = time.perf_counter()
+    result: dict[str, Any] = {"layer": k, "name": f"fc{k}", "status": "completed", "steps": 0,
+                              "loss_start": None, "loss_end": None, "input_variance": None}
+    codes = None
+    try:
+        codes = _codes(model, x, k - 1)  # (n, fan_in): fixed, the layers below are trained
+        # the loss of always answering the mean code: what a reconstruction loss is judged by
+        result["input_variance"] = float(codes.var(dim=0, unbiased=False).mean())
+        result["loss_start"] = _reconstruction_loss(ae, codes)
+        _fit(ae, optimizer, codes, p, seed, log_every, observers, result)
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+    except Exception as e:  # a failed layer is recorded, not lost
+        result.update(status="failed", error=f"{type(e).__name__}: {e}",
+                      traceback=traceback.format_exc())
+    if codes is not None and result["status"] != "failed":
+        result["loss_end"] = _reconstruction_loss(ae, codes)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _fit(ae: Autoencoder, optimizer: torch.optim.Optimizer, codes: torch.Tensor,
+         p: PretrainConfig, seed: int, log_every: int, observers: tuple[Any, ...],
+         result: dict[str, Any]) -> None:
+    """The autoencoder's training loop; updates `result` (steps, status) as it goes."""
+    k = result["layer"]
     params = [q for q in ae.parameters() if q.requires_grad]
     order = batches(len(codes), min(p.batch_size, len(codes)), seed, codes.device)
-    loss_start = _reconstruction_loss(ae, codes)
-    if writer is not None:
-        writer.phase = f"pretrain_layer_{k}"
     ae.train()
-    diverged = False
     for step in range(p.steps_per_layer):
         # forward on a minibatch of codes, corrupted by masking noise when denoising
         target = codes[next(order)]
@@ -91,26 +126,38 @@ def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed:
             corrupted = target * (torch.rand_like(target) >= p.denoising).to(target.dtype)
         loss = F.mse_loss(ae(corrupted), target)
 
-        # backward and step
+        # backward; note: one CPU sync per step, which is where divergence is noticed
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        grad_norm = nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
+        loss_v, norm_v = torch.stack([loss.detach(), grad_norm]).tolist()
+        finite = math.isfinite(loss_v) and math.isfinite(norm_v)
 
-        # log: one CPU sync per logged step, which is also where divergence is noticed
-        if step % log_every == 0 or step == p.steps_per_layer - 1:
-            grad_norm = nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
-            loss_v, norm_v = torch.stack([loss.detach(), grad_norm]).tolist()
-            if writer is not None:
-                writer.on_log(step, {"step": step, "loss": loss_v, "lr": p.lr,
-                                     "grad_norm": norm_v, "clipped": 0}, [])
-            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
-                diverged = True
-                break
-    return {
-        "layer": k, "name": f"fc{k}", "loss_start": loss_start,
-        "loss_end": _reconstruction_loss(ae, codes), "steps": step + 1, "diverged": diverged,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+        # step, unless the loss or a gradient is already NaN/Inf
+        if finite:
+            optimizer.step()
+            result["steps"] = step + 1
+
+        # log
+        if step % log_every == 0 or step == p.steps_per_layer - 1 or not finite:
+            _call(observers, "on_log", step, {"step": step, "loss": loss_v, "lr": p.lr,
+                                              "grad_norm": norm_v, "clipped": 0}, [])
+        _call(observers, "on_step_end", step, p.steps_per_layer, loss_v, norm_v)
+        if not finite:
+            result.update(status="diverged", first_nonfinite={
+                "phase": f"pretrain_layer_{k}", "step": step, "layer": f"fc{k}",
+                "what": "reconstruction loss" if not math.isfinite(loss_v) else "gradient"})
+            return
+
+
+def unfinished(summary: dict[str, Any]) -> TrainResult | None:
+    """The run's result when pretraining did not complete (no fine-tuning follows), else None."""
+    if summary["status"] == "completed":
+        return None
+    last = summary["layers"][-1]
+    return TrainResult(status=summary["status"], error=summary.get("error"),
+                       first_nonfinite=last.get("first_nonfinite"),
+                       traceback=last.pop("traceback", None))
 
 
 @torch.no_grad()

@@ -102,6 +102,10 @@ class RunWriter:
         text = json.dumps(clean(summary), indent=2, allow_nan=False)
         write_atomic(self.path / "summary.json", text + "\n")
 
+    def on_phase_start(self, phase: str) -> None:
+        """Rows logged from now on belong to `phase` (`pretrain_layer_k`, then `finetune`)."""
+        self.phase = phase
+
     def on_log(self, step: int, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         metrics = {**metrics, "phase": self.phase}
         self.metrics.append(metrics)

@@ -236,12 +236,29 @@ def verdict_panel(record: Record) -> RenderableType:
 
 
 def pretrain_table(pretrain: dict[str, Any]) -> RenderableType:
-    table = Table(title="layer-wise pretraining (reconstruction loss)", title_justify="left")
-    for col in ("layer", "start", "end", "seconds"):
-        table.add_column(col, justify="right")
+    """The pretraining phase: each layer's reconstruction loss before and after its turn."""
+    how = [pretrain.get("method", "autoencoder"),
+           "tied decoder" if pretrain.get("tied", True) else "untied decoder"]
+    if pretrain.get("denoising"):
+        how.append(f"denoising {pct(pretrain['denoising'])}")
+    table = Table(title="layer-wise pretraining, before fine-tuning", title_justify="left",
+                  title_style="bold", header_style="bold", box=box.SIMPLE_HEAD,
+                  caption_justify="left",
+                  caption=f"{', '.join(how)}; {pretrain.get('optimizer')} lr "
+                          f"{num(pretrain.get('lr'))}, {pretrain.get('steps_per_layer')} steps "
+                          f"per layer; {num(pretrain.get('seconds'))} s")
+    for col in ("layer", "steps", "reconstruction\nloss start", "reconstruction\nloss end",
+                "input\nvariance", "unexplained\n(end/var)", "seconds", "status"):
+        table.add_column(col, justify="left" if col in ("layer", "status") else "right",
+                         no_wrap=True)
     for row in pretrain.get("layers", []):
-        table.add_row(str(row["layer"]), num(row["loss_start"]), num(row["loss_end"]),
-                      num(row["seconds"]))
+        status = row.get("status", "completed")
+        end, var = row.get("loss_end"), row.get("input_variance")
+        unexplained = end / var if _finite(end) and _finite(var) and var else None
+        table.add_row(row.get("name", str(row["layer"])), str(row.get("steps", "–")),
+                      num(row.get("loss_start")), num(end), num(var), pct(unexplained),
+                      num(row.get("seconds")),
+                      Text(status, style="" if status == "completed" else "bold red"))
     return table
 
 

@@ -69,12 +69,15 @@ def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
     observers = (writer, *observers)
     extra: dict[str, Any] = {}
     try:
+        result: TrainResult | None = None
         if cfg.pretrain is not None:
-            from gradlab.pretrain import pretrain
+            from gradlab.pretrain import pretrain, unfinished
 
-            extra["pretrain"] = pretrain(cfg, model, data, writer)
-            writer.phase = "finetune"
-        result = train(cfg, model, layers, data, steps, observers)
+            extra["pretrain"] = pretrain(cfg, model, data, observers)
+            writer.on_phase_start("finetune")
+            result = unfinished(extra["pretrain"])  # no fine-tuning after a failed pretraining
+        if result is None:
+            result = train(cfg, model, layers, data, steps, observers)
     except KeyboardInterrupt:
         result = TrainResult(status="interrupted")
     finally:
