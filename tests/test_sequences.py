@@ -249,3 +249,22 @@ def test_verdict_through_time_names_remedies_that_fit_the_model():
     exploding = verdict_kinds({"time_grad_ratio_init": 1e5, "time_grad_ratio_final": 1e4})
     assert "set train.clip: {by: norm, max_norm: 1.0}" in exploding["exploding_time"]["remedies"]
     assert not {"vanishing_time", "exploding_time"} & set(verdict_kinds({"time_grad_ratio_init": 0.3}))
+
+
+def test_canonical_sequence_configs_validate_and_state_their_claims():
+    from conftest import CONFIGS
+
+    from gradlab.config import load_config
+
+    names = ("rnn_adding", "lstm_adding", "gru_adding", "rnn_explode", "rnn_clip",
+             "digits_sequence_rnn", "digits_sequence_lstm")
+    for name in names:
+        path = CONFIGS / f"{name}.yaml"
+        cfg = load_config(path)
+        assert cfg.name == name and cfg.model.kind in ("rnn", "lstm", "gru")
+        assert path.read_text(encoding="utf-8").startswith("# ")  # the claim and its source
+        assert "status" in cfg.expect and any(k.startswith("time_grad_ratio") for k in cfg.expect)
+    explode, clip = load_config(CONFIGS / "rnn_explode.yaml"), load_config(CONFIGS / "rnn_clip.yaml")
+    assert explode.model == clip.model and explode.train.clip is None and clip.train.clip is not None
+    adding = [load_config(CONFIGS / f"{k}_adding.yaml") for k in ("rnn", "lstm", "gru")]
+    assert len({(c.data, c.train, c.seed) for c in adding}) == 1  # same task, same budget
