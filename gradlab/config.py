@@ -121,6 +121,8 @@ class ModelConfig(_Section):
     rnn_nonlinearity: Literal["tanh", "relu"] = "tanh"
     recurrent_init: InitConfig = InitConfig()
     readout: Literal["last", "every"] = "last"
+    # LSTM only: the forget gate's bias (Gers et al. 2000; Jozefowicz et al. 2015 use 1.0).
+    forget_bias: float | None = None
 
 
 class _DataBase(_Section):
@@ -285,6 +287,13 @@ def _cross_problems(cfg: Config) -> list[str]:
     if (kind == "mlp") == (task_kind in SEQUENCE_DATA):
         wanted = "a sequence model (rnn, lstm, gru)" if kind == "mlp" else "model.kind mlp"
         problems.append(f"model.kind: data.kind '{task_kind}' needs {wanted}, got '{kind}'")
+    if kind != "mlp" and task_kind in SEQUENCE_DATA:
+        needed = "every" if task_kind == "copy" else "last"
+        if cfg.model.readout != needed:
+            problems.append(f"model.readout: data.kind '{task_kind}' needs readout '{needed}', "
+                            f"got '{cfg.model.readout}'")
+    if cfg.model.forget_bias is not None and kind != "lstm":
+        problems.append(f"model.forget_bias: is for model.kind lstm, got '{kind}'")
     if cfg.model.residual and kind != "mlp":
         problems.append("model.residual: residual blocks are for model.kind mlp")
     if cfg.pretrain is not None and kind != "mlp":

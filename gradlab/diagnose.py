@@ -151,18 +151,39 @@ def _units(layers: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str
 
 def _through_time(summary: dict[str, Any], model: dict[str, Any],
                   train: dict[str, Any]) -> dict[str, Any] | None:
-    ratio = summary.get("time_grad_ratio_init")
+    """‖∂L/∂h₁‖ / ‖∂L/∂h_T‖ of a recurrent model: vanishing or exploding over the time steps.
+
+    A gradient that vanished at init but reaches h₁ at the end (an LSTM that learnt to keep
+    its cell) is reported as info; one still vanishing at the end is a warning.
+    """
+    ratio, final = summary.get("time_grad_ratio_init"), summary.get("time_grad_ratio_final")
     if ratio is None:
         return None
+    recurrent = (model.get("recurrent_init") or {}).get("scheme", "default")
     if ratio < VANISHING_RATIO:
-        msg = (f"vanishing through time: ‖∂L/∂h₁‖ is {_fmt(ratio)} × ‖∂L/∂h_T‖ at init")
-        remedies = ["model.kind: lstm (or gru)"] if model.get("kind") == "rnn" else []
-        remedies.append("model.recurrent_init: orthogonal")
+        size = "exactly 0 (it underflowed)" if ratio == 0 else f"{_fmt(ratio)} ×"
+        msg = f"vanishing through time: ‖∂L/∂h₁‖ is {size} ‖∂L/∂h_T‖ at init"
+        if final is not None and final >= VANISHING_RATIO:
+            return _verdict("vanishing_time", "info", [], msg + f", but {_fmt(final)} × at the "
+                            "end: training opened a path back through time", [])
+        if final is not None:
+            msg += " and exactly 0 at the end" if final == 0 else f" and {_fmt(final)} × at the end"
+        remedies = []
+        if model.get("kind") == "rnn":
+            remedies.append("model.kind: lstm (or gru)")
+            want = "identity" if model.get("rnn_nonlinearity") == "relu" else "orthogonal"
+            if recurrent != want:
+                remedies.append(f"model.recurrent_init: {want} (now {recurrent})")
+        elif model.get("kind") == "lstm" and model.get("forget_bias") is None:
+            remedies.append("model.forget_bias: 1.0 (the cell keeps more of itself each step)")
+        if model.get("kind") != "rnn" and recurrent != "orthogonal":
+            remedies.append(f"model.recurrent_init: orthogonal (now {recurrent})")
         return _verdict("vanishing_time", "warning", [], msg, remedies)
     if ratio > EXPLODING_RATIO:
         msg = f"exploding through time: ‖∂L/∂h₁‖ is {_fmt(ratio)} × ‖∂L/∂h_T‖ at init"
         remedies = [] if train.get("clip") else ["set train.clip: {by: norm, max_norm: 1.0}"]
-        remedies.append("model.recurrent_init: orthogonal")
+        remedies.append("model.recurrent_init: orthogonal with gain ≤ 1 (recurrent weights "
+                        "with a spectral radius above 1 grow the gradient each step back)")
         return _verdict("exploding_time", "warning", [], msg, remedies)
     return None
 

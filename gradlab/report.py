@@ -266,14 +266,18 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
     """‖∂L/∂h_t‖ across time steps at init and at the end, with a curve."""
     init, final = summary.get("time_grads_init") or [], summary.get("time_grads_final") or []
     n = len(init)
-    table = Table(title="gradient through time ‖∂L/∂h_t‖", title_justify="left")
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD)
     for col in ("t", "init", "end"):
         table.add_column(col, justify="right")
     for t in select_layers(n, False, most=12):
         table.add_row(str(t + 1), num(init[t]), num(final[t]) if t < len(final) else "–")
+    # A narrow table would wrap its title, so title and ratio are lines of their own.
+    title = Text("gradient through time ‖∂L/∂h_t‖ at init and at the end")
+    ratio = Text(f"‖∂L/∂h_1‖ / ‖∂L/∂h_T‖: {num(summary.get('time_grad_ratio_init'))} at init, "
+                 f"{num(summary.get('time_grad_ratio_final'))} at the end", style="dim")
     series = {"init": [(t + 1, g) for t, g in enumerate(init) if _finite(g) and g > 0],
               "end": [(t + 1, g) for t, g in enumerate(final) if _finite(g) and g > 0]}
-    parts: list[RenderableType] = [table]
+    parts: list[RenderableType] = [title, table, ratio]
     if series["init"]:
         parts.append(Panel(chart(series, 64, 10), title="‖∂L/∂h_t‖ by time step t",
                            title_align="left", expand=False))

@@ -9,6 +9,7 @@ step at a time with the same parameters, so the probe can read ‖∂L/∂h_t‖
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -118,37 +119,37 @@ def _standardised(data: Dataset) -> Dataset:
 
 # ---------------------------------------------------------------- models
 
-Cell = Callable[[torch.Tensor, object, nn.Module], tuple[torch.Tensor, object]]
-MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# A cell maps (x_t W_ihᵀ + b_ih, state, W_hh, b_hh) to the next state; state[0] is h_t and an
+# LSTM's state is (h_t, c_t).
+State = tuple[torch.Tensor, ...]
+Cell = Callable[[torch.Tensor, State, torch.Tensor, torch.Tensor], State]
+MODULES: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def _rnn_cell(act: Callable[[torch.Tensor], torch.Tensor]) -> Cell:
-    def step(xi: torch.Tensor, h: object, m: nn.Module) -> tuple[torch.Tensor, object]:
-        h = act(xi + F.linear(h, m.weight_hh_l0, m.bias_hh_l0))  # type: ignore[arg-type]
-        return h, h  # type: ignore[return-value]
+    def step(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+        return (act(xi + F.linear(state[0], W, b)),)
 
     return step
 
 
-def _lstm_cell(xi: torch.Tensor, state: object, m: nn.Module) -> tuple[torch.Tensor, object]:
-    h, c = state  # type: ignore[misc]
-    gates = xi + F.linear(h, m.weight_hh_l0, m.bias_hh_l0)  # (batch, 4 hidden): i, f, g, o
+def _lstm_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+    h, c = state
+    gates = xi + F.linear(h, W, b)  # (batch, 4 hidden): i, f, g, o
     i, f, g, o = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h, (h, c)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _gru_cell(xi: torch.Tensor, h: object, m: nn.Module) -> tuple[torch.Tensor, object]:
-    gh = F.linear(h, m.weight_hh_l0, m.bias_hh_l0)  # type: ignore[arg-type]
+def _gru_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+    h = state[0]
     xr, xz, xn = xi.chunk(3, dim=1)
-    hr, hz, hn = gh.chunk(3, dim=1)
+    hr, hz, hn = F.linear(h, W, b).chunk(3, dim=1)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
-    h = (1 - z) * n + z * h  # type: ignore[operator]
-    return h, h
+    return ((1 - z) * n + z * h,)
 
 
 class Recurrent(nn.Module):
@@ -162,7 +163,7 @@ class Recurrent(nn.Module):
     def __init__(self, kind: str, n_in: int, n_out: int, hidden: int, depth: int,
                  nonlinearity: str = "tanh", readout: str = "last"):
         super().__init__()
-        extra = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
+        extra: dict[str, Any] = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
         self.rnns = nn.ModuleList(
             MODULES[kind](n_in if i == 0 else hidden, hidden, batch_first=True, **extra)
             for i in range(depth))
@@ -188,15 +189,17 @@ class Recurrent(nn.Module):
 
     def unroll(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The top layer's hidden states h_1..h_T, one step at a time, gradients retained."""
-        top = self.rnns[-1]
-        xi = F.linear(x, top.weight_ih_l0, top.bias_ih_l0)  # (batch, time, gates · hidden)
+        top: nn.RNNBase = self.rnns[-1]  # type: ignore[assignment]
+        W_ih, b_ih, W_hh, b_hh = (getattr(top, name) for name in  # registered by name
+                                  ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0"))
+        xi = F.linear(x, W_ih, b_ih)  # (batch, time, gates · hidden)
         zeros = x.new_zeros(x.shape[0], top.hidden_size)
-        state: object = (zeros, zeros) if self.kind == "lstm" else zeros
+        state: State = (zeros, zeros) if self.kind == "lstm" else (zeros,)
         states = []
         for t in range(x.shape[1]):
-            h, state = self.cell(xi[:, t], state, top)
-            h.retain_grad()  # the probe reads ‖∂L/∂h_t‖ after backward
-            states.append(h)
+            state = self.cell(xi[:, t], state, W_hh, b_hh)
+            state[0].retain_grad()  # the probe reads ‖∂L/∂h_t‖ after backward
+            states.append(state[0])
         return states
 
 
@@ -214,7 +217,22 @@ def build_recurrent(cfg: ModelConfig, n_in: int, n_out: int) -> tuple[nn.Module,
                 init_weight(block, init, act)
             init_bias(getattr(rnn, f"bias_{part}_l0"), cfg.bias_init)
             probed.append(ProbedLayer(f"l{i + 1}.{part}", W))
+        if cfg.forget_bias is not None:
+            set_forget_bias(cast(nn.RNNBase, rnn), cfg.forget_bias)
     init_weight(model.head.weight, cfg.init, "identity")
     init_bias(model.head.bias, cfg.bias_init)
-    probed.append(ProbedLayer("head", model.head.weight))
+    probed.append(ProbedLayer("head", cast(nn.Parameter, model.head.weight)))
     return model, probed
+
+
+@torch.no_grad()
+def set_forget_bias(lstm: nn.RNNBase, value: float) -> None:
+    """Give an LSTM's forget gate the bias `value` (PyTorch orders the gates i, f, g, o).
+
+    The input-to-hidden bias carries it and the hidden-to-hidden one is zeroed, so the gate
+    starts at sigmoid(value): with 1.0 the cell keeps 73% of its content per step instead
+    of about half (Gers et al. 2000; Jozefowicz et al. 2015).
+    """
+    n = lstm.hidden_size
+    for name, v in (("bias_ih_l0", value), ("bias_hh_l0", 0.0)):
+        getattr(lstm, name)[n:2 * n] = v
