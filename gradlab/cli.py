@@ -29,6 +29,7 @@ err_console = Console(stderr=True)
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records go under.")]
+NoPlotsOpt = Annotated[bool, typer.Option("--no-plots", help="Draw no figures (RUN/plots/*.png).")]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -86,6 +87,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     all_layers: Annotated[bool, typer.Option("--all-layers", help="Show every layer in the table.")] = False,
+    no_plots: NoPlotsOpt = False,
 ) -> None:
     """Train one variant, probe every layer, write a run record and report it."""
     try:
@@ -114,6 +116,8 @@ def run(
                                     indent=2) + "\n")
     else:
         out_console.print(run_report(read_record(outcome.path), all_layers))
+    if not no_plots:
+        _draw_plots(outcome.path, quiet=as_json)
     if outcome.summary["status"] == "interrupted":
         raise typer.Exit(130)
     if outcome.summary["status"] == "failed":
@@ -170,6 +174,7 @@ def compare(
                                      reuse, not no_plots, done)
     rows = comparing.comparison_rows(variants)
     record_dir = comparing.write_comparison(rows, out)
+    _draw_comparison(record_dir, draw=not no_plots)
     out_console.print(comparing.comparison_table(rows))
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False)
     invalid = [v for v in variants if v.status == "invalid"]
@@ -212,6 +217,71 @@ def validate(
             err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(
+        help="A run directory (runs/NAME/STAMP), or a compare record (runs/compare-STAMP).",
+        file_okay=False)],
+    all_layers: Annotated[bool, typer.Option("--all-layers", help="Show every layer in the table.")] = False,
+    no_plots: NoPlotsOpt = False,
+) -> None:
+    """Re-print a run's report from its record and redraw its plots; no training."""
+    from gradlab.record import is_run_dir, read_record
+    from gradlab.report import run_report
+
+    if (run_dir / "comparison.csv").is_file():
+        from gradlab.compare import render_comparison_dir
+
+        out_console.print(render_comparison_dir(run_dir))
+        _draw_comparison(run_dir, draw=not no_plots)
+        return
+    if not is_run_dir(run_dir):
+        raise _fail(f"{run_dir}: not a run directory (no summary.json or metrics.csv); "
+                    f"`gradlab runs` lists the runs")
+    out_console.print(run_report(read_record(run_dir), all_layers))
+    if not no_plots:
+        _draw_plots(run_dir)
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(help="Directory that run records are under.",
+                                         file_okay=False)] = Path("runs"),
+) -> None:
+    """List the runs under a directory, newest first: name, status, date, steps, loss, verdict."""
+    from gradlab.report import run_list
+
+    if not root.is_dir():
+        raise _fail(f"{root}: no such directory")
+    out_console.print(run_list(root))
+
+
+def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
+    """Draw a run's figures into RUN/plots/; a plotting error is reported, never fatal."""
+    try:
+        from gradlab.plots import plot_run
+
+        drawn = plot_run(run_dir)
+    except Exception as e:  # the record is already complete: a figure is not worth a crash
+        err_console.print(f"plots failed: {type(e).__name__}: {e}", style="yellow", markup=False)
+        return
+    if not quiet:
+        names = ", ".join(p.name for p in drawn)
+        out_console.print(f"plots: {run_dir / 'plots'} ({names})", style="dim", highlight=False,
+                          soft_wrap=True)
+
+
+def _draw_comparison(record_dir: Path, draw: bool) -> None:
+    """A compare record's figures (when `draw`) and report.md; errors are reported, not fatal."""
+    try:
+        from gradlab.plots import plot_compare_record
+
+        plot_compare_record(record_dir, draw)
+    except Exception as e:
+        err_console.print(f"comparison figures failed: {type(e).__name__}: {e}", style="yellow",
+                          markup=False)
 
 
 def main() -> None:

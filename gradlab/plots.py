@@ -2,8 +2,9 @@
 
 `plot_run(run_dir)` draws loss, gradient flow, a gradient heatmap, activations (and gradients
 through time for sequence models) from whatever the record holds, even a killed run's partial
-CSVs. `plot_comparison(records, out_dir)` overlays many runs; `comparison_markdown` embeds the
-figures in report.md. Reads `record.py` only (no torch, no trainer); needs no display (Agg).
+CSVs. `plot_compare_record(dir)` overlays a comparison's runs and writes its report.md, the
+table with the figures embedded. Reads `record.py` only (no torch, no trainer); needs no
+display (Agg).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import PercentFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-from gradlab.record import Record, _read_csv, read_record  # noqa: E402
+from gradlab.record import Record, _read_csv, is_run_dir, read_record, write_atomic  # noqa: E402
 
 DPI = 110
 STEP_LINES = 5  # gradient-flow lines per run: init, three in between, final
@@ -81,8 +82,8 @@ def _title(record: Record, what: str) -> str:
 def layer_grid(record: Record, key: str) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
     """(steps, layer names, values (step, layer), present (step, layer)) of one layers.csv column.
 
-    A missing row (a killed run's half-logged step) is NaN with present False; a logged NaN
-    or Inf (a diverging run) is present.
+    A missing value (a killed run's half-logged step, or a statistic not measured for that
+    layer) is NaN with present False; a logged NaN or Inf (a diverging run) is present.
     """
     rows = [r for r in record.layers if _is_train(r) and isinstance(r.get("layer"), int)]
     steps = sorted({r["step"] for r in rows})
@@ -93,7 +94,7 @@ def layer_grid(record: Record, key: str) -> tuple[list[int], list[str], np.ndarr
     present = np.zeros((len(steps), n), dtype=bool)
     for r in rows:
         values[at[r["step"]], r["layer"]] = _value(r.get(key))
-        present[at[r["step"]], r["layer"]] = True
+        present[at[r["step"]], r["layer"]] = r.get(key) is not None
         names[r["layer"]] = str(r.get("name") or r["layer"] + 1)
     return steps, names, values, present
 
@@ -113,8 +114,9 @@ def time_grads(record: Record) -> list[tuple[int | None, list[float]]]:
         return [(s, [_value(r["grad_norm"]) for r in sorted(
             (r for r in rows if r["step"] == s), key=lambda r: r["t"])]) for s in chosen]
     s = record.summary or {}
-    found = [(None, [_value(v) for v in s[k]]) for k in ("time_grads_init", "time_grads_final")
-             if s.get(k)]
+    found: list[tuple[int | None, list[float]]] = [
+        (None, [_value(v) for v in s[k]]) for k in ("time_grads_init", "time_grads_final")
+        if s.get(k)]
     return found
 
 
@@ -138,6 +140,14 @@ def _empty(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _nothing_finite(record: Record, present: np.ndarray, what: str) -> str:
+    """Why a figure has no line: nothing logged, or only NaN/Inf (and where it diverged)."""
+    if not present.any():
+        return f"no {what}s were logged"
+    where = divergence(record)
+    return f"every logged {what} was NaN or Inf" + (f"\n({where[1]})" if where else "")
 
 
 def _layer_ticks(ax: Axes, names: list[str], axis: str = "x", most: int = 12) -> None:
@@ -181,9 +191,9 @@ def _draw_norms(ax: Axes, x: np.ndarray, y: np.ndarray, floor: float, **style: A
     return bool(zero.any())
 
 
-def _zero_legend(floor: float) -> Line2D:
+def _zero_legend(floor: float, what: str = "exactly 0 (underflow or saturation)") -> Line2D:
     return Line2D([], [], ls="none", marker="v", ms=7, mfc="none", mec="grey",
-                  label=f"exactly 0 (underflow), drawn at {floor:.0e}")
+                  label=f"{what}, drawn at {floor:.0e}")
 
 
 # ---------------------------------------------------------------- one run's figures
@@ -200,9 +210,15 @@ def loss_figure(record: Record) -> Figure:
     axes = fig.subplots(2 if accuracy else 1, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
     ax.set_title(_title(record, "loss"))
+    diverged = divergence(record)
     if not series["loss"] and not series["test_loss"]:
-        _empty(ax, "no loss was logged")
-        return fig
+        if diverged is None:
+            _empty(ax, "no loss was logged")
+            return fig
+        # diverged before any finite loss: there is no curve, only where it broke
+        ax.text(0.5, 0.5, "no finite loss was logged", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+        ax.set_yticks([])
     for key, label, style in (("loss", "train loss (minibatch)", dict(color="C0", lw=1.5)),
                               ("test_loss", "test loss", dict(color="C1", marker="s", ls="--"))):
         if series[key]:
@@ -220,18 +236,25 @@ def loss_figure(record: Record) -> Figure:
         axes[1].set_ylim(-0.02, 1.02)
         axes[1].yaxis.set_major_formatter(PercentFormatter(1.0))
         axes[1].set_ylabel("test accuracy")
-    where = (record.summary or {}).get("first_nonfinite")
-    if where and isinstance(where.get("step"), (int, float)):
-        what = where.get("what") or "value"
-        layer = f" in {where['layer']}" if where.get("layer") else ""
+    if diverged is not None:
         for a in axes:
-            a.axvline(where["step"], color="red", ls="--", lw=1.2,
-                      label=f"diverged at step {where['step']}: NaN/Inf {what}{layer}")
+            a.axvline(diverged[0], color="red", ls="--", lw=1.2, label=diverged[1])
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(loc="best", fontsize="small")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("step")
     return fig
+
+
+def divergence(record: Record) -> tuple[int, str] | None:
+    """(step, description) of the first NaN/Inf of a diverged run, from summary.json."""
+    where = (record.summary or {}).get("first_nonfinite")
+    if not where or not isinstance(where.get("step"), (int, float)):
+        return None
+    what = where.get("what") or "value"
+    layer = f" in {where['layer']}" if where.get("layer") else ""
+    return int(where["step"]), f"diverged at step {where['step']}: NaN/Inf {what}{layer}"
 
 
 def grad_flow_figure(record: Record) -> Figure:
@@ -241,7 +264,7 @@ def grad_flow_figure(record: Record) -> Figure:
     ax = fig.add_subplot()
     ax.set_title(_title(record, "gradient flow (‖∂L/∂W‖ by layer)"))
     if not steps or not np.isfinite(g).any():
-        _empty(ax, "no finite gradient norms were logged")
+        _empty(ax, _nothing_finite(record, present, "gradient norm"))
         return fig
     x = np.arange(1, len(names) + 1)
     chosen = _pick(len(steps), STEP_LINES)
@@ -266,6 +289,9 @@ def grad_flow_figure(record: Record) -> Figure:
         handles.append(_zero_legend(floor))
     if bad:
         handles.append(Line2D([], [], ls="none", marker="x", color="red", label="NaN/Inf"))
+    where = divergence(record)
+    if where is not None:
+        handles.append(Line2D([], [], color="red", ls="--", lw=1.2, label=where[1]))
     _layer_ticks(ax, names)
     ax.set_xlabel("layer (input → output)")
     ax.set_ylabel("gradient norm (log scale)")
@@ -288,7 +314,8 @@ def grad_heatmap_figure(record: Record) -> Figure:
     finite = np.isfinite(z)
     lo, hi = (float(z[finite].min()), float(z[finite].max())) if finite.any() else (0.0, 1.0)
     hi = hi if hi > lo else lo + 1
-    under, over = z == -np.inf, z == np.inf
+    # a logged NaN is a divergence like Inf (red); grey is only for what was never logged
+    under, over = z == -np.inf, (z == np.inf) | (present & np.isnan(z))
     z = np.where(under, lo - 1, np.where(over, hi + 1, z))  # drawn in the under/over colours
     cmap = matplotlib.colormaps["viridis"].with_extremes(under="black", over="red",
                                                          bad="lightgrey")
@@ -300,9 +327,21 @@ def grad_heatmap_figure(record: Record) -> Figure:
     mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(z).T, cmap=cmap, vmin=lo, vmax=hi)
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
         (bool(under.any()), bool(over.any())), "neither")
-    notes = [n for n, found in (("black: exactly 0", under.any()), ("red: Inf", over.any()),
-                                ("grey: NaN or not logged", (~finite & ~under & ~over).any()))
+    notes = [n for n, found in (("black: exactly 0", under.any()), ("red: NaN or Inf", over.any()),
+                                ("grey: not logged", (~finite & ~under & ~over).any()))
              if found]
+    if not finite.any():
+        ax.text(0.5, 0.5, _nothing_finite(record, present, "gradient norm"), ha="center",
+                va="center", transform=ax.transAxes, backgroundcolor="white")
+    where = divergence(record)
+    if where is not None:  # the first NaN/Inf may come between two logged steps
+        ax.axvline(where[0], color="red", ls="--", lw=1.5, label=where[1])
+        ax.set_xlim(min(x_edges[0], where[0] - 0.5), max(x_edges[-1], where[0] + 0.5))
+        ax.legend(loc="lower left", fontsize="small", framealpha=0.9)
+    if len(steps) <= 12:
+        ax.set_xticks(steps)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     bar = fig.colorbar(mesh, ax=ax, extend=extend)
     bar.set_label("log10 ‖∂L/∂W‖" + (f"   ({'; '.join(notes)})" if notes else ""))
     _layer_ticks(ax, names, axis="y", most=16)
@@ -313,30 +352,52 @@ def grad_heatmap_figure(record: Record) -> Figure:
 
 def activations_figure(record: Record) -> Figure:
     """Activation std, and the saturated or dead fraction, by layer at init and at the end."""
-    steps, names, std, _ = layer_grid(record, "act_std")
+    steps, names, std, present = layer_grid(record, "act_std")
     activation = str((record.config.get("model") or {}).get("activation") or "")
     key, label = _unit_stat(record, activation)
     _, _, frac, _ = layer_grid(record, key)
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     fig.suptitle(_title(record, f"activations{f' ({activation})' if activation else ''}"))
-    logged = [i for i in range(len(steps)) if np.isfinite(std[i]).any()]
+    # NaN stands both for "not measured" (the head) and for an overflowed forward pass
+    measured = (present & ~np.isnan(std)) | ~np.isnan(frac)
+    if not measured.any():
+        measured = present & (np.arange(len(names)) < len(names) - 1)  # all NaN: all but the head
+    logged = [i for i in range(len(steps)) if measured[i].any()]
     if not logged:
         _empty(left, "no activation statistics were logged")
         _empty(right, "")
         return fig
-    hidden = [c for c in range(len(names)) if np.isfinite(std[:, c]).any()]  # not the head
-    std, frac, names = std[:, hidden], frac[:, hidden], [names[c] for c in hidden]
+    hidden = [c for c in range(len(names)) if measured[:, c].any()]  # not the head
+    std, frac, present = std[:, hidden], frac[:, hidden], present[:, hidden]
+    names = [names[c] for c in hidden]
     x = np.arange(1, len(names) + 1)
     ends = [(logged[-1], "end", "-", "o", "C3")] if len(logged) > 1 else []
     ends.append((logged[0], "init", "--", "s", "C0"))  # drawn last: visible where they agree
+    shown = std[[i for i, *_ in ends]]
+    log = spans_decades([float(v) for v in shown[shown > 0]])
+    floor = log_floor(shown)
+    zeros = bad = False
     for i, when, ls, marker, color in ends:
         style = dict(ls=ls, marker=marker, ms=4, mfc="none", color=color,
                      label=f"{when} (step {steps[i]})")
-        left.plot(x, std[i], **style)
+        if log:  # a layer whose output is constant (std exactly 0) is drawn at the floor
+            zeros |= _draw_norms(left, x, std[i], floor, **style)
+        else:
+            left.plot(x, np.where(np.isfinite(std[i]), std[i], np.nan), **style)
         right.plot(x, frac[i], **style)
-    if spans_decades([float(v) for i, *_ in ends for v in std[i]]):
+        nonfinite = present[i] & ~np.isfinite(std[i])
+        if nonfinite.any():  # overflowed: a forward pass that explodes
+            bad = True
+            finite = shown[np.isfinite(shown)]
+            top = float(finite.max()) * (10 if log else 1.1) if finite.size else 1.0
+            left.plot(x[nonfinite], np.full(int(nonfinite.sum()), top), ls="none", marker="x",
+                      ms=7, color=color)
+    if log:
         left.set_yscale("log")
+    extra = ([_zero_legend(floor, "exactly 0")] if zeros else []) + (
+        [Line2D([], [], ls="none", marker="x", color="grey", label="NaN/Inf (overflow)")]
+        if bad else [])
     left.set_ylabel("std of the layer's output")
     left.set_title("activation std", fontsize="medium")
     right.set_ylim(-0.02, 1.02)
@@ -352,8 +413,9 @@ def activations_figure(record: Record) -> Figure:
         _layer_ticks(ax, names)
         ax.set_xlabel("hidden layer (input → output)")
         ax.grid(alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles[::-1], labels[::-1], fontsize="small")  # init first
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles[::-1] + (extra if ax is left else []),
+                  fontsize="small")  # init first
     return fig
 
 
@@ -407,6 +469,25 @@ def plot_comparison(records: list[Record], out_dir: Path) -> list[Path]:
             save(comparison_grad_flow_figure(records), out / "grad_flow.png")]
 
 
+def plot_compare_record(path: Path, draw: bool = True) -> list[Path]:
+    """Draw a compare record's figures (unless not `draw`) and write its report.md.
+
+    The variants are read back through the record's own links (variants/NAME), in the
+    order of comparison.csv, so this works on a record moved or read from another directory.
+    """
+    path = Path(path)
+    records = []
+    for row in _read_csv(path / "comparison.csv"):
+        link = path / "variants" / str(row.get("variant"))
+        run_dir = link if link.is_dir() else Path(str(row.get("run_dir") or ""))
+        if row.get("run_dir") and is_run_dir(run_dir):
+            records.append(read_record(run_dir))
+    figures = plot_comparison(records, path) if draw and records else []
+    table = (path / "comparison.md").read_text(encoding="utf-8")
+    write_atomic(path / "report.md", comparison_markdown(table, figures, base=path))
+    return figures
+
+
 def variant_labels(records: list[Record]) -> list[str]:
     """One legend label per run: its name, its status when not completed, unique."""
     labels: list[str] = []
@@ -421,7 +502,7 @@ def variant_labels(records: list[Record]) -> list[str]:
 
 def variant_style(i: int, n: int) -> dict[str, Any]:
     """Colour, line style and marker of the i-th of n lines: neighbours differ in all three."""
-    colors = matplotlib.colormaps["tab10"].colors
+    colors = matplotlib.color_sequences["tab10"]
     return {"color": colors[i % 10], "ls": LINESTYLES[(i // 10) % len(LINESTYLES)],
             "marker": MARKERS[i % len(MARKERS)], "ms": 4, "lw": 1.4}
 

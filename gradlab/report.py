@@ -1,4 +1,5 @@
-"""Terminal rendering of run records: the per-layer table, loss curve and verdicts.
+"""Terminal rendering of run records: the per-layer table, loss curve and verdicts, and the
+listing of every run under a directory (`gradlab runs`).
 
 Every function here takes records (from `record.read_record`) and *returns* a rich
 renderable; only the CLI prints. Nothing here imports the trainer or torch.
@@ -6,8 +7,12 @@ renderable; only the CLI prints. Nothing here imports the trainer or torch.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -16,7 +21,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradlab.record import Record
+from gradlab.record import Record, is_run_dir
+from gradlab.record import _read_csv as read_csv
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "green"}
 FAR_BELOW = 1e-3  # a gradient this far below the layer with the largest one is highlighted
@@ -176,7 +182,7 @@ def _finite(x: Any) -> bool:
 MARKS = {0: ("•", "cyan"), 1: ("x", "magenta"), 2: ("+", "green"), 3: ("o", "yellow")}
 
 
-def chart(series: dict[str, Sequence[tuple[float, float]]], width: int = 64,
+def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
           height: int = 12, log: bool | None = None) -> Text:
     """A small scatter chart in text; log y-scale when the values span over a decade."""
     points = [p for s in series.values() for p in s]
@@ -282,3 +288,85 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
         parts.append(Panel(chart(series, 64, 10), title="‖∂L/∂h_t‖ by time step t",
                            title_align="left", expand=False))
     return Group(*parts)
+
+
+# ---------------------------------------------------------------- listing runs
+
+
+STAMP = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")  # record.utc_stamp(), then -N if taken
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories at `root`, one level under it (runs/NAME) or two (runs/NAME/STAMP).
+
+    Symbolic links are not followed, so a compare record's variants/ are not listed twice.
+    """
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    found: list[Path] = []
+    for child in _subdirs(root):
+        found += [child] if is_run_dir(child) else [g for g in _subdirs(child) if is_run_dir(g)]
+    return found
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def run_started(path: Path) -> tuple[datetime, int]:
+    """When a run started (UTC), from its directory name; the -N suffix breaks ties."""
+    m = STAMP.match(path.name)
+    if m:
+        return (datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc),
+                int(m.group(2) or 0))
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc), 0
+
+
+def listing_record(path: Path) -> Record:
+    """A run read for the listing: summary.json, and metrics.csv only when there is no summary
+    of a finished run (a killed or running one), never the larger layers.csv."""
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    record = Record(path, summary, {}, [], [])
+    if record.status in ("incomplete", "running"):
+        record.metrics = read_csv(path / "metrics.csv")
+    return record
+
+
+def run_list(root: Path) -> RenderableType:
+    """Every run under `root`, newest first: name, status, date, steps, final loss, verdicts."""
+    paths = sorted(find_runs(root), key=run_started, reverse=True)
+    if not paths:
+        return Text(f"no runs under {root}", style="yellow")
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True,
+                  title=f"runs under {root}, newest first", title_justify="left",
+                  caption=f"gradlab report {root}/RUN re-prints one", caption_justify="left")
+    for col, justify in (("run", "left"), ("status", "left"),
+                         ("started (UTC)", "left"), ("steps", "right"), ("final loss", "right"),
+                         ("verdict", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "verdict")  # type: ignore[arg-type]
+    for path in paths:
+        record = listing_record(path)
+        s = record.summary or {}
+        status = record.status
+        style = {"completed": "green", "diverged": "red", "failed": "red"}.get(status, "yellow")
+        train = [m for m in record.metrics if not str(m.get("phase", "train")).startswith("pretrain")]
+        if status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
+            steps = f"{train[-1]['step'] + 1 if train else 0}" + (
+                f"/{s['steps_planned']}" if s.get("steps_planned") else "")
+            losses = [m["loss"] for m in train if _finite(m.get("loss"))]
+            loss = losses[-1] if losses else None
+        else:
+            steps = f"{s.get('steps_done', '?')}/{s.get('steps_planned', '?')}"
+            loss = s.get("final_loss")
+        verdicts = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
+        run = path.name if path == root else path.relative_to(root).as_posix()
+        table.add_row(run, Text(status, style), run_started(path)[0].strftime("%Y-%m-%d %H:%M"),
+                      steps, num(loss), verdicts)
+    return table

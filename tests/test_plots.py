@@ -1,0 +1,152 @@
+"""plots.py: every figure of a completed, diverged, interrupted and killed run is a valid PNG,
+the figures mark what they claim (underflow, divergence), comparisons stay readable for 20
+variants, and reading a record never imports torch or the trainer."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from conftest import tiny_config
+from matplotlib.colors import to_hex
+
+from gradlab import plots
+from gradlab.record import Record, read_record
+from gradlab.runner import run_config
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUN_FIGURES = ["loss.png", "grad_flow.png", "grad_heatmap.png", "activations.png"]
+
+
+class StopAt:
+    """An observer that presses Ctrl-C after a given step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
+        if step >= self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One record of each kind a user meets: completed, diverged, interrupted, killed."""
+    out = tmp_path_factory.mktemp("runs")
+    made = {
+        "completed": run_config(tiny_config(), out).path,
+        "diverged": run_config(tiny_config(name="boom", model={"init": {"scheme": "normal",
+                                                                        "std": 5.0}},
+                                           train={"lr": 50.0}), out).path,
+        "interrupted": run_config(tiny_config(name="stopped"), out, (StopAt(4),)).path,
+        # 50 sigmoid layers: the first layers' gradients underflow to exactly 0
+        "vanishing": run_config(tiny_config(name="deep", model={"depth": 50,
+                                                                "activation": "sigmoid"},
+                                            train={"steps": 4}), out).path,
+    }
+    killed = out / "killed" / "20250101T000000Z"
+    shutil.copytree(made["completed"], killed)
+    (killed / "summary.json").unlink()  # what a run killed with SIGKILL leaves behind
+    made["killed"] = killed
+    return made
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 400, path
+    assert pixels.std() > 0.01, f"{path} is blank"
+
+
+@pytest.mark.parametrize("kind", ["completed", "diverged", "interrupted", "killed"])
+def test_every_run_figure_is_a_valid_png(runs, kind):
+    record = read_record(runs[kind])
+    assert record.status == {"killed": "incomplete"}.get(kind, kind)
+    drawn = plots.plot_run(runs[kind])
+    assert [p.name for p in drawn] == RUN_FIGURES
+    for path in drawn:
+        assert path.parent == runs[kind] / "plots"
+        assert_png(path)
+    assert not list((runs[kind] / "plots").glob(".*.tmp"))  # written atomically
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend()
+            for t in ax.get_legend().get_texts()] + [
+        t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def test_titles_say_how_the_run_ended(runs):
+    for kind, status in (("diverged", "diverged"), ("interrupted", "interrupted"),
+                         ("killed", "incomplete")):
+        fig = plots.grad_flow_figure(read_record(runs[kind]))
+        assert f"[{status}" in fig.axes[0].get_title()
+
+
+def test_underflowed_gradients_are_drawn_not_dropped(runs):
+    record = read_record(runs["vanishing"])
+    steps, _, g, _ = plots.layer_grid(record, "grad_norm")
+    assert (g[0] == 0).any() and g[0, -1] > 0  # the premise: exact zeros at the input end
+    fig = plots.grad_flow_figure(record)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert any("exactly 0" in t for t in legend_texts(fig))
+    init = next(line for line in ax.get_lines() if line.get_label() == "step 0 (init)")
+    y = np.asarray(init.get_ydata(), dtype=float)
+    assert np.isfinite(y).all() and (y > 0).all()  # zeros sit at the floor, visible on log axes
+    assert y[0] < y[-1] / 1e3  # vanishing shows as a slope from the output down to the input
+    bar_label = plots.grad_heatmap_figure(record).axes[-1].get_ylabel()
+    assert "black: exactly 0" in bar_label
+
+
+def test_divergence_is_marked_where_it_happened(runs):
+    record = read_record(runs["diverged"])
+    where = record.summary["first_nonfinite"]
+    loss = plots.loss_figure(record)
+    assert any(t.startswith(f"diverged at step {where['step']}") for t in legend_texts(loss))
+    heat = plots.grad_heatmap_figure(record).axes[0]
+    [line] = [x for x in heat.get_lines() if x.get_label().startswith("diverged")]
+    assert line.get_xdata()[0] == where["step"]
+    assert heat.get_xlim()[1] > where["step"]  # visible even past the last logged step
+
+
+def test_a_record_with_no_rows_still_draws_every_figure(tmp_path):
+    empty = Record(tmp_path, None, {}, [], [])  # killed before its first logged step
+    for draw in (plots.loss_figure, plots.grad_flow_figure, plots.grad_heatmap_figure,
+                 plots.activations_figure):
+        plots.save(draw(empty), tmp_path / "x.png")
+        assert_png(tmp_path / "x.png")
+
+
+def test_comparison_of_20_variants_keeps_a_legend_inside_the_figure(runs, tmp_path):
+    records = [read_record(runs[k]) for k in ("completed", "diverged", "interrupted",
+                                               "vanishing")] * 5
+    labels = plots.variant_labels(records)
+    assert len(set(labels)) == 20 and "boom (diverged)" in labels
+    for make in (plots.comparison_loss_figure, plots.comparison_grad_flow_figure):
+        fig = make(records)
+        fig.draw_without_rendering()  # lays the figure out, as saving it does
+        [legend] = fig.legends
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert all(label in texts for label in labels)
+        box = legend.get_window_extent()
+        assert box.x0 >= 0 and box.y0 >= 0
+        assert box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.bbox.y1 + 1  # nothing cut off
+        styles = {(to_hex(h.get_color()), h.get_linestyle(), h.get_marker())
+                  for h in legend.legend_handles[:20]}
+        assert len(styles) == 20  # no two variants drawn alike
+
+
+def test_reading_a_record_imports_neither_torch_nor_the_trainer():
+    code = ("import sys, gradlab.report, gradlab.plots, gradlab.record; "
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') "
+            "or m in ('gradlab.train', 'gradlab.runner', 'gradlab.probe', 'gradlab.models')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
