@@ -46,6 +46,13 @@ SUMMARY_FIELDS = (
     "verdict_kinds", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain",
 )
 
+# The summary fields that come from the probe's rows: empty or null when probing is off.
+PROBED_FIELDS = (
+    "grad_ratio_init", "grad_ratio_final", "grad_norm_min_init", "grad_norm_min_final",
+    "weight_norm_init", "weight_norm_final", "layers", "time_grad_ratio_init",
+    "time_grad_ratio_final",
+)
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
@@ -241,6 +248,7 @@ class TrainConfig(_Section):
 class ProbeConfig(_Section):
     every: int = Field(10, ge=1)
     activations: bool = True
+    enabled: bool = True  # false: train without probing (no layers.csv rows), e.g. to time it
 
 
 class PretrainConfig(_Section):
@@ -308,6 +316,9 @@ def _cross_problems(cfg: Config) -> list[str]:
             f"got {cfg.train.batch_size}"
         )
     problems += [f"expect.{key}: {msg}" for key, msg in _expect_problems(cfg.expect)]
+    if not cfg.probe.enabled:
+        problems += [f"expect.{key}: needs the probe's per-layer statistics, but probe.enabled "
+                     "is false" for key in cfg.expect if key.split(".")[0] in PROBED_FIELDS]
     return problems
 
 

@@ -118,7 +118,7 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
     loss_fn = loss_function(t.loss, data.task, data.n_out)
     optimizer = build_optimizer(model.parameters(), t)
     probe = Probe(layers, cfg.probe.every, steps - 1, cfg.model.activation,
-                  cfg.probe.activations, model)
+                  cfg.probe.activations, model, cfg.probe.enabled)
     params = [p for p in model.parameters() if p.requires_grad]
     device = data.x_train.device
     order = batches(len(data.x_train), t.batch_size, cfg.seed, device)
