@@ -287,6 +287,10 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
     if series["init"]:
         parts.append(Panel(chart(series, 64, 10), title="‖∂L/∂h_t‖ by time step t",
                            title_align="left", expand=False))
+    zeros = sum(g == 0 for g in [*init, *final])
+    if zeros:
+        parts.append(Text(f"{zeros} values of exactly 0 (underflowed) are not drawn on the "
+                          "log scale", style="dim"))
     return Group(*parts)
 
 

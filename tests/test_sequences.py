@@ -268,3 +268,17 @@ def test_canonical_sequence_configs_validate_and_state_their_claims():
     assert explode.model == clip.model and explode.train.clip is None and clip.train.clip is not None
     adding = [load_config(CONFIGS / f"{k}_adding.yaml") for k in ("rnn", "lstm", "gru")]
     assert len({(c.data, c.train, c.seed) for c in adding}) == 1  # same task, same budget
+
+
+def test_time_table_says_which_values_underflowed():
+    from rich.console import Console
+
+    from gradlab.report import time_table
+
+    summary = {"time_grads_init": [1e-9, 1e-3, 1.0], "time_grads_final": [0.0, 0.0, 0.5],
+               "time_grad_ratio_init": 1e-9, "time_grad_ratio_final": 0.0}
+    console = Console(width=100, record=True)
+    console.print(time_table(summary))
+    text = console.export_text()
+    assert "‖∂L/∂h_1‖ / ‖∂L/∂h_T‖: 1.00e-09 at init, 0 at the end" in text
+    assert "2 values of exactly 0 (underflowed) are not drawn" in text
