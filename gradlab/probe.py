@@ -56,7 +56,8 @@ class Probe:
         grads = [p.weight.grad if p.weight.grad is not None else torch.zeros_like(p.weight)
                  for p in self.layers]
         grad_norm = torch.stack(torch._foreach_norm(grads))
-        grad_absmax = torch.stack(torch._foreach_norm(grads, math.inf))
+        # max |g| this way is several times faster on the CPU than _foreach_norm(grads, inf)
+        grad_absmax = torch.stack(torch._foreach_max(torch._foreach_abs(grads)))
         weight_norm = torch.stack(torch._foreach_norm(weights))
         grad_rms = grad_norm / self._numel.sqrt()
         self._before = torch._foreach_mul(weights, 1.0)  # copies, for the update ratio
@@ -112,16 +113,21 @@ class Probe:
             return [nan, nan, nan, nan]
         h = torch.stack([c.detach() for c in captured])  # (hidden layers, batch, width)
         h = h.reshape(h.shape[0], h.shape[1], -1)
+        # Reductions run over one contiguous dimension: on the CPU, reducing over (1, 2) and
+        # torch.std are several times slower, and this runs on every logged step.
+        flat = h.reshape(h.shape[0], -1)  # (hidden layers, batch · width)
+        mean = flat.mean(dim=1)
+        std = ((flat - mean[:, None]).pow(2).sum(dim=1) / max(1, flat.shape[1] - 1)).sqrt()
         if self.activation == "sigmoid":
-            saturated = ((h < 0.01) | (h > 0.99)).float().mean(dim=(1, 2))
+            saturated = ((flat < 0.01) | (flat > 0.99)).float().mean(dim=1)
         elif self.activation == "tanh":
-            saturated = (h.abs() > 0.99).float().mean(dim=(1, 2))
+            saturated = (flat.abs() > 0.99).float().mean(dim=1)
         else:
             saturated = nan[: h.shape[0]]
         if self.activation in RELU_FAMILY:
-            dead = (h <= 0).all(dim=1).float().mean(dim=1)  # units off for the whole batch
+            dead = (h.amax(dim=1) <= 0).float().mean(dim=1)  # units off for the whole batch
         else:
             dead = nan[: h.shape[0]]
         pad = nan[: n - h.shape[0]]  # the head has no activation of its own
-        cols = [h.mean(dim=(1, 2)), h.std(dim=(1, 2)), saturated, dead]
+        cols = [mean, std, saturated, dead]
         return [torch.cat([c, pad]) for c in cols]
