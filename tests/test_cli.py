@@ -38,7 +38,7 @@ def test_run_prints_the_report_and_writes_the_record(tiny_yaml: Path, tmp_path: 
     assert "tiny  completed  10/10 steps" in out
     for name in ("fc1", "fc4", "head", "per-layer statistics", "saturated", "loss", "verdict"):
         assert name in out
-    assert str(run_dir) in out
+    assert run_dir.name in out  # the record's directory (the panel may wrap a long path)
     assert summary["verdicts"][0]["message"].split(": ")[0] in out
 
 
@@ -70,7 +70,8 @@ def test_a_deep_table_is_abridged_unless_all_layers(write_yaml, tmp_path: Path) 
     full = invoke("run", path, "--out", tmp_path / "runs", "--all-layers")
     assert short.exit_code == full.exit_code == 0
     assert "of 31 layers shown; --all-layers for every one" in short.stdout
-    assert " fc15 " not in short.stdout and " fc14 " not in short.stdout
+    shown = [i for i in range(1, 31) if f" fc{i} " in short.stdout]
+    assert shown[:3] == [1, 2, 3] and shown[-2:] == [29, 30] and len(shown) < 20
     assert all(f" fc{i} " in full.stdout for i in range(1, 31)) and "layers shown" not in full.stdout
 
 
