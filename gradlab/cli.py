@@ -264,6 +264,9 @@ def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
         from gradlab.plots import plot_run
 
         drawn = plot_run(run_dir)
+    except KeyboardInterrupt:
+        raise _fail("interrupted while drawing the plots; the record is complete "
+                    f"(gradlab report {run_dir} draws them)", 130) from None
     except Exception as e:  # the record is already complete: a figure is not worth a crash
         err_console.print(f"plots failed: {type(e).__name__}: {e}", style="yellow", markup=False)
         return
