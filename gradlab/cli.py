@@ -174,9 +174,9 @@ def compare(
                                      reuse, not no_plots, done)
     rows = comparing.comparison_rows(variants)
     record_dir = comparing.write_comparison(rows, out)
-    _draw_comparison(record_dir, draw=not no_plots)
     out_console.print(comparing.comparison_table(rows))
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False)
+    _draw_comparison(record_dir, draw=not no_plots)
     invalid = [v for v in variants if v.status == "invalid"]
     for v in invalid:
         err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
@@ -282,6 +282,9 @@ def _draw_comparison(record_dir: Path, draw: bool) -> None:
         from gradlab.plots import plot_compare_record
 
         plot_compare_record(record_dir, draw)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted while drawing the comparison figures (gradlab report "
+                    f"{record_dir} draws them)", 130) from None
     except Exception as e:
         err_console.print(f"comparison figures failed: {type(e).__name__}: {e}", style="yellow",
                           markup=False)
