@@ -174,9 +174,9 @@ def compare(
                                      reuse, not no_plots, done)
     rows = comparing.comparison_rows(variants)
     record_dir = comparing.write_comparison(rows, out)
-    _draw_comparison(record_dir, draw=not no_plots)
     out_console.print(comparing.comparison_table(rows))
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False)
+    _draw_comparison(record_dir, draw=not no_plots)
     invalid = [v for v in variants if v.status == "invalid"]
     for v in invalid:
         err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
@@ -264,6 +264,9 @@ def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
         from gradlab.plots import plot_run
 
         drawn = plot_run(run_dir)
+    except KeyboardInterrupt:
+        raise _fail("interrupted while drawing the plots; the record is complete "
+                    f"(gradlab report {run_dir} draws them)", 130) from None
     except Exception as e:  # the record is already complete: a figure is not worth a crash
         err_console.print(f"plots failed: {type(e).__name__}: {e}", style="yellow", markup=False)
         return
@@ -279,6 +282,9 @@ def _draw_comparison(record_dir: Path, draw: bool) -> None:
         from gradlab.plots import plot_compare_record
 
         plot_compare_record(record_dir, draw)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted while drawing the comparison figures (gradlab report "
+                    f"{record_dir} draws them)", 130) from None
     except Exception as e:
         err_console.print(f"comparison figures failed: {type(e).__name__}: {e}", style="yellow",
                           markup=False)

@@ -135,9 +135,12 @@ def _worker(path: str, overrides: list[str], out: str, threads: int,
 def _plot(run_dir: Path) -> None:
     try:
         from gradlab import plots
-    except ImportError:
-        return
-    plots.plot_run(run_dir)
+
+        plots.plot_run(run_dir)
+    except Exception as e:  # the run is complete: a figure that fails must not lose it
+        import sys
+
+        print(f"{run_dir}: plots failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def compare(paths: list[Path], out: Path, jobs: int | None = None,

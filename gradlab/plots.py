@@ -46,14 +46,20 @@ def plot_run(run_dir: Path) -> list[Path]:
                "grad_heatmap.png": grad_heatmap_figure, "activations.png": activations_figure}
     if is_sequence(record):
         figures["time_grads.png"] = time_grads_figure
+        if not any(isinstance(r.get("act_std"), float) and not math.isnan(r["act_std"])
+                   for r in record.layers):  # the probe measures no activations in a cell
+            del figures["activations.png"]
     return [save(draw(record), out / name) for name, draw in figures.items()]
 
 
 def save(fig: Figure, path: Path) -> Path:
     """Write a PNG atomically, so a reader never sees half a picture."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after an error or Ctrl-C mid-write
     return path
 
 
@@ -239,12 +245,26 @@ def loss_figure(record: Record) -> Figure:
     if diverged is not None:
         for a in axes:
             a.axvline(diverged[0], color="red", ls="--", lw=1.2, label=diverged[1])
+    stopped = _stop_note(record, rows)
+    if stopped is not None:
+        for a in axes:
+            a.axvline(stopped[0], color="grey", ls="-.", lw=1.2, label=stopped[1])
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(loc="best", fontsize="small")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("step")
     return fig
+
+
+def _stop_note(record: Record, rows: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """Where an interrupted or killed run stopped: its last step done, or last logged."""
+    if record.status == "interrupted" and isinstance((record.summary or {}).get("steps_done"), int):
+        done = record.summary["steps_done"]  # type: ignore[index]
+        return done, f"interrupted (Ctrl-C) after {done} steps"
+    if record.status == "incomplete" and rows:
+        return rows[-1]["step"], f"record ends at step {rows[-1]['step']} (killed?)"
+    return None
 
 
 def divergence(record: Record) -> tuple[int, str] | None:
@@ -361,8 +381,8 @@ def activations_figure(record: Record) -> Figure:
     fig.suptitle(_title(record, f"activations{f' ({activation})' if activation else ''}"))
     # NaN stands both for "not measured" (the head) and for an overflowed forward pass
     measured = (present & ~np.isnan(std)) | ~np.isnan(frac)
-    if not measured.any():
-        measured = present & (np.arange(len(names)) < len(names) - 1)  # all NaN: all but the head
+    if not measured.any() and divergence(record) is not None:  # all overflowed: all but the head
+        measured = present & (np.arange(len(names)) < len(names) - 1)
     logged = [i for i in range(len(steps)) if measured[i].any()]
     if not logged:
         _empty(left, "no activation statistics were logged")

@@ -68,13 +68,18 @@ def header(record: Record) -> RenderableType:
     lines.append(f"{s.get('name', record.path.parent.name)}", style="bold")
     lines.append("  ")
     lines.append(status, style=style)
-    steps = f"{s.get('steps_done', len(record.metrics))}/{s.get('steps_planned', '?')} steps"
+    done: int | None
+    if status in ("incomplete", "running"):  # no final summary: what it logged so far
+        done, initial, final = logged_progress(record)
+    else:
+        done, initial, final = s.get("steps_done"), s.get("initial_loss"), s.get("final_loss")
+    steps = f"{done}/{s.get('steps_planned', '?')} steps"
     speed = s.get("steps_per_second")
     lines.append(f"  {steps} in {num(s.get('seconds'))} s ({num(speed)} steps/s) on "
                  f"{s.get('device', '?')}\n")
     metrics = s.get("final_metrics") or {}
     shown = ", ".join(f"{k} {num(v)}" for k, v in metrics.items())
-    lines.append(f"loss {num(s.get('initial_loss'))} → {num(s.get('final_loss'))}"
+    lines.append(f"loss {num(initial)} → {num(final)}"
                  + (f"   ({shown})" if shown else "") + "\n")
     lines.append(f"grad ratio first/last layer: {num(s.get('grad_ratio_init'))} at init, "
                  f"{num(s.get('grad_ratio_final'))} at the end\n")
@@ -158,10 +163,24 @@ def _layers_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [r for r in rows if not str(r.get("phase", "train")).startswith("pretrain")]
     if not rows:
         return []
-    first, last = rows[0]["step"], rows[-1]["step"]
-    by_step = {s: [r for r in rows if r["step"] == s] for s in (first, last)}
+    by_step: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    steps = list(by_step)
+    init = by_step[steps[0]]
+    # a killed run's last step may be half written: end at the last step with every layer
+    last = next(s for s in reversed(steps) if len(by_step[s]) >= len(init))
     return [{"name": r["name"], "shape": None, "init": r, "final": f}
-            for r, f in zip(by_step[first], by_step[last])]
+            for r, f in zip(init, by_step[last])]
+
+
+def logged_progress(record: Record) -> tuple[int, float | None, float | None]:
+    """(steps logged, first loss, last finite loss) from metrics.csv, for a run with no final
+    summary (killed, or still running)."""
+    train = [m for m in record.metrics if not str(m.get("phase", "train")).startswith("pretrain")]
+    losses = [m["loss"] for m in train if _finite(m.get("loss"))]
+    return ((train[-1]["step"] + 1 if train else 0), losses[0] if losses else None,
+            losses[-1] if losses else None)
 
 
 def loss_curve(metrics: list[dict[str, Any]], width: int = 64, height: int = 12) -> RenderableType:
@@ -360,12 +379,9 @@ def run_list(root: Path) -> RenderableType:
         s = record.summary or {}
         status = record.status
         style = {"completed": "green", "diverged": "red", "failed": "red"}.get(status, "yellow")
-        train = [m for m in record.metrics if not str(m.get("phase", "train")).startswith("pretrain")]
         if status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
-            steps = f"{train[-1]['step'] + 1 if train else 0}" + (
-                f"/{s['steps_planned']}" if s.get("steps_planned") else "")
-            losses = [m["loss"] for m in train if _finite(m.get("loss"))]
-            loss = losses[-1] if losses else None
+            done, _, loss = logged_progress(record)
+            steps = f"{done}" + (f"/{s['steps_planned']}" if s.get("steps_planned") else "")
         else:
             steps = f"{s.get('steps_done', '?')}/{s.get('steps_planned', '?')}"
             loss = s.get("final_loss")

@@ -86,6 +86,10 @@ def test_titles_say_how_the_run_ended(runs):
                          ("killed", "incomplete")):
         fig = plots.grad_flow_figure(read_record(runs[kind]))
         assert f"[{status}" in fig.axes[0].get_title()
+    stopped = legend_texts(plots.loss_figure(read_record(runs["interrupted"])))
+    assert "interrupted (Ctrl-C) after 5 steps" in stopped
+    killed = legend_texts(plots.loss_figure(read_record(runs["killed"])))
+    assert any(t.startswith("record ends at step") and "killed?" in t for t in killed)
 
 
 def test_underflowed_gradients_are_drawn_not_dropped(runs):

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from gradlab.cli import app
 from gradlab.record import read_record
-from gradlab.report import run_list, run_report
+from gradlab.report import num, run_list, run_report
 from gradlab.runner import run_config
 
 RUN_ORDER = ["loss.png", "grad_flow.png", "grad_heatmap.png", "activations.png"]
@@ -99,8 +99,6 @@ def test_runs_lists_every_run_newest_first_with_its_fields(three_runs):
                                     "tiny/20250301T120000Z", "stopped/20240101T000000Z"]
     by_run = {r[0].split("/")[0]: r for r in rows}
     tiny_summary = read_record(three_runs / "tiny" / "20250301T120000Z").summary
-    from gradlab.report import num
-
     assert by_run["tiny"][1:6] == ["completed", "2025-03-01", "12:00", "10/10",
                                    num(tiny_summary["final_loss"])]
     assert " ".join(by_run["tiny"][6:]) == ", ".join(v["kind"] for v in tiny_summary["verdicts"])
@@ -127,10 +125,19 @@ def test_a_running_summary_with_a_dead_pid_is_incomplete(three_runs):
 
 
 def test_report_of_a_killed_run_says_it_is_incomplete(three_runs):
-    record = read_record(three_runs / "killed" / "20250301T130000Z")
+    run_dir = three_runs / "killed" / "20250301T130000Z"
+    lines = (run_dir / "layers.csv").read_text().splitlines(keepends=True)
+    (run_dir / "layers.csv").write_text("".join(lines[:-3]) + lines[-3][:20])  # killed mid-write
+    record = read_record(run_dir)
     text = rendered(run_report(record))
     assert "incomplete" in text and "stopped without finishing its record" in text
-    assert "fc1" in text  # the layer table rebuilt from layers.csv
+    steps = record.metrics[-1]["step"] + 1
+    first, last = record.metrics[0]["loss"], record.metrics[-1]["loss"]
+    assert f"killed  incomplete  {steps}/? steps" in text
+    assert f"loss {num(first)} → {num(last)}" in text
+    table = {line.split()[1]: line.split() for line in text.splitlines()
+             if line.split() and line.split()[0].isdigit()}
+    assert list(table) == ["fc1", "fc2", "fc3", "fc4", "head"]  # every layer, from layers.csv
     interrupted = rendered(run_report(read_record(three_runs / "stopped" / "20240101T000000Z")))
     assert "interrupted  5/10 steps" in interrupted
 
