@@ -105,12 +105,15 @@ def run(
                 outcome = run_config(cfg, out, (bar,))
         else:
             outcome = run_config(cfg, out)
-    except ConfigError as e:
-        raise _fail(str(e)) from None
-    except RuntimeError as e:  # e.g. cuda asked for and absent
-        raise _fail(f"{config}: {e}") from None
+    except ConfigError as e:  # found once the data is read, e.g. a file dataset's columns
+        raise _fail(str(ConfigError(str(config), e.problems))) from None
+    except OSError as e:  # the run directory cannot be created under --out
+        raise _fail(f"{config}: --out {out}: cannot create a run record there: "
+                    f"{e.strerror or e}") from None
     except KeyboardInterrupt:
         raise _fail("interrupted before training started; no record was completed", 130) from None
+    except Exception as e:  # before training began, so there is no record to keep it in
+        raise _fail(f"{config}: failed before training: {type(e).__name__}: {e}", 1) from None
     if as_json:
         sys.stdout.write(json.dumps(json.loads((outcome.path / "summary.json").read_text()),
                                     indent=2) + "\n")

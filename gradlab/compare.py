@@ -12,6 +12,7 @@ import csv
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -124,8 +125,8 @@ def _worker(path: str, overrides: list[str], out: str, threads: int,
         if plots:
             _plot(outcome.path)
         return str(outcome.path), None
-    except KeyboardInterrupt:
-        return None, "interrupted before training started"
+    except KeyboardInterrupt:  # stopped before its run directory existed
+        return None, NOT_STARTED
     except Exception as e:  # one variant's failure never stops the others
         return None, f"{type(e).__name__}: {e}"
     finally:
@@ -185,21 +186,26 @@ def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str]
     }
     pending = set(futures)
     interrupted = False
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        # A flag, not an exception: KeyboardInterrupt could strike while a finished variant
+        # is collected, and then the pool would wait for the running ones forever.
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        interrupted = True
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_ctrl_c) if in_main else None
     try:
         while pending:
-            try:
-                # after Ctrl-C, poll: a variant already handed to a worker may start late
-                done, pending = wait(pending, timeout=0.5 if interrupted else None,
-                                     return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise
-                interrupted = True
+            # poll, so Ctrl-C is acted on soon, and a variant already handed to a worker
+            # when it came is stopped too
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if interrupted:
                 for fut in pending:
                     fut.cancel()
                 pending = {f for f in pending if not f.cancelled()}
-                done = set()
-            if interrupted:
                 _stop_workers(pool)
             for fut in done:
                 v = futures[fut]
@@ -211,6 +217,8 @@ def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str]
                 v.error = error
                 _finish(v, on_done)
     finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         pool.shutdown(wait=True, cancel_futures=True)
     for fut, v in futures.items():
         if fut.cancelled():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -193,7 +194,8 @@ class DigitsSequenceData(_DataBase):
 
 
 DataConfig = Annotated[
-    TeacherData | BlobsData | SpiralsData | DigitsData | FileData | AddingData | CopyData | DigitsSequenceData,
+    TeacherData | BlobsData | SpiralsData | DigitsData | FileData | AddingData | CopyData
+    | DigitsSequenceData,
     Field(discriminator="kind"),
 ]
 SEQUENCE_DATA = ("adding", "copy", "digits_sequence")
@@ -239,7 +241,8 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.steps is not None and self.epochs is not None:
-            raise ValueError("set train.steps or train.epochs, not both")
+            raise ValueError(f"train.epochs: set train.steps or train.epochs, not both; got "
+                             f"steps {self.steps} and epochs {self.epochs}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer sgd with momentum > 0")
         return self
@@ -315,6 +318,9 @@ def _cross_problems(cfg: Config) -> list[str]:
             f"train.batch_size: must be ≤ the {n_train} training examples, "
             f"got {cfg.train.batch_size}"
         )
+    if cfg.data.kind == "file" and not Path(cfg.data.path).is_file():
+        problems.append(f"data.path: no such file '{cfg.data.path}'")
+    problems += _memory_problems(cfg)
     problems += [f"expect.{key}: {msg}" for key, msg in _expect_problems(cfg.expect)]
     if not cfg.probe.enabled:
         problems += [f"expect.{key}: needs the probe's per-layer statistics, but probe.enabled "
@@ -356,6 +362,92 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+# ---------------------------------------------------------------- memory
+
+GATES = {"mlp": 1, "rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _io_sizes(data: Any) -> tuple[int, int, int]:
+    """(input features, outputs, time steps) a dataset config implies, without building it."""
+    sizes = {
+        "teacher": lambda d: (d.n_features, d.n_outputs, 1),
+        "blobs": lambda d: (d.n_features, d.n_classes, 1),
+        "spirals": lambda d: (2, d.n_classes, 1),
+        "digits": lambda d: (64, 10, 1),
+        "adding": lambda d: (2, 1, d.length),
+        "copy": lambda d: (d.n_symbols + 2, d.n_symbols + 1, d.length + 2 * d.n_recall),
+        "digits_sequence": lambda d: (8, 10, 8),
+    }
+    # A file's columns are only known once it is read; they rarely dominate.
+    return sizes.get(data.kind, lambda d: (1, 1, 1))(data)
+
+
+def memory_estimate(cfg: Config) -> dict[str, int]:
+    """Bytes training would need, by part: parameters with their gradients, probe copies and
+    optimiser state; activations kept for backward; the dataset. float32 throughout."""
+    m, t = cfg.model, cfg.train
+    n_in, n_out, steps_in_time = _io_sizes(cfg.data)
+    w, gates = m.width, GATES[m.kind]
+    if m.kind == "mlp":
+        hidden = n_in * w + w + (m.depth - 1) * (w * w + w)
+        hidden += (4 if m.norm == "batch" else 2 if m.norm == "layer" else 0) * w * m.depth
+    else:
+        hidden = gates * (w * (n_in + w) + 2 * w) + (m.depth - 1) * gates * (2 * w * w + 2 * w)
+    n_params = hidden + w * n_out + n_out
+    slots = {"sgd": int(t.momentum > 0), "adam": 2, "adamw": 2, "rmsprop": 1 + int(t.momentum > 0),
+             "adagrad": 1}[t.optimizer]
+    # Per unit and layer, backward keeps the linear output, the normalised one, the activation
+    # and the probe's capture: about four floats (a recurrent cell: two per gate).
+    per_unit = 4 if m.kind == "mlp" else 2 * gates + 2
+    activations = t.batch_size * steps_in_time * m.depth * w * per_unit
+    n_samples = getattr(cfg.data, "n_samples", 1797)
+    return {
+        "n_params": n_params,
+        "parameters": 4 * n_params * (3 + slots),  # weights, gradients, probe copy, state
+        "activations": 4 * activations,
+        "data": 12 * n_samples * steps_in_time * (n_in + n_out),  # float64 table + float32 copy
+    }
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (MemAvailable), or None where that cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_problems(cfg: Config) -> list[str]:
+    est = memory_estimate(cfg)
+    need = est["parameters"] + est["activations"] + est["data"]
+    have = available_memory()
+    if have is None or need <= have:
+        return []
+    m = cfg.model
+    advice = "lower model.width or model.depth"
+    if est["activations"] > est["parameters"]:
+        advice += " or train.batch_size"
+    return [
+        f"model: width {m.width} × depth {m.depth} needs about {_bytes(need)} to train "
+        f"({est['n_params']:.3g} parameters: {_bytes(est['parameters'])} with gradients and "
+        f"{cfg.train.optimizer} state; activations {_bytes(est['activations'])}; data "
+        f"{_bytes(est['data'])}), more than the {_bytes(have)} available: {advice}"
+    ]
+
+
+def _bytes(n: float) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{n:.3g} {units[0]}"
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -369,7 +461,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(source, [("", f"cannot read: {e}")]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(text)  # safe: tags never construct Python objects
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(source, [_tag_problem(text, e)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -379,9 +473,46 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
-    raw.setdefault("name", Path(path).stem)
+    raw.setdefault("name", default_name(Path(path)))
     apply_overrides(raw, overrides, source)
     return config_from_dict(raw, source)
+
+
+def default_name(path: Path) -> str:
+    """A run name from the file name, sanitised so it is always a single safe directory name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).lstrip("._-")[:100]
+    return name or "run"
+
+
+def _tag_problem(text: str, error: yaml.constructor.ConstructorError) -> tuple[str, str]:
+    """A refused YAML tag (e.g. `!!python/object/apply`), at its key path and line."""
+    mark = error.problem_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+    tag = re.search(r"tag '([^']*)'", str(error.problem))
+    shown = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "a tag"
+    key = _key_at(yaml.compose(text), mark) if mark else None
+    return (key or "", f"YAML tag {shown} at {where} is not allowed: configs are plain data, "
+                       "and tags that build objects are refused")
+
+
+def _key_at(node: Any, mark: Any, prefix: str = "") -> str | None:
+    """The dotted key path of the YAML node that starts at `mark`, if any."""
+    if node is None:
+        return None
+    if node.start_mark.index == mark.index and prefix:
+        return prefix
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = f"{prefix}.{key.value}" if prefix else str(key.value)
+            found = _key_at(value, mark, name)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _key_at(item, mark, f"{prefix}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
@@ -397,7 +528,7 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str], source
     problems = []
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        if not sep or not all(part.strip() for part in key.split(".")):
             problems.append(("--set", f"expected key.path=value, got {item!r}"))
             continue
         try:
@@ -431,7 +562,8 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
         for line in msg.split("\n"):
             # Cross-section checks put their own key path at the start of each line.
             head, sep, rest = line.partition(": ")
-            if sep and not path and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_.]+)?", head):
+            own_path = not path or head.startswith(path + ".")
+            if sep and own_path and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_.]+)?", head):
                 problems.append((head, rest))
             else:
                 problems.append((path, line))

@@ -12,7 +12,11 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +33,13 @@ TIME_COLUMNS = ("step", "phase", "t", "grad_norm")
 
 
 def new_run_dir(out: Path, name: str) -> Path:
-    """Create and return a fresh run directory; concurrent writers never share one."""
+    """Create and return a fresh run directory; concurrent writers never share one.
+
+    `name` is one path component (config names are validated, file names sanitised), so the
+    run directory always lies inside `out`.
+    """
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise ValueError(f"run name {name!r} is not a single directory name")
     return unique_dir(Path(out) / name, utc_stamp())
 
 
@@ -48,6 +58,25 @@ def unique_dir(parent: Path, stem: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a directory {stem} under {parent}")
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold off Ctrl-C (and a compare worker's stop request) while a record is completed.
+
+    A signal that arrives meanwhile is dropped: the record it would save is being written.
+    Signal handlers can only change in the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 
 from gradlab import __version__
-from gradlab.config import Config, config_hash, resolved, total_steps
+from gradlab.config import Config, ConfigError, config_hash, resolved, total_steps
 from gradlab.data import load_data
 from gradlab.diagnose import diagnose
 from gradlab.models import build_model
-from gradlab.record import RunWriter
+from gradlab.record import RunWriter, uninterrupted
 from gradlab.train import TrainResult, train
 
 
@@ -34,7 +35,8 @@ class RunOutcome:
 def pick_device(name: str) -> torch.device:
     """`auto` takes CUDA when present; asking for `cuda` without one is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but no CUDA device is available")
+        raise ConfigError("<config>", [("device", "'cuda' was asked for, but no CUDA device is "
+                                                  "available (use auto or cpu)")])
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -50,6 +52,9 @@ def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
     flushed = torch.set_flush_denormal(cfg.flush_denormal)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed).to(device)
+    if cfg.train.batch_size > len(data.x_train):  # a file's size is known only now
+        raise ConfigError("<config>", [("train.batch_size", f"must be ≤ the {len(data.x_train)} "
+                                        f"training examples, got {cfg.train.batch_size}")])
     torch.manual_seed(cfg.seed)
     model, layers = build_model(cfg.model, data.n_in, data.n_out)
     model.to(device)
@@ -80,14 +85,18 @@ def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
             result = train(cfg, model, layers, data, steps, observers)
     except KeyboardInterrupt:
         result = TrainResult(status="interrupted")
+    except Exception as e:  # e.g. in pretraining; train() records its own failures
+        result = TrainResult(status="failed", error=f"{type(e).__name__}: {e}",
+                             traceback=traceback.format_exc())
     finally:
         writer.close()
-    if result.traceback:
-        (writer.path / "traceback.txt").write_text(result.traceback, encoding="utf-8")
-    summary = build_summary(base, result, writer, layers_shapes(layers))
-    summary.update(extra)
-    summary["verdicts"] = diagnose(summary, resolved(cfg))
-    writer.write_summary(summary)
+    with uninterrupted():  # a second Ctrl-C must not leave the record half-finished
+        if result.traceback:
+            (writer.path / "traceback.txt").write_text(result.traceback, encoding="utf-8")
+        summary = build_summary(base, result, writer, layers_shapes(layers))
+        summary.update(extra)
+        summary["verdicts"] = diagnose(summary, resolved(cfg))
+        writer.write_summary(summary)
     return RunOutcome(writer.path, summary)
 
 

@@ -127,6 +127,7 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
     _call(observers, "on_eval_end", 0, result.initial)
     started = time.perf_counter()
     model.train()
+    weights_norm = torch.zeros((), device=device)  # after the previous step; checked at the next sync
     try:
         for step in range(steps):
             # learning rate from the schedule (a pure function of the step)
@@ -144,10 +145,17 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
             loss.backward()
             probe.after_backward(step)
 
-            # clip; the total gradient norm is measured before clipping
-            total_norm, clipped = _clip(params, t)
+            # measure the gradients; clipping waits until they are known to be finite
+            total_norm, measured, clipped = _measure(params, t)
             # note: the one CPU sync of an unlogged step; it also detects divergence
-            loss_v, norm_v, clipped_v = torch.stack([loss.detach(), total_norm, clipped]).tolist()
+            loss_v, norm_v, clipped_v, weights_v = torch.stack(
+                [loss.detach(), total_norm, clipped, weights_norm]).tolist()
+            if not math.isfinite(weights_v):  # the previous step's update overflowed a weight
+                result.status = "diverged"
+                result.first_nonfinite = _where_nonfinite_weights(step - 1, layers)
+                break
+            # a NaN/Inf gradient stops the run before it is clipped: clipping would hide it
+            # (an infinite norm scales every gradient to 0, a NaN norm makes them all NaN)
             if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                 result.status = "diverged"
                 result.first_nonfinite = _where_nonfinite(step, loss_v, layers)
@@ -155,8 +163,10 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
                      probe.time_grads)
                 break
 
-            # optimiser step, then update-to-weight ratios
+            # clip, optimiser step, then update-to-weight ratios
+            _clip(params, t, measured)
             optimizer.step()
+            weights_norm = nn.utils.get_total_norm(params)  # NaN/Inf if any weight is
             result.steps_done += 1
             result.clipped_steps += int(clipped_v)
             rows = probe.after_step(step)
@@ -177,6 +187,9 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
                 result.status = "diverged"
                 result.first_nonfinite = {"step": step, "layer": bad["name"], "what": "weights"}
                 break
+        if result.status == "completed" and not math.isfinite(float(weights_norm)):
+            result.status = "diverged"  # the last step's update overflowed a weight
+            result.first_nonfinite = _where_nonfinite_weights(steps - 1, layers)
     except KeyboardInterrupt:
         result.status = "interrupted"
     except Exception as e:  # a failed run is recorded, not lost
@@ -184,8 +197,11 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
         result.error = f"{type(e).__name__}: {e}"
         result.traceback = traceback.format_exc()
     result.seconds = time.perf_counter() - started
-    if result.status in ("completed", "interrupted"):
-        result.final = _eval_all(model, data, loss_fn)
+    try:
+        if result.status in ("completed", "interrupted"):
+            result.final = _eval_all(model, data, loss_fn)
+    except KeyboardInterrupt:  # a second Ctrl-C skips the final evaluation, keeps the rest
+        result.status = "interrupted"
     return result
 
 
@@ -196,20 +212,28 @@ def _eval_all(model: nn.Module, data: Dataset, loss_fn: Any) -> dict[str, float]
             **{f"test_{k}": v for k, v in test.items()}}
 
 
-def _clip(params: list[torch.Tensor], t: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip as configured; return (total 2-norm before clipping, whether clipping fired)."""
+def _measure(params: list[torch.Tensor],
+             t: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total 2-norm, the norm clipping compares, whether clipping will fire), gradients untouched."""
     grads = [p.grad for p in params if p.grad is not None]
-    no = torch.zeros((), device=grads[0].device)
-    if t.clip is None:
-        return nn.utils.get_total_norm(grads), no
-    if t.clip.by == "norm":
-        measured = nn.utils.clip_grad_norm_(params, t.clip.max_norm, t.clip.norm_type)
-        total = measured if t.clip.norm_type == 2 else nn.utils.get_total_norm(grads)
-        return total, (measured > t.clip.max_norm).float()
     total = nn.utils.get_total_norm(grads)
+    if t.clip is None:
+        return total, total, torch.zeros((), device=total.device)
+    if t.clip.by == "norm":
+        measured = total if t.clip.norm_type == 2 else nn.utils.get_total_norm(grads, t.clip.norm_type)
+        return total, measured, (measured > t.clip.max_norm).float()
     absmax = nn.utils.get_total_norm(grads, math.inf)
-    nn.utils.clip_grad_value_(params, t.clip.max_value)
-    return total, (absmax > t.clip.max_value).float()
+    return total, absmax, (absmax > t.clip.max_value).float()
+
+
+def _clip(params: list[torch.Tensor], t: TrainConfig, measured: torch.Tensor) -> None:
+    """Clip finite gradients as configured, reusing the norm already measured."""
+    if t.clip is None:
+        return
+    if t.clip.by == "norm":
+        nn.utils.clip_grads_with_norm_(params, t.clip.max_norm, measured)
+    else:
+        nn.utils.clip_grad_value_(params, t.clip.max_value)
 
 
 def _where_nonfinite(step: int, loss: float, layers: list[ProbedLayer]) -> dict[str, Any]:
@@ -220,8 +244,16 @@ def _where_nonfinite(step: int, loss: float, layers: list[ProbedLayer]) -> dict[
     finite = torch.stack([g.isfinite().all() if g is not None else yes
                           for g in grads]).tolist()  # note: one sync, once per run
     bad = [p.name for p, ok in zip(layers, finite) if not ok]
-    what = "gradient" if math.isfinite(loss) else "loss"
+    # finite gradients whose total norm overflows float32 are reported as the norm
+    what = "loss" if not math.isfinite(loss) else ("gradient" if bad else "gradient norm")
     return {"step": step, "layer": bad[-1] if bad else None, "what": what}
+
+
+def _where_nonfinite_weights(step: int, layers: list[ProbedLayer]) -> dict[str, Any]:
+    """The probed layer nearest the input whose weights went NaN/Inf in `step`'s update."""
+    finite = torch.stack([p.weight.detach().isfinite().all() for p in layers]).tolist()
+    bad = [p.name for p, ok in zip(layers, finite) if not ok]
+    return {"step": step, "layer": bad[0] if bad else None, "what": "weights"}
 
 
 def _log(observers: tuple[Any, ...], step: int, lr: float, loss: float, grad_norm: float,
