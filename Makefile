@@ -27,8 +27,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check gradlab tests benchmarks
 	$(BIN)/mypy gradlab
 
+# `make bench BENCH_ARGS=--quick`: fewer steps and repetitions, to check the scripts run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs/*/ .pytest_cache

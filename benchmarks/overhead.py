@@ -1,0 +1,197 @@
+"""Probing overhead: gradlab's trainer against a bare PyTorch loop on the same model and data.
+
+Each model is trained for the same steps with the same data, batches and optimiser by (a) a
+bare loop written here, (b) gradlab's trainer with probing off, (c) probing every 10 steps and
+(d) every step with activation statistics. Times are CPU seconds of one torch thread (on a
+shared machine far steadier than wall time); repetitions are interleaved and each ratio is the
+median over repetitions of time / time of (a). Run: `.venv/bin/python benchmarks/overhead.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import Row, median, print_table, ratio_row
+from torch.nn import functional as F
+
+from gradlab.config import Config, config_from_dict
+from gradlab.data import load_data
+from gradlab.models import build_model
+from gradlab.runner import run_config
+
+TEACHER = {"kind": "teacher", "n_samples": 2048, "n_features": 100}
+HE = {"init": "kaiming_normal", "bias_init": "zeros"}
+MODELS: dict[str, dict[str, Any]] = {
+    "sigmoid 50×100": {"data": TEACHER,
+                       "model": {"depth": 50, "width": 100, "activation": "sigmoid"},
+                       "train": {"optimizer": "sgd", "lr": 0.1}},
+    "relu+He 50×100": {"data": TEACHER,
+                       "model": {"depth": 50, "width": 100, "activation": "relu", **HE},
+                       "train": {"optimizer": "sgd", "lr": 0.01}},
+    "residual+BN 50×100": {"data": TEACHER,
+                           "model": {"depth": 50, "width": 100, "activation": "relu",
+                                     "residual": True, "norm": "batch", **HE},
+                           "train": {"optimizer": "sgd", "lr": 0.01}},
+    "LSTM adding T=50": {"data": {"kind": "adding", "n_samples": 2048, "length": 50},
+                         "model": {"kind": "lstm", "depth": 1, "width": 64},
+                         "train": {"optimizer": "adam", "lr": 0.001}},
+}
+
+# The trainer variants: each is a probe section (and, for the denormal row, a top-level change).
+PROBE_OFF = "trainer, probing off"
+EVERY_10 = "probing every 10 steps"
+EVERY_1 = "every step + activation stats"
+NO_FLUSH = "every 10, denormals kept"
+TRAINER_VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
+    PROBE_OFF: lambda steps: {"probe": {"enabled": False}},
+    EVERY_10: lambda steps: {"probe": {"every": 10, "activations": True}},
+    EVERY_1: lambda steps: {"probe": {"every": 1, "activations": True}},
+    NO_FLUSH: lambda steps: {"probe": {"every": 10, "activations": True}, "flush_denormal": False},
+}
+BARE = "bare PyTorch loop"
+BARE_CHECK = "bare loop + divergence check"
+BARE_UNROLLED = "bare loop, top layer unrolled"  # recurrent models: what probing runs
+TARGETS = {PROBE_OFF: 1.02, EVERY_10: 1.05, EVERY_1: 1.15}
+
+
+def make_config(name: str, spec: dict[str, Any], steps: int, changes: dict[str, Any]) -> Config:
+    """A gradlab config for one model: only the final evaluation, as in the bare loop."""
+    train = {**spec["train"], "steps": steps, "batch_size": 64, "eval_every": steps}
+    raw = {"name": name.split()[0].replace("+", "_"), "seed": 0, "device": "cpu",
+           "flush_denormal": True, "data": spec["data"], "model": spec["model"],
+           "train": train, **changes}
+    return config_from_dict(raw, name)
+
+
+class Clock:
+    """A trainer observer reading the CPU clock where the training loop starts and ends: after
+    the first evaluation (step 0) and at the end of the last step."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        if self.started is None:
+            self.started = time.process_time()
+
+    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
+        if step == total - 1:
+            self.ended = time.process_time()
+
+
+def bare_loop(cfg: Config, check: bool = False, unrolled: bool = False) -> float:
+    """CPU seconds for the training steps written plainly: the same model, data, batches and
+    optimiser as gradlab's trainer, and its one final evaluation; `check` adds the trainer's
+    per-step divergence test (total gradient norm, one sync); `unrolled` runs a recurrent
+    model's top layer step by step, as the probe has it do on logged steps."""
+    torch.set_flush_denormal(cfg.flush_denormal)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, _ = build_model(cfg.model, data.n_in, data.n_out)
+    t = cfg.train
+    assert t.steps is not None
+    if t.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=t.lr)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+    x, y = data.x_train, data.y_train
+    gen = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = len(x) // t.batch_size
+    model.train()
+    if unrolled:
+        model.capture = True  # type: ignore[assignment]
+    started = time.process_time()
+    for step in range(t.steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(len(x), generator=gen)
+        idx = order[(step % per_epoch) * t.batch_size:(step % per_epoch + 1) * t.batch_size]
+        loss = F.mse_loss(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if check:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            loss_v, norm_v = torch.stack([loss.detach(), norm]).tolist()
+            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+                break
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        float(F.mse_loss(model(data.x_test), data.y_test))
+    return time.process_time() - started
+
+
+def trainer(cfg: Config, out: Path) -> float:
+    """CPU seconds of gradlab's training loop: the steps and the evaluation at the last step,
+    including writing the record's rows."""
+    clock = Clock()
+    summary = run_config(cfg, out, (clock,)).summary
+    if summary["status"] != "completed" or summary["steps_done"] != cfg.train.steps:
+        raise RuntimeError(f"{cfg.name}: {summary['status']} after {summary['steps_done']} steps; "
+                           "a benchmark must run every step")
+    assert clock.started is not None and clock.ended is not None
+    return clock.ended - clock.started
+
+
+def measure(quick: bool = False) -> list[Row]:
+    """Time every (model, variant) pair, repetitions interleaved; return the table's rows."""
+    steps, reps = (60, 3) if quick else (200, 5)
+    torch.set_num_threads(1)  # as one `compare` worker per core runs; steadier when shared
+    times: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for name, spec in MODELS.items():
+                base = make_config(name, spec, steps, {})
+                jobs: list[tuple[str, Callable[[], float]]] = [
+                    (BARE, partial(bare_loop, base)), (BARE_CHECK, partial(bare_loop, base, True))]
+                if spec["model"].get("kind") in ("rnn", "lstm", "gru"):
+                    jobs.append((BARE_UNROLLED, partial(bare_loop, base, unrolled=True)))
+                for variant, changes in TRAINER_VARIANTS.items():
+                    if variant == NO_FLUSH and "sigmoid" not in name:
+                        continue
+                    cfg = make_config(name, spec, steps, changes(steps))
+                    jobs.append((variant, partial(trainer, cfg, Path(tmp))))
+                shift = rep % len(jobs)  # rotate the order so no variant always runs first
+                for variant, job in jobs[shift:] + jobs[:shift]:
+                    times.setdefault((name, variant), []).append(job())
+    return rows_from(times, steps)
+
+
+def rows_from(times: dict[tuple[str, str], list[float]], steps: int) -> list[Row]:
+    rows = []
+    for name in MODELS:
+        bare = times[(name, BARE)]
+        rows.append(Row("overhead", f"{name}: {BARE}", f"{steps / median(bare):.0f} steps/CPU-s",
+                        note=f"{steps} steps, {len(bare)} reps"))
+        for variant in (BARE_CHECK, BARE_UNROLLED, PROBE_OFF, EVERY_10, EVERY_1):
+            if (name, variant) not in times:
+                continue
+            ts = times[(name, variant)]
+            ratios = [t / b for t, b in zip(ts, bare)]
+            rows.append(ratio_row("overhead", f"{name}: {variant}", ratios, TARGETS.get(variant),
+                                  f"{steps / median(ts):.0f} steps/CPU-s"))
+        # the trainer's one piece of per-step work beyond the bare loop is that same check
+        ratios = [t / b for t, b in zip(times[(name, PROBE_OFF)], times[(name, BARE_CHECK)])]
+        rows.append(ratio_row("overhead", f"{name}: probing off / bare loop + check", ratios,
+                              TARGETS[PROBE_OFF], "no hidden work beyond the check"))
+        if (name, NO_FLUSH) in times:
+            ratios = [k / f for k, f in zip(times[(name, NO_FLUSH)], times[(name, EVERY_10)])]
+            rows.append(ratio_row("denormals", f"{name}: kept / flushed", ratios, None,
+                                  "time with flush_denormal: false over true"))
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repetitions")
+    print_table(measure(parser.parse_args().quick), "probing overhead")
