@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,21 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextmanager
+def denormals_flushed(on: bool) -> Iterator[bool]:
+    """Flush denormal floats to zero (or not) for a run, then restore the previous setting.
+
+    The flag is process state: left on, it would change the caller's own float arithmetic
+    after the run. Yields whether flushing is in effect (False where the CPU cannot).
+    """
+    before = sys.float_info.min / 2 == 0.0  # torch has no getter: a denormal result tells
+    supported = torch.set_flush_denormal(on)
+    try:
+        yield supported and on
+    finally:
+        torch.set_flush_denormal(before)
+
+
 def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
                threads: int | None = None) -> RunOutcome:
     """Train one variant and write its complete run record under `out`."""
@@ -49,7 +67,12 @@ def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)
     # Vanishing gradients are full of denormal floats, which are several times slower on CPUs.
-    flushed = torch.set_flush_denormal(cfg.flush_denormal)
+    with denormals_flushed(cfg.flush_denormal) as flushed:
+        return _run(cfg, out, observers, device, flushed)
+
+
+def _run(cfg: Config, out: Path, observers: tuple[Any, ...], device: torch.device,
+         flushed: bool) -> RunOutcome:
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed).to(device)
     if cfg.train.batch_size > len(data.x_train):  # a file's size is known only now
@@ -64,7 +87,7 @@ def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
     writer.write_config(resolved(cfg))
     base = {
         "name": cfg.name, "pid": os.getpid(), "device": str(device), "steps_planned": steps,
-        "task": data.task, "flush_denormal": bool(cfg.flush_denormal and flushed),
+        "task": data.task, "flush_denormal": flushed,
         "n_params": sum(p.numel() for p in model.parameters()),
         "gradlab_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "config_hash": config_hash(cfg),

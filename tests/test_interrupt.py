@@ -48,7 +48,13 @@ def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
     return subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: restore
+    # the default so Python installs its Ctrl-C handler whatever started the tests.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:

@@ -120,3 +120,12 @@ def test_the_cli_exits_0_on_a_divergence(write_yaml, tmp_path: Path) -> None:
                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "diverged"
+
+
+def test_a_run_leaves_the_callers_denormal_setting_as_it_was(run_tiny) -> None:
+    # flush_denormal is process state: a run that left it on would silently change the
+    # caller's own float arithmetic (subnormal results would become 0 afterwards)
+    import sys
+
+    run_tiny(flush_denormal=True)
+    assert sys.float_info.min / 2 > 0.0
