@@ -198,7 +198,7 @@ def compare(
         raise typer.Exit(130)
     if invalid:
         raise typer.Exit(2)
-    if broken:
+    if broken or any(v.status == "failed" for v in variants):
         raise typer.Exit(1)
 
 

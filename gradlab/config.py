@@ -576,7 +576,8 @@ def _message(err: Any, fields: list[str]) -> str:
         key = str(err["loc"][-1])
         return f"unknown key '{key}'{_did_you_mean(key, fields)}; allowed: {', '.join(fields)}"
     if kind == "missing":
-        return "required key is missing"
+        return "required item is missing" if isinstance(err["loc"][-1], int) \
+            else "required key is missing"
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         hint = _did_you_mean(str(given), allowed)

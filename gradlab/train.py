@@ -127,7 +127,6 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
     _call(observers, "on_eval_end", 0, result.initial)
     started = time.perf_counter()
     model.train()
-    weights_norm = torch.zeros((), device=device)  # after the previous step; checked at the next sync
     try:
         for step in range(steps):
             # learning rate from the schedule (a pure function of the step)
@@ -148,17 +147,14 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
             # measure the gradients; clipping waits until they are known to be finite
             total_norm, measured, clipped = _measure(params, t)
             # note: the one CPU sync of an unlogged step; it also detects divergence
-            loss_v, norm_v, clipped_v, weights_v = torch.stack(
-                [loss.detach(), total_norm, clipped, weights_norm]).tolist()
-            if not math.isfinite(weights_v):  # the previous step's update overflowed a weight
-                result.status = "diverged"
-                result.first_nonfinite = _where_nonfinite_weights(step - 1, layers)
-                break
+            loss_v, norm_v, clipped_v = torch.stack([loss.detach(), total_norm, clipped]).tolist()
             # a NaN/Inf gradient stops the run before it is clipped: clipping would hide it
             # (an infinite norm scales every gradient to 0, a NaN norm makes them all NaN)
             if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
                 result.status = "diverged"
-                result.first_nonfinite = _where_nonfinite(step, loss_v, layers)
+                # weights the previous update overflowed show here first, as a NaN/Inf loss
+                result.first_nonfinite = (_where_nonfinite_weights(step - 1, layers)
+                                          or _where_nonfinite(step, loss_v, layers))
                 _log(observers, step, lr, loss_v, norm_v, bool(clipped_v), probe.flush(step), None,
                      probe.time_grads)
                 break
@@ -166,7 +162,6 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
             # clip, optimiser step, then update-to-weight ratios
             _clip(params, t, measured)
             optimizer.step()
-            weights_norm = nn.utils.get_total_norm(params)  # NaN/Inf if any weight is
             result.steps_done += 1
             result.clipped_steps += int(clipped_v)
             rows = probe.after_step(step)
@@ -187,9 +182,10 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
                 result.status = "diverged"
                 result.first_nonfinite = {"step": step, "layer": bad["name"], "what": "weights"}
                 break
-        if result.status == "completed" and not math.isfinite(float(weights_norm)):
-            result.status = "diverged"  # the last step's update overflowed a weight
-            result.first_nonfinite = _where_nonfinite_weights(steps - 1, layers)
+        overflowed = _where_nonfinite_weights(steps - 1, layers) if result.status == "completed" \
+            else None
+        if overflowed:  # the last update overflowed a weight: no later loss would show it
+            result.status, result.first_nonfinite = "diverged", overflowed
     except KeyboardInterrupt:
         result.status = "interrupted"
     except Exception as e:  # a failed run is recorded, not lost
@@ -249,11 +245,11 @@ def _where_nonfinite(step: int, loss: float, layers: list[ProbedLayer]) -> dict[
     return {"step": step, "layer": bad[-1] if bad else None, "what": what}
 
 
-def _where_nonfinite_weights(step: int, layers: list[ProbedLayer]) -> dict[str, Any]:
-    """The probed layer nearest the input whose weights went NaN/Inf in `step`'s update."""
+def _where_nonfinite_weights(step: int, layers: list[ProbedLayer]) -> dict[str, Any] | None:
+    """The probed layer nearest the input whose weights went NaN/Inf in `step`'s update, if any."""
     finite = torch.stack([p.weight.detach().isfinite().all() for p in layers]).tolist()
     bad = [p.name for p, ok in zip(layers, finite) if not ok]
-    return {"step": step, "layer": bad[0] if bad else None, "what": "weights"}
+    return {"step": step, "layer": bad[0], "what": "weights"} if bad and step >= 0 else None
 
 
 def _log(observers: tuple[Any, ...], step: int, lr: float, loss: float, grad_norm: float,

@@ -60,6 +60,7 @@ CONFIG_CASES: list[tuple[str, Any, list[str], list[str]]] = [
     ("wrong-type-bool", cfg(model={"residual": "maybe"}), [],
      ["model.residual: must be true or false"]),
     ("section-not-mapping", cfg(model=5), [], ["model: must be a mapping of keys, got 5"]),
+    ("pair-too-short", cfg(train={"betas": [0.9]}), [], ["train.betas.1: required item is missing"]),
     ("depth-zero", cfg(model={"depth": 0}), [], ["model.depth: must be ≥ 1, got 0"]),
     ("negative-lr", cfg(train={"lr": -0.1}), [], ["train.lr: must be > 0.0, got -0.1"]),
     ("batch-larger-than-data", cfg(train={"batch_size": 1000}), [],
