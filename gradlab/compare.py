@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterable
@@ -325,13 +326,17 @@ def read_comparison(path: Path) -> list[dict[str, Any]]:
 
 def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
     """The side-by-side table, readable at 100 columns, with each row's problems below."""
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
-                  collapse_padding=True, title="comparison", title_justify="left")
+    # SIMPLE_HEAD already puts a space between columns: no padding, so 11 columns fit in 100
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=0, show_edge=False,
+                  title="comparison", title_justify="left", caption_justify="left")
     for col, justify in (("variant", "left"), ("status", "left"), ("steps", "right"),
                          ("final\nloss", "right"), ("test", "right"), ("ratio\ninit", "right"),
                          ("ratio\nend", "right"), ("min\n|grad|", "right"),
                          ("verdict", "left"), ("steps\n/s", "right"), ("claims", "left")):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        # when a row is too wide, only the names shrink (with an ellipsis), never a number
+        shrinks = col in ("variant", "verdict")
+        table.add_column(col, justify=justify, no_wrap=not shrinks,  # type: ignore[arg-type]
+                         overflow="ellipsis")
     table.caption = ("ratio: first layer's gradient norm / last layer's; min |grad|: the "
                      "weakest layer's at the end;\ntest: accuracy for classification, loss "
                      "otherwise; claims: the config's expect: block")
@@ -342,9 +347,9 @@ def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
         expect = {"held": Text("held", "green"), "FAILED": Text("FAILED", "bold red")}.get(
             r["expect"], Text("–", "dim"))
         table.add_row(
-            r["variant"], Text(status, style), num(r["steps"]), num(r["final_loss"], 2),
-            num(r["test_metric"], 2), num(r["grad_ratio_init"], 2),
-            num(r["grad_ratio_final"], 2), num(r["weakest_grad"], 2), r["verdict"],
+            r["variant"], Text(status, style), num(r["steps"]), _short(r["final_loss"]),
+            _short(r["test_metric"]), _short(r["grad_ratio_init"]),
+            _short(r["grad_ratio_final"]), _short(r["weakest_grad"]), r["verdict"],
             _rate(r["steps_per_second"]), expect,
         )
     notes = Text()
@@ -353,6 +358,11 @@ def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
             notes.append(f"{r['variant']}: ", style="bold")
             notes.append(f"{r['problems']}\n")
     return Group(table, notes) if notes else table
+
+
+def _short(x: float | None) -> str:
+    """Two significant digits with a compact exponent (2.6e4, 4.6e-11): the table's width."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + m[1].strip("+") + m[2], num(x, 2))
 
 
 def _rate(x: float | None) -> str:

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.compare import compare, comparison_rows, config_paths
+from gradlab.compare import compare, comparison_rows, comparison_table, config_paths, find_reusable
+from gradlab.config import load_config
 
 TINY = {"data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
         "model": {"depth": 3, "width": 16}, "train": {"steps": 20, "batch_size": 32},
@@ -80,10 +82,28 @@ def test_reuse_skips_identical_completed_configs_only(tmp_path):
     [first] = compare(config_paths([d]), out, jobs=1, plots=False)
     [again] = compare(config_paths([d]), out, jobs=1, reuse=True, plots=False)
     assert again.reused and again.run_dir == first.run_dir
-    [changed] = compare(config_paths([d]), out, jobs=1, reuse=True, plots=False,
-                        overrides=["seed=1"])
-    assert not changed.reused and changed.run_dir != first.run_dir
+    # a changed resolved config (another seed) has no completed run to reuse
+    assert find_reusable(out, load_config(d / "same.yaml", ["seed=1"])) is None
+    # nor does a run that did not complete
+    summary = first.run_dir / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"interrupted"'))
+    assert find_reusable(out, first.config) is None
     assert comparison_rows([again])[0]["reused"] == "yes"
+
+
+def test_the_table_fits_100_columns_and_never_cuts_a_number():
+    row = {"variant": "digits_sequence_lstm_long_name", "status": "interrupted", "steps": 300,
+           "final_loss": 1.234e-20, "test_metric": 0.0781, "grad_ratio_init": 2.6e4,
+           "grad_ratio_final": 4.6e-11, "weakest_grad": 3.0e15, "verdict": "vanishing_time",
+           "steps_per_second": 127.3, "expect": "FAILED", "problems": ""}
+    console = Console(width=100, record=True)
+    console.print(comparison_table([row]))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    line = next(line for line in text.splitlines() if "interrupted" in line)
+    for cell in ("1.2e-20", "0.078", "2.6e4", "4.6e-11", "3.0e15", "127", "FAILED"):
+        assert cell in line.split(), (cell, line)
+    assert "digits_sequence" in line and "…" in line  # only a long name is shortened
 
 
 def test_missing_paths_are_a_clear_error(tmp_path):
