@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +208,7 @@ def _eval_all(model: nn.Module, data: Dataset, loss_fn: Any) -> dict[str, float]
             **{f"test_{k}": v for k, v in test.items()}}
 
 
-def _measure(params: list[torch.Tensor],
+def _measure(params: Sequence[torch.Tensor],
              t: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total 2-norm, the norm clipping compares, whether clipping will fire), gradients untouched."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -222,7 +222,7 @@ def _measure(params: list[torch.Tensor],
     return total, absmax, (absmax > t.clip.max_value).float()
 
 
-def _clip(params: list[torch.Tensor], t: TrainConfig, measured: torch.Tensor) -> None:
+def _clip(params: Sequence[torch.Tensor], t: TrainConfig, measured: torch.Tensor) -> None:
     """Clip finite gradients as configured, reusing the norm already measured."""
     if t.clip is None:
         return
