@@ -70,7 +70,8 @@ def print_table(rows: list[Row], title: str) -> None:
     for r in rows:
         met = "" if r.met is None else ("yes" if r.met else "NO")
         table.add_row(r.benchmark, r.case, r.value, r.target, met, r.note)
-    table.caption = (f"{machine()}\nratios: median over interleaved repetitions (range in "
-                     "brackets); a load average above the core count means the figures were "
-                     "measured under contention")
-    Console(width=140).print(table)
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"measured on: {machine()}\nratios: median over interleaved repetitions (range "
+                  "in brackets); a load average above the core count means the figures were "
+                  "measured under contention", highlight=False)
