@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,26 @@ def write(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_process_left_behind() -> Iterator[None]:
+    """A failed test must not leave a million-step run training in the background."""
+    yield
+    for proc in _started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
-    return subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=_default_sigint)
+    _started.append(proc)
+    return proc
 
 
 def _default_sigint() -> None:
