@@ -168,11 +168,19 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
             _finish(v, on_done)
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(todo) or 1))
-    threads = max(1, cores // jobs)
+    threads = worker_threads(cores, jobs)
     if todo and _run_pool(todo, jobs, threads, overrides, out, plots, on_done):
         for v in variants:
             v.interrupted = True
     return variants
+
+
+def worker_threads(cores: int, jobs: int) -> int:
+    """Each worker's share of the cores, capped by OMP_NUM_THREADS when the user set it: on a
+    busy machine, torch threads that outnumber free cores slow a small net down many times."""
+    threads = max(1, cores // jobs)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
 
 
 def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str], out: Path,
@@ -328,7 +336,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
     """The side-by-side table, readable at 100 columns, with each row's problems below."""
     # SIMPLE_HEAD already puts a space between columns: no padding, so 11 columns fit in 100
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=0, show_edge=False,
-                  title="comparison", title_justify="left", caption_justify="left")
+                  title="comparison", title_justify="left")
     for col, justify in (("variant", "left"), ("status", "left"), ("steps", "right"),
                          ("final\nloss", "right"), ("test", "right"), ("ratio\ninit", "right"),
                          ("ratio\nend", "right"), ("min\n|grad|", "right"),
@@ -337,9 +345,6 @@ def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
         shrinks = col in ("variant", "verdict")
         table.add_column(col, justify=justify, no_wrap=not shrinks,  # type: ignore[arg-type]
                          overflow="ellipsis")
-    table.caption = ("ratio: first layer's gradient norm / last layer's; min |grad|: the "
-                     "weakest layer's at the end;\ntest: accuracy for classification, loss "
-                     "otherwise; claims: the config's expect: block")
     for r in rows:
         status = r["status"]
         style = "green" if status == "completed" else (
@@ -352,12 +357,15 @@ def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
             _short(r["grad_ratio_final"]), _short(r["weakest_grad"]), r["verdict"],
             _rate(r["steps_per_second"]), expect,
         )
-    notes = Text()
+    # the legend sits below the table rather than in its caption, which wraps at the table's width
+    notes = Text("ratio: first layer's gradient norm / last layer's; min |grad|: the weakest "
+                 "layer's at the end;\ntest: accuracy for classification, loss otherwise; "
+                 "claims: the config's expect: block\n", style="dim")
     for r in rows:
         if r["problems"]:
             notes.append(f"{r['variant']}: ", style="bold")
             notes.append(f"{r['problems']}\n")
-    return Group(table, notes) if notes else table
+    return Group(table, notes)
 
 
 def _short(x: float | None) -> str:

@@ -9,7 +9,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.compare import compare, comparison_rows, comparison_table, config_paths, find_reusable
+from gradlab.compare import (
+    compare,
+    comparison_rows,
+    comparison_table,
+    config_paths,
+    find_reusable,
+    worker_threads,
+)
 from gradlab.config import load_config
 
 TINY = {"data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
@@ -110,3 +117,12 @@ def test_missing_paths_are_a_clear_error(tmp_path):
     result = run_cli("compare", str(tmp_path / "nope"))
     assert result.exit_code == 2
     assert "no such config file or directory" in result.output
+
+
+def test_workers_share_the_cores_and_respect_omp_num_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [worker_threads(8, j) for j in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a busy machine: one thread per worker
+    assert worker_threads(8, 2) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert worker_threads(8, 2) == 4
