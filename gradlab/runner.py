@@ -44,7 +44,25 @@ def pick_device(name: str) -> torch.device:
 
 def run_config(cfg: Config, out: Path, observers: tuple[Any, ...] = (),
                threads: int | None = None) -> RunOutcome:
-    """Train one variant and write its complete run record under `out`."""
+    """Train one variant and write its complete run record under `out`.
+
+    Flushing denormals is a setting of the run: the caller's floating-point mode is restored
+    afterwards (flushed denormals break any later code that needs IEEE arithmetic).
+    """
+    was_flushed = _denormals_flushed()
+    try:
+        return _run_config(cfg, out, observers, threads)
+    finally:
+        torch.set_flush_denormal(was_flushed)
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch has no getter for it)."""
+    return float(torch.tensor(1e-30) * 1e-10) == 0.0  # 1e-40 is a float32 denormal
+
+
+def _run_config(cfg: Config, out: Path, observers: tuple[Any, ...],
+                threads: int | None) -> RunOutcome:
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)

@@ -120,3 +120,11 @@ def test_the_cli_exits_0_on_a_divergence(write_yaml, tmp_path: Path) -> None:
                                       "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "diverged"
+
+
+def test_a_run_leaves_the_callers_floating_point_mode_as_it_found_it(run_tiny) -> None:
+    """Runs flush denormals for speed; the process must get IEEE arithmetic back afterwards."""
+    assert 1e-300 * 1e-10 > 0.0  # a float64 denormal, as Python computes it
+    outcome = run_tiny()
+    assert outcome.summary["flush_denormal"] is True  # the run itself did flush them
+    assert 1e-300 * 1e-10 > 0.0
