@@ -94,8 +94,8 @@ def _vanishing(summary: dict[str, Any], layers: list[dict[str, Any]], when: str,
                model: dict[str, Any], train: dict[str, Any],
                pretrain: dict[str, Any] | None) -> dict[str, Any] | None:
     ratio = summary.get(f"grad_ratio_{when}")
-    stds = [_get(layer, when, "act_std") for layer in layers[:-1]]
-    stds = [s for s in stds if s is not None and math.isfinite(s)]
+    stds = [s for layer in layers[:-1]
+            if (s := _get(layer, when, "act_std")) is not None and math.isfinite(s)]
     collapsed = len(stds) >= 2 and stds[0] > 0 and stds[-1] / stds[0] < COLLAPSE_RATIO
     if not ((ratio is not None and ratio < VANISHING_RATIO) or collapsed):
         return None
@@ -136,6 +136,7 @@ def _exploding(summary: dict[str, Any], layers: list[dict[str, Any]], model: dic
         name, norm = max(big, key=lambda b: b[1])
         msg = f"exploding gradients: {name}'s gradient norm reaches {_fmt(norm)}"
     else:
+        assert ratio is not None  # no layer's norm is too big, so the ratio is
         msg = (f"exploding gradients: the first layer's gradient is {_fmt(ratio)} × the last "
                "layer's at init")
     remedies = [] if train.get("clip") else ["set train.clip: {by: norm, max_norm: 1.0}"]
@@ -149,8 +150,8 @@ def _units(layers: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str
     found = []
     hidden = layers[:-1]
     for stat, limit, kind in (("act_saturated", SATURATED, "saturated"), ("act_dead", DEAD, "dead")):
-        values = [(layer["name"], _get(layer, "final", stat)) for layer in hidden]
-        values = [(n, v) for n, v in values if v is not None and math.isfinite(v)]
+        values = [(layer["name"], v) for layer in hidden
+                  if (v := _get(layer, "final", stat)) is not None and math.isfinite(v)]
         if not values:
             continue
         mean = sum(v for _, v in values) / len(values)
