@@ -558,6 +558,8 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for err in error.errors():
         path, fields = _display_path(err["loc"])
+        if err["type"] == "union_tag_invalid":  # the bad value is the section's `kind`
+            path = f"{path}.kind" if path else "kind"
         msg = _message(err, fields)
         for line in msg.split("\n"):
             # Cross-section checks put their own key path at the start of each line.

@@ -25,12 +25,12 @@ def diagnose(summary: dict[str, Any], config: dict[str, Any]) -> list[dict[str, 
     verdicts: list[dict[str, Any]] = []
     status = summary.get("status")
     if status == "diverged":
-        verdicts.append(_diverged(summary, model, train))
+        verdicts.append(_diverged(summary, model, train, config.get("pretrain")))
     if status == "failed":
         verdicts.append(_verdict("failed", "error", [], f"the run failed: {summary.get('error')}",
                                  ["see traceback.txt in the run directory"]))
     for when in ("init", "final"):
-        found = _vanishing(summary, layers, when, model, train)
+        found = _vanishing(summary, layers, when, model, train, config.get("pretrain"))
         if found:
             verdicts.append(found)
             break
@@ -58,9 +58,13 @@ def _fmt(x: float) -> str:
     return f"{x:.1e}"
 
 
-def _diverged(summary: dict[str, Any], model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def _diverged(summary: dict[str, Any], model: dict[str, Any], train: dict[str, Any],
+              pretrain: dict[str, Any] | None) -> dict[str, Any]:
     where = summary.get("first_nonfinite") or {}
     layer = where.get("layer")
+    phase = where.get("phase") or ""
+    if phase.startswith("pretrain_layer_"):
+        return _diverged_in_pretraining(where, phase, pretrain or {})
     what = {"loss": "the loss", "gradient": f"the gradient of {layer}",
             "weights": f"the weights of {layer}"}.get(where.get("what", ""), "a value")
     msg = f"{what} became NaN/Inf at step {where.get('step')}"
@@ -73,11 +77,25 @@ def _diverged(summary: dict[str, Any], model: dict[str, Any], train: dict[str, A
     return _verdict("diverged", "error", [layer] if layer else [], msg, remedies)
 
 
+def _diverged_in_pretraining(where: dict[str, Any], phase: str,
+                             pretrain: dict[str, Any]) -> dict[str, Any]:
+    """Layer k's autoencoder diverged: its learning rate is pretrain.lr, not train.lr."""
+    k, layer = phase.removeprefix("pretrain_layer_"), where.get("layer")
+    what = where.get("what") or "value"
+    msg = (f"the {what} of {layer} became NaN/Inf at step {where.get('step')} of layer-wise "
+           f"pretraining (phase {phase}, hidden layer {k}); fine-tuning did not run")
+    remedies = [f"lower pretrain.lr (now {pretrain.get('lr')})"]
+    if pretrain.get("optimizer") == "sgd":
+        remedies.append("pretrain.optimizer: adam (per-parameter step sizes)")
+    return _verdict("diverged", "error", [layer] if layer else [], msg, remedies)
+
+
 def _vanishing(summary: dict[str, Any], layers: list[dict[str, Any]], when: str,
-               model: dict[str, Any], train: dict[str, Any]) -> dict[str, Any] | None:
+               model: dict[str, Any], train: dict[str, Any],
+               pretrain: dict[str, Any] | None) -> dict[str, Any] | None:
     ratio = summary.get(f"grad_ratio_{when}")
-    stds = [_get(layer, when, "act_std") for layer in layers[:-1]]
-    stds = [s for s in stds if s is not None and math.isfinite(s)]
+    stds = [s for layer in layers[:-1]
+            if (s := _get(layer, when, "act_std")) is not None and math.isfinite(s)]
     collapsed = len(stds) >= 2 and stds[0] > 0 and stds[-1] / stds[0] < COLLAPSE_RATIO
     if not ((ratio is not None and ratio < VANISHING_RATIO) or collapsed):
         return None
@@ -99,6 +117,9 @@ def _vanishing(summary: dict[str, Any], layers: list[dict[str, Any]], when: str,
     remedies += _init_and_norm_remedies(model)
     if model.get("kind", "mlp") == "mlp" and not model.get("residual"):
         remedies.append("model.residual: true (skip connections carry the gradient past layers)")
+        if act in ("sigmoid", "tanh") and not pretrain:
+            remedies.append("pretrain: {method: autoencoder} (greedy layer-wise "
+                            "pretraining starts every layer from weights that pass the signal on)")
     if train.get("optimizer") == "sgd":
         remedies.append("train.optimizer: adam (per-parameter step sizes rescale small gradients)")
     return _verdict("vanishing", "warning", names[:1], msg, remedies)
@@ -115,6 +136,7 @@ def _exploding(summary: dict[str, Any], layers: list[dict[str, Any]], model: dic
         name, norm = max(big, key=lambda b: b[1])
         msg = f"exploding gradients: {name}'s gradient norm reaches {_fmt(norm)}"
     else:
+        assert ratio is not None  # no layer's norm is too big, so the ratio is
         msg = (f"exploding gradients: the first layer's gradient is {_fmt(ratio)} × the last "
                "layer's at init")
     remedies = [] if train.get("clip") else ["set train.clip: {by: norm, max_norm: 1.0}"]
@@ -128,8 +150,8 @@ def _units(layers: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str
     found = []
     hidden = layers[:-1]
     for stat, limit, kind in (("act_saturated", SATURATED, "saturated"), ("act_dead", DEAD, "dead")):
-        values = [(layer["name"], _get(layer, "final", stat)) for layer in hidden]
-        values = [(n, v) for n, v in values if v is not None and math.isfinite(v)]
+        values = [(layer["name"], v) for layer in hidden
+                  if (v := _get(layer, "final", stat)) is not None and math.isfinite(v)]
         if not values:
             continue
         mean = sum(v for _, v in values) / len(values)

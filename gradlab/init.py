@@ -7,23 +7,28 @@ same for a bias. `default` leaves PyTorch's own initialisation untouched.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
 
 from gradlab.config import BiasInitConfig, InitConfig
 
+# The nonlinearity names torch's gain tables know (`InitConfig.nonlinearity` allows the same).
+GainName = Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu"]
+
 # The nonlinearity name torch's gain tables know for each activation (for xavier/kaiming).
-GAIN_NAME = {
+GAIN_NAME: dict[str, GainName] = {
     "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "leaky_relu": "leaky_relu",
     "prelu": "leaky_relu", "elu": "relu", "selu": "selu", "gelu": "relu", "identity": "linear",
 }
 
-Initialiser = Callable[[torch.Tensor, InitConfig, str, float], None]
+# Fills W in place; whatever it returns (nn.init's functions return W) is ignored.
+Initialiser = Callable[[torch.Tensor, InitConfig, GainName, float], object]
 
 
 def _kaiming(fill: Callable[..., torch.Tensor]) -> Initialiser:
-    def init(W: torch.Tensor, cfg: InitConfig, nonlinearity: str, slope: float) -> None:
+    def init(W: torch.Tensor, cfg: InitConfig, nonlinearity: GainName, slope: float) -> None:
         fill(W, a=slope, mode=cfg.mode, nonlinearity=nonlinearity)
 
     return init
@@ -53,7 +58,7 @@ def init_weight(W: torch.Tensor, cfg: InitConfig, activation: str, slope: float 
     Xavier uses the activation's gain only when `gain` is set through `nonlinearity`;
     by default it is the plain Glorot scheme (gain 1), as in Glorot & Bengio (2010).
     """
-    nonlinearity = cfg.nonlinearity or GAIN_NAME[activation]
+    nonlinearity: GainName = cfg.nonlinearity or GAIN_NAME[activation]
     if cfg.scheme.startswith("xavier") and cfg.nonlinearity is None:
         nonlinearity = "linear"
     INITIALISERS[cfg.scheme](W, cfg, nonlinearity, slope)

@@ -86,7 +86,9 @@ def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed:
     # Layer 1 reconstructs standardised inputs (any real value): a linear read-out. Deeper
     # layers reconstruct codes that lie in the activation's range: read out through it.
     out_act = nn.Identity() if k == 1 else copy.deepcopy(model.acts[k - 1])
-    ae = Autoencoder(model.linears[k - 1], model.norms[k - 1], model.acts[k - 1], p.tied, out_act)
+    linear = model.linears[k - 1]
+    assert isinstance(linear, nn.Linear)  # MLP.linears holds only Linear layers
+    ae = Autoencoder(linear, model.norms[k - 1], model.acts[k - 1], p.tied, out_act)
     optimizer = build_optimizer(ae.parameters(), TrainConfig(optimizer=p.optimizer, lr=p.lr))
     _call(observers, "on_phase_start", f"pretrain_layer_{k}")
     started = time.perf_counter()

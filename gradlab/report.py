@@ -202,8 +202,11 @@ MARKS = {0: ("•", "cyan"), 1: ("x", "magenta"), 2: ("+", "green"), 3: ("o", "y
 
 
 def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
-          height: int = 12, log: bool | None = None) -> Text:
-    """A small scatter chart in text; log y-scale when the values span over a decade."""
+          height: int = 12, log: bool | None = None, xlabel: str = "step") -> Text:
+    """A small scatter chart in text; log y-scale when the values span over a decade.
+
+    The x axis is labelled `xlabel` at its left end: training steps, or time steps t.
+    """
     points = [p for s in series.values() for p in s]
     ys = [y for _, y in points]
     xs = [x for x, _ in points]
@@ -231,7 +234,7 @@ def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
             out.append(ch, style=style)
         out.append("\n")
     out.append(" " * pad + " └" + "─" * width + "\n")
-    left, right = f"step {num(x0)}", f"{num(x1)}"
+    left, right = f"{xlabel} {num(x0)}", f"{num(x1)}"
     out.append(" " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right + "\n")
     legend = "   ".join(f"{MARKS[k % len(MARKS)][0]} {name}" for k, name in enumerate(series)
                        if series[name])
@@ -304,7 +307,7 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
               "end": [(t + 1, g) for t, g in enumerate(final) if _finite(g) and g > 0]}
     parts: list[RenderableType] = [title, table, ratio]
     if series["init"]:
-        parts.append(Panel(chart(series, 64, 10), title="‖∂L/∂h_t‖ by time step t",
+        parts.append(Panel(chart(series, 64, 10, xlabel="t"), title="‖∂L/∂h_t‖ by time step t",
                            title_align="left", expand=False))
     zeros = sum(g == 0 for g in [*init, *final])
     if zeros:

@@ -123,11 +123,13 @@ def train(cfg: Config, model: nn.Module, layers: list[ProbedLayer], data: Datase
     device = data.x_train.device
     order = batches(len(data.x_train), t.batch_size, cfg.seed, device)
     result = TrainResult()
-    result.initial = _eval_all(model, data, loss_fn)
-    _call(observers, "on_eval_end", 0, result.initial)
     started = time.perf_counter()
-    model.train()
     try:
+        # a model that does not fit its data fails here, and that is a result too
+        result.initial = _eval_all(model, data, loss_fn)
+        _call(observers, "on_eval_end", 0, result.initial)
+        started = time.perf_counter()  # seconds count training steps, not the first evaluation
+        model.train()
         for step in range(steps):
             # learning rate from the schedule (a pure function of the step)
             lr = lr_at(step, t, steps)

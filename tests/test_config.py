@@ -92,7 +92,7 @@ BAD = {
                         "model.init.sdt: unknown key 'sdt' (did you mean 'std'?)"),
     "wrong type": (tiny(train={"lr": "fast"}), "train.lr: must be a number, got 'fast'"),
     "unknown data kind": (tiny(data={"kind": "digit"}),
-                          "data: unknown kind 'digit' (did you mean 'digits'?)"),
+                          "data.kind: unknown kind 'digit' (did you mean 'digits'?)"),
     "yaml syntax": ("name: x\nmodel: {depth: 3\n", "YAML syntax error: line"),
 }
 

@@ -80,7 +80,7 @@ CONFIG_CASES: list[tuple[str, Any, list[str], list[str]]] = [
     ("unknown-schedule", cfg(train={"schedule": "cosin"}), [],
      ["train.schedule.name: unknown value 'cosin'", "did you mean 'cosine'"]),
     ("unknown-dataset-kind", cfg(data={"kind": "mnist"}), [],
-     ["data: unknown kind 'mnist'", "allowed: teacher"]),
+     ["data.kind: unknown kind 'mnist'", "allowed: teacher"]),
     ("dataset-without-kind", {**BASE, "data": {"n_samples": 64}}, [], ["data: needs a 'kind' key"]),
     ("dataset-missing", {"name": "x", "model": {"depth": 2}}, [], ["data: required key is missing"]),
     ("steps-and-epochs", cfg(train={"steps": 3, "epochs": 2}), [],

@@ -234,3 +234,47 @@ def test_the_canonical_pair_differs_only_in_pretraining():
 
     assert load("pretrain_sigmoid") == load("scratch_sigmoid")
     assert "pretrain" not in yaml.safe_load((CONFIGS / "scratch_sigmoid.yaml").read_text())
+
+
+def test_a_diverging_pretraining_is_diagnosed_with_its_phase_layer_and_pretrain_lr(run_tiny):
+    outcome = run_tiny(**pretrained(pretrain={**PRETRAIN, "optimizer": "sgd", "lr": 1e6},
+                                    train={"lr": 0.003}))
+    (diverged,) = [v for v in outcome.summary["verdicts"] if v["kind"] == "diverged"]
+    assert "pretrain_layer_1" in diverged["message"] and "fc1" in diverged["message"]
+    assert "pretraining" in diverged["message"]
+    assert diverged["remedies"][0] == "lower pretrain.lr (now 1000000.0)"
+    assert not any("train.lr" in r and "pretrain.lr" not in r for r in diverged["remedies"])
+
+
+def test_a_divergence_in_a_deeper_pretrained_layer_names_that_layer():
+    from gradlab.diagnose import diagnose
+
+    summary = {"status": "diverged", "layers": [], "first_nonfinite": {
+        "phase": "pretrain_layer_2", "step": 7, "layer": "fc2", "what": "reconstruction loss"}}
+    config = tiny(**pretrained(pretrain={**PRETRAIN, "lr": 0.5}))
+    (verdict,) = diagnose(summary, config)
+    assert verdict["kind"] == "diverged" and verdict["layers"] == ["fc2"]
+    assert "reconstruction loss of fc2" in verdict["message"]
+    assert "step 7" in verdict["message"] and "hidden layer 2" in verdict["message"]
+    assert verdict["remedies"] == ["lower pretrain.lr (now 0.5)"]
+
+
+VANISHED = {"status": "completed", "grad_ratio_init": 1e-7, "grad_ratio_final": 1e-7,
+            "layers": [{"name": f"fc{i}", "init": {}, "final": {}} for i in range(1, 5)]}
+
+
+@pytest.mark.parametrize("model, suggested", [
+    ({"activation": "sigmoid", "depth": 20}, True),
+    ({"activation": "tanh", "depth": 20}, True),
+    ({"activation": "relu", "depth": 20}, False),
+    ({"activation": "sigmoid", "depth": 20, "residual": True}, False),
+])
+def test_vanishing_in_a_plain_saturating_mlp_suggests_layerwise_pretraining(model, suggested):
+    from gradlab.diagnose import diagnose
+
+    (verdict,) = diagnose(VANISHED, tiny(model=model))
+    assert verdict["kind"] == "vanishing"
+    assert any(r.startswith("pretrain: ") for r in verdict["remedies"]) == suggested
+    # ... but not when the config already pretrains
+    (verdict,) = diagnose(VANISHED, tiny(model=model, pretrain=PRETRAIN))
+    assert not any(r.startswith("pretrain: ") for r in verdict["remedies"])

@@ -209,3 +209,16 @@ def test_compare_writes_figures_and_report_md_into_its_record(three_runs, tmp_pa
     assert "![Loss](loss.png)" in report_md and "![Gradient flow at init](grad_flow.png)" in report_md
     for name in ("loss.png", "grad_flow.png"):
         assert_png(record_dir / name)
+
+
+def test_the_loss_chart_counts_steps_and_the_through_time_chart_counts_time_steps():
+    from gradlab.report import chart, time_table
+
+    loss = rendered(chart({"train": [(0, 2.0), (90, 0.5)]}))
+    assert "step 0" in loss and " 90" in loss
+    grads = [1e-6 * 10 ** t for t in range(8)]
+    text = rendered(time_table({"time_grads_init": grads, "time_grads_final": grads,
+                                "time_grad_ratio_init": 1e-7, "time_grad_ratio_final": 1e-7}))
+    axis = [line for line in text.splitlines() if " t 1 " in line]
+    assert len(axis) == 1 and axis[0].rstrip(" │").endswith("8"), text
+    assert "step 1" not in text

@@ -122,10 +122,29 @@ def test_the_cli_exits_0_on_a_divergence(write_yaml, tmp_path: Path) -> None:
     assert json.loads(result.stdout)["status"] == "diverged"
 
 
-def test_a_run_leaves_the_callers_denormal_setting_as_it_was(run_tiny) -> None:
-    # flush_denormal is process state: a run that left it on would silently change the
-    # caller's own float arithmetic (subnormal results would become 0 afterwards)
-    import sys
+def test_a_run_leaves_the_callers_floating_point_mode_as_it_found_it(run_tiny) -> None:
+    """Runs flush denormals for speed; the process must get IEEE arithmetic back afterwards."""
+    assert 1e-300 * 1e-10 > 0.0  # a float64 denormal, as Python computes it
+    outcome = run_tiny()
+    assert outcome.summary["flush_denormal"] is True  # the run itself did flush them
+    assert 1e-300 * 1e-10 > 0.0
 
-    run_tiny(flush_denormal=True)
-    assert sys.float_info.min / 2 > 0.0
+
+def test_an_error_in_the_first_evaluation_is_a_failed_result_not_a_crash() -> None:
+    """A model whose head is too narrow for the classes fails as soon as its loss is computed."""
+    import torch
+    from conftest import tiny_config
+
+    from gradlab.data import load_data
+    from gradlab.models import build_model
+    from gradlab.train import train
+
+    cfg = tiny_config(data={"kind": "blobs", "n_samples": 64, "n_features": 4, "n_classes": 3})
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, layers = build_model(cfg.model, data.n_in, 1)  # one output for three classes
+    result = train(cfg, model, layers, data, 5)
+    assert result.status == "failed" and result.steps_done == 0
+    assert result.error is not None and result.error.startswith("ValueError: ")
+    assert "batch_size" in result.error  # torch's own words for the mismatch
+    assert result.traceback and "_eval_all" in result.traceback
