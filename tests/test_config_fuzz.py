@@ -53,22 +53,51 @@ values = st.recursive(
 )
 
 
+# A valid config to start from, and a value each key accepts: examples take a few random
+# edits of the base, each a plausible value or any YAML value, so that a good share of them
+# load and the rest fail in every way the schema can (not only at the first check).
+BASE: dict[str, Any] = {
+    "name": "fuzz", "data": {"kind": "teacher", "n_samples": 64, "n_features": 4},
+    "model": {"depth": 2, "width": 8}, "train": {"steps": 5, "batch_size": 8},
+}
+PLAUSIBLE = {
+    "model.kind": "mlp", "model.depth": 3, "model.width": 8, "model.activation": "tanh",
+    "model.norm": "layer", "model.residual": False, "model.residual_block": 2,
+    "model.init": "xavier_normal", "model.bias_init": "zeros", "model.negative_slope": 0.1,
+    "model.readout": "last", "model.rnn_nonlinearity": "relu", "train.steps": 5,
+    "train.epochs": None, "train.batch_size": 8, "train.loss": "auto", "train.optimizer": "adam",
+    "train.lr": 0.05, "train.momentum": 0.0, "train.nesterov": False, "train.betas": [0.9, 0.99],
+    "train.eps": 1e-6, "train.weight_decay": 1e-4, "train.schedule": "cosine",
+    "train.clip": {"by": "norm", "max_norm": 1.0}, "train.eval_every": 3, "data.kind": "blobs",
+    "data.n_samples": 64, "data.n_features": 4, "data.n_classes": 3, "data.n_outputs": 2,
+    "data.test_fraction": 0.25, "data.path": "x.csv", "data.target": "y", "data.length": 5,
+    "data.n_symbols": 3, "data.n_recall": 2, "data.noise": 0.1, "probe.every": 2,
+    "probe.activations": False, "pretrain.method": "autoencoder", "pretrain.steps_per_layer": 3,
+    "pretrain.lr": 0.01, "pretrain.denoising": 0.1,
+}
+
+
 @st.composite
 def near_schema(draw: st.DrawFn) -> dict[Any, Any]:
-    """A mapping shaped like a config: real sections and keys, sometimes misspelt or odd."""
-    raw: dict[Any, Any] = {}
-    if draw(st.booleans()):
-        raw["name"] = draw(st.one_of(st.text(max_size=8), scalars))
-    raw["data"] = {"kind": draw(st.sampled_from(NAMES[:6]))}
-    for section, keys in SECTIONS.items():
-        if draw(st.booleans()):
-            body = raw.setdefault(section, {})
-            for key in draw(st.lists(st.sampled_from(keys), max_size=4)):
-                body[key] = draw(values)
-            if draw(st.integers(0, 9)) == 0:  # a misspelt key now and then
+    """A valid config with up to four edits: real sections and keys, values plausible or odd,
+    now and then a misspelt key, a section that is not a mapping, or another name."""
+    raw: dict[Any, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for _ in range(draw(st.integers(0, 4))):
+        section = draw(st.sampled_from(list(SECTIONS)))
+        edit = draw(st.integers(0, 9))
+        if edit == 1:  # a section that is not a mapping at all
+            raw[section] = draw(scalars)
+        elif edit == 2:
+            raw["name"] = draw(st.one_of(st.text(max_size=8), scalars))
+        else:
+            body = raw[section] if isinstance(raw.get(section), dict) else {}
+            raw[section] = body
+            if edit == 0:  # a misspelt key
                 body[draw(st.text(min_size=1, max_size=8))] = draw(scalars)
-    if draw(st.integers(0, 4)) == 0:  # or a section that is not a mapping at all
-        raw[draw(st.sampled_from(list(SECTIONS)))] = draw(scalars)
+                continue
+            key = draw(st.sampled_from(SECTIONS[section]))
+            plausible = st.just(PLAUSIBLE[f"{section}.{key}"])
+            body[key] = draw(plausible if edit > 5 else values)
     return raw
 
 
