@@ -38,8 +38,12 @@ def num(x: Any, digits: int = 3) -> str:
         return "0"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
+    if isinstance(x, int) and abs(x) < 1e5:
+        return str(x)  # a step count: 1000, not 1e+03
     if abs(x) < 1e-3 or abs(x) >= 1e5:
         return f"{x:.{digits - 1}e}"
+    if abs(x) >= 10 ** digits:
+        return f"{x:.0f}"  # 1234.5 → 1234, not 1.23e+03
     return f"{x:.{digits}g}"
 
 
