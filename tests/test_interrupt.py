@@ -142,6 +142,16 @@ def test_kill_9_leaves_a_partial_record_that_reads_as_incomplete(two_runs: dict)
     assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no half-written file
     text = render(record)
     assert "incomplete" in text and "stopped without finishing its record" in text
+    # and through the commands a user would reach for
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", str(run_dir.parent.parent)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    line = next(row for row in listed.stdout.splitlines() if f"long/{run_dir.name} " in row)
+    assert "incomplete" in line
+    shown = runner.invoke(app, ["report", str(run_dir)], env={"COLUMNS": "100"})
+    assert shown.exit_code == 0, shown.output
+    assert "incomplete" in shown.stdout and "Traceback" not in shown.output
+    assert (run_dir / "plots" / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_two_runs_at_once_write_separate_directories(two_runs: dict) -> None:
