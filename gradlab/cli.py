@@ -84,9 +84,11 @@ def run(
     steps: Annotated[int | None, typer.Option(help="Training steps (overrides the config).")] = None,
     out: OutOpt = Path("runs"),
     set_: SetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout instead of the report.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print summary.json to stdout instead of the report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    all_layers: Annotated[bool, typer.Option("--all-layers", help="Show every layer in the table.")] = False,
+    all_layers: Annotated[bool, typer.Option(
+        "--all-layers", help="Show every layer in the table.")] = False,
     no_plots: NoPlotsOpt = False,
 ) -> None:
     """Train one variant, probe every layer, write a run record and report it."""

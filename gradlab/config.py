@@ -79,10 +79,10 @@ class _Section(BaseModel):
 def _shorthand(key: str) -> Any:
     """Let `init: xavier_normal` stand for `init: {scheme: xavier_normal}`."""
 
-    def to_mapping(cls: type, value: Any) -> Any:
+    def to_mapping(value: Any) -> Any:
         return {key: value} if isinstance(value, str) else value
 
-    return model_validator(mode="before")(classmethod(to_mapping))
+    return model_validator(mode="before")(to_mapping)
 
 
 class InitConfig(_Section):
@@ -351,7 +351,7 @@ def _expect_problems(expect: dict[str, Any]) -> list[tuple[str, str]]:
                 problems.append((key, "a range is {min: x}, {max: y} or both"))
             elif any(b is not None and not _is_number(b) for b in bounds):
                 problems.append((key, f"range bounds must be numbers, got {want}"))
-            elif None not in bounds and bounds[0] > bounds[1]:
+            elif bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
                 problems.append((key, f"min must be ≤ max, got {want}"))
         elif not isinstance(want, (str, bool, int, float, type(None))):
             problems.append((key, f"must be a literal or a {{min, max}} range, got {want!r}"))

@@ -9,6 +9,7 @@ transfer per logged step: never an `.item()` per layer.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -71,7 +72,7 @@ class Probe:
         self._pending = torch.stack([grad_norm, grad_rms, grad_absmax, weight_norm]
                                     + [grad_norm * math.nan] + acts, dim=1)  # (layers, stats)
 
-    def after_step(self, step: int) -> list[dict[str, float]] | None:
+    def after_step(self, step: int) -> list[dict[str, Any]] | None:
         """Add update-to-weight ratios and fetch the step's rows (one transfer)."""
         if self._pending is None:
             return None
@@ -81,13 +82,13 @@ class Probe:
         stats[:, 4] = update / stats[:, 3].clamp_min(1e-30)
         return self._fetch(step, stats)
 
-    def flush(self, step: int) -> list[dict[str, float]] | None:
+    def flush(self, step: int) -> list[dict[str, Any]] | None:
         """Fetch a logged step's rows when no optimiser step followed (a diverged run)."""
         if self._pending is None:
             return None
         return self._fetch(step, self._pending)
 
-    def _fetch(self, step: int, stats: torch.Tensor) -> list[dict[str, float]]:
+    def _fetch(self, step: int, stats: torch.Tensor) -> list[dict[str, Any]]:
         flat = stats.flatten()
         if self._time is not None:
             flat = torch.cat([flat, self._time])
