@@ -42,8 +42,6 @@ def num(x: Any, digits: int = 3) -> str:
         return str(x)  # a step count: 1000, not 1e+03
     if abs(x) < 1e-3 or abs(x) >= 1e5:
         return f"{x:.{digits - 1}e}"
-    if abs(x) >= 10 ** digits:
-        return f"{x:.0f}"  # 1234.5 → 1234, not 1.23e+03
     return f"{x:.{digits}g}"
 
 
