@@ -329,6 +329,8 @@ def read_comparison(path: Path) -> list[dict[str, Any]]:
         for k in ("steps", "final_loss", "test_metric", "grad_ratio_init", "grad_ratio_final",
                   "weakest_grad", "steps_per_second"):
             r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+        if r["steps"] is not None:
+            r["steps"] = int(r["steps"])  # a count: re-printed as 1000, as the run printed it
     return rows
 
 

@@ -126,3 +126,13 @@ def test_workers_share_the_cores_and_respect_omp_num_threads(monkeypatch):
     assert worker_threads(8, 2) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
     assert worker_threads(8, 2) == 4
+
+
+def test_a_compare_record_reads_back_as_it_was_written(tmp_path: Path) -> None:
+    from gradlab.compare import COLUMNS, read_comparison, write_comparison
+
+    row = {c: "" for c in COLUMNS} | {"variant": "v", "status": "completed", "steps": 1000,
+                                      "final_loss": 0.25, "grad_ratio_init": 2.6e4}
+    back = read_comparison(write_comparison([row], tmp_path))[0]
+    assert back["steps"] == 1000 and isinstance(back["steps"], int)
+    assert back["final_loss"] == 0.25 and back["grad_ratio_init"] == 2.6e4
