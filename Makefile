@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two workers: the signal and subprocess tests wait on other processes, so both cores stay busy.
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 reproduce: $(STAMP)
 	$(BIN)/gradlab compare configs/ --check --jobs $(JOBS) --out runs

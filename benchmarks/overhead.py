@@ -22,10 +22,11 @@ import torch
 from common import Row, median, print_table, ratio_row
 from torch.nn import functional as F
 
+from gradlab.build.data import load_data
+from gradlab.build.model import build_model
 from gradlab.config import Config, config_from_dict
-from gradlab.data import load_data
-from gradlab.models import build_model
 from gradlab.runner import run_config
+from gradlab.train.events import Evaluated, Logged, StepEnd
 
 TEACHER = {"kind": "teacher", "n_samples": 2048, "n_features": 100}
 HE = {"init": "kaiming_normal", "bias_init": "zeros"}
@@ -79,13 +80,19 @@ class Clock:
         self.started: float | None = None
         self.ended: float | None = None
 
-    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+    def on_eval_end(self, event: Evaluated) -> None:
         if self.started is None:
             self.started = time.process_time()
 
-    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
-        if step == total - 1:
+    def on_step_end(self, event: StepEnd) -> None:
+        if event.step == event.total - 1:
             self.ended = time.process_time()
+
+    def on_phase_start(self, phase: str) -> None:
+        pass
+
+    def on_log(self, event: Logged) -> None:
+        pass
 
 
 def bare_loop(cfg: Config, check: bool = False, unrolled: bool = False) -> float:
@@ -97,7 +104,8 @@ def bare_loop(cfg: Config, check: bool = False, unrolled: bool = False) -> float
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, _ = build_model(cfg.model, data.n_in, data.n_out)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model = built.model
     t = cfg.train
     assert t.steps is not None
     if t.optimizer == "sgd":
@@ -108,8 +116,8 @@ def bare_loop(cfg: Config, check: bool = False, unrolled: bool = False) -> float
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch = len(x) // t.batch_size
     model.train()
-    if unrolled:
-        model.capture = True  # type: ignore[assignment]
+    if unrolled and built.time is not None:
+        built.time.unroll(True)
     started = time.process_time()
     for step in range(t.steps):
         if step % per_epoch == 0:

@@ -16,19 +16,20 @@ from collections import defaultdict
 import torch
 from torch.nn import functional as F
 
+from gradlab.build.model import build_model
 from gradlab.config import ModelConfig
-from gradlab.models import build_model
-from gradlab.probe import Probe
+from gradlab.train.probe import Probe
 
 
 def measure(activation: str, steps: int) -> dict[str, float]:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    model, layers = build_model(ModelConfig(depth=50, width=100, activation=activation), 100, 1)
+    built = build_model(ModelConfig(depth=50, width=100, activation=activation), 100, 1)
+    model, layers = built.model, built.layers
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 100), torch.randn(64, 1)
-    probe = Probe(layers, 1, 10**9, activation, True, model)
+    probe = Probe(layers, every=1, last_step=10**9, activation=activation, activations=True)
     weights = [p.weight.detach() for p in layers]
     parts: dict[str, list[float]] = defaultdict(list)
     for step in range(steps + 5):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import Row, print_table
 
-from gradlab.compare import config_paths
+from gradlab.config.load import config_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 600.0  # seconds: the canonical set's budget on the 2-core machine (issue #3)

@@ -10,21 +10,31 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from gradlab.config import ConfigError, load_config
 
+if TYPE_CHECKING:  # the events are only annotations here: the CLI starts without torch
+    from gradlab.train.events import Evaluated, Logged, StepEnd
+
 app = typer.Typer(
     help="gradlab: a laboratory for vanishing and exploding gradients in deep networks.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-# Piped output (CI, files) gets 100 columns rather than rich's 80, so tables stay whole.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 100
-out_console = Console(width=_WIDTH)
+out_console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _consoles() -> None:
+    """Fresh consoles for each invocation, sized by the terminal (or COLUMNS) it runs in."""
+    global out_console, err_console
+    # Piped output (CI, files) gets 100 columns rather than rich's 80, so tables stay whole.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 100
+    out_console, err_console = Console(width=width), Console(stderr=True)
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
@@ -68,10 +78,19 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         self.bar.__exit__(*exc)
 
-    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
-        if step % 5 == 0 or step == total - 1:
-            self.bar.update(self.task, total=total, completed=step + 1, loss=f"{loss:.4g}",
-                            grad=f"{grad_norm:.3g}")
+    def on_step_end(self, event: StepEnd) -> None:
+        if event.step % 5 == 0 or event.step == event.total - 1:
+            self.bar.update(self.task, total=event.total, completed=event.step + 1,
+                            loss=f"{event.loss:.4g}", grad=f"{event.grad_norm:.3g}")
+
+    def on_phase_start(self, phase: str) -> None:
+        pass
+
+    def on_eval_end(self, event: Evaluated) -> None:
+        pass
+
+    def on_log(self, event: Logged) -> None:
+        pass
 
 
 @app.command()
@@ -96,8 +115,8 @@ def run(
         cfg = load_config(config, _overrides(set_, steps, seed, device))
     except ConfigError as e:
         raise _fail(str(e)) from None
-    from gradlab.record import read_record
-    from gradlab.report import run_report
+    from gradlab.record.reader import read_record
+    from gradlab.render.report import run_report
     from gradlab.runner import run_config
 
     show_bar = not quiet and not as_json and err_console.is_terminal
@@ -154,8 +173,10 @@ def compare(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from gradlab import compare as comparing
+    from gradlab.config.load import config_paths
+    from gradlab.render.compare_table import comparison_table
 
-    config_files = comparing.config_paths(paths)
+    config_files = config_paths(paths)
     missing = [p for p in paths if not p.exists()]
     if missing or not config_files:
         raise _fail(f"{missing[0] if missing else paths[0]}: no such config file or directory"
@@ -178,9 +199,10 @@ def compare(
         variants = comparing.compare(config_files, out, jobs, _overrides(set_, steps, seed, device),
                                      reuse, not no_plots, done)
     rows = comparing.comparison_rows(variants)
-    record_dir = comparing.write_comparison(rows, out)
-    out_console.print(comparing.comparison_table(rows))
-    out_console.print(f"compare record: {record_dir}", style="dim", highlight=False)
+    record_dir = comparing.write_record(rows, out)
+    out_console.print(comparison_table(rows))
+    out_console.print(f"compare record: {record_dir}", style="dim", highlight=False,
+                      soft_wrap=True)
     _draw_comparison(record_dir, draw=not no_plots)
     invalid = [v for v in variants if v.status == "invalid"]
     for v in invalid:
@@ -210,13 +232,16 @@ def validate(
     set_: SetOpt = None,
 ) -> None:
     """Check configs without training: every problem, with its key path."""
-    from gradlab.compare import config_paths
+    from gradlab.config.load import config_paths
 
     problems = 0
     for path in config_paths(configs):
         try:
-            load_config(path, set_ or [])
-            out_console.print(f"{path}: ok", markup=False, highlight=False)
+            cfg = load_config(path, set_ or [])
+            from gradlab.build.budget import preflight  # torch, only for a config the schema took
+
+            preflight(cfg, str(path))
+            out_console.print(f"{path}: ok", markup=False, highlight=False, soft_wrap=True)
         except ConfigError as e:
             problems += 1
             err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
@@ -233,11 +258,12 @@ def report(
     no_plots: NoPlotsOpt = False,
 ) -> None:
     """Re-print a run's report from its record and redraw its plots; no training."""
-    from gradlab.record import is_run_dir, read_record
-    from gradlab.report import run_report
+    from gradlab.record.comparison import is_comparison_dir
+    from gradlab.record.reader import is_run_dir, read_record
+    from gradlab.render.report import run_report
 
-    if (run_dir / "comparison.csv").is_file():
-        from gradlab.compare import render_comparison_dir
+    if is_comparison_dir(run_dir):
+        from gradlab.render.compare_table import render_comparison_dir
 
         out_console.print(render_comparison_dir(run_dir))
         _draw_comparison(run_dir, draw=not no_plots)
@@ -256,7 +282,7 @@ def runs(
                                          file_okay=False)] = Path("runs"),
 ) -> None:
     """List the runs under a directory, newest first: name, status, date, steps, loss, verdict."""
-    from gradlab.report import run_list
+    from gradlab.render.listing import run_list
 
     if not root.is_dir():
         raise _fail(f"{root}: no such directory")
@@ -266,7 +292,7 @@ def runs(
 def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
     """Draw a run's figures into RUN/plots/; a plotting error is reported, never fatal."""
     try:
-        from gradlab.plots import plot_run
+        from gradlab.render.run_figures import plot_run
 
         drawn = plot_run(run_dir)
     except KeyboardInterrupt:
@@ -284,7 +310,7 @@ def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
 def _draw_comparison(record_dir: Path, draw: bool) -> None:
     """A compare record's figures (when `draw`) and report.md; errors are reported, not fatal."""
     try:
-        from gradlab.plots import plot_compare_record
+        from gradlab.render.compare_figures import plot_compare_record
 
         plot_compare_record(record_dir, draw)
     except KeyboardInterrupt:

@@ -1,50 +1,46 @@
-"""Running many configs in parallel processes and collecting their records side by side.
+"""Running many configs in parallel and collecting their records side by side (a driver).
 
 `compare(paths, ...)` validates every config, trains the valid ones in worker processes
-(each limited to its share of the cores), and returns one row per variant; a variant
-that fails never stops the others. `write_comparison` stores the compare record and
-`comparison_table` renders its rows. Reading results goes through `record.py` only.
+(each limited to its share of the cores), and returns one `Variant` per config; a variant
+that fails never stops the others. `comparison_rows` flattens them for the table and
+`write_record` stores the compare record (`record.comparison`).
 """
 
 from __future__ import annotations
 
-import csv
 import multiprocessing
 import os
-import re
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
+from gradlab.analyse.expect import Expectation, check
+from gradlab.build.budget import preflight
 from gradlab.config import Config, ConfigError, config_hash, load_config
-from gradlab.expect import Expectation, check
-from gradlab.record import Record, is_run_dir, read_record, unique_dir, utc_stamp, write_atomic
-from gradlab.report import num
+from gradlab.record.comparison import write_comparison
+from gradlab.record.reader import Record, is_run_dir, read_record, read_summary
+from gradlab.render.compare_table import comparison_markdown
+from gradlab.render.run_figures import plot_run
+from gradlab.runner import run_config
+
+# Where variants run: worker processes (the default, in parallel), or threads of this
+# process (for tests and embedding: no spawn, no signals).
+ExecutorKind = Literal["process", "thread"]
+EXECUTOR: ExecutorKind = "process"  # the default of `compare(executor=None)`
 
 NOT_STARTED = "not started: the comparison was interrupted"
-COLUMNS = ("variant", "status", "steps", "final_loss", "test_metric", "grad_ratio_init",
-           "grad_ratio_final", "weakest_grad", "verdict", "steps_per_second", "expect", "reused",
-           "problems", "run_dir", "config")
-
-
-def config_paths(items: Iterable[Path]) -> list[Path]:
-    """YAML files named directly, and every *.yaml/*.yml in named directories, sorted."""
-    paths: list[Path] = []
-    for item in items:
-        if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix in (".yaml", ".yml"))
-        else:
-            paths.append(item)
-    return paths
 
 
 @dataclass
@@ -88,7 +84,7 @@ def find_reusable(out: Path, cfg: Config) -> Path | None:
     for run_dir in sorted(parent.iterdir(), reverse=True):
         if not is_run_dir(run_dir):
             continue
-        summary = read_record(run_dir).summary or {}
+        summary = read_summary(run_dir) or {}
         if summary.get("status") == "completed" and summary.get("config_hash") == wanted:
             return run_dir
     return None
@@ -118,8 +114,6 @@ def _worker(path: str, overrides: list[str], out: str, threads: int,
     global _busy
     _busy = True
     try:
-        from gradlab.runner import run_config
-
         cfg = load_config(path, overrides)
         outcome = run_config(cfg, Path(out), threads=threads)
         _busy = False
@@ -136,24 +130,23 @@ def _worker(path: str, overrides: list[str], out: str, threads: int,
 
 def _plot(run_dir: Path) -> None:
     try:
-        from gradlab import plots
-
-        plots.plot_run(run_dir)
+        plot_run(run_dir)
     except Exception as e:  # the run is complete: a figure that fails must not lose it
-        import sys
-
         print(f"{run_dir}: plots failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def compare(paths: list[Path], out: Path, jobs: int | None = None,
             overrides: list[str] | None = None, reuse: bool = False, plots: bool = True,
-            on_done: Callable[[Variant], None] | None = None) -> list[Variant]:
+            on_done: Callable[[Variant], None] | None = None,
+            executor: ExecutorKind | None = None) -> list[Variant]:
     """Validate and run every config; return one Variant per path, in input order."""
     overrides = overrides or []
     variants = []
     for path in paths:
         try:
-            variants.append(Variant(path, config=load_config(path, overrides)))
+            cfg = load_config(path, overrides)
+            preflight(cfg, str(path))
+            variants.append(Variant(path, config=cfg))
         except ConfigError as e:
             variants.append(Variant(path, error=str(e)))
     todo = []
@@ -169,7 +162,8 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(todo) or 1))
     threads = worker_threads(cores, jobs)
-    if todo and _run_pool(todo, jobs, threads, overrides, out, plots, on_done):
+    if todo and _run_pool(todo, jobs, threads, overrides, out, plots, on_done,
+                          executor or EXECUTOR):
         for v in variants:
             v.interrupted = True
     return variants
@@ -184,12 +178,17 @@ def worker_threads(cores: int, jobs: int) -> int:
 
 
 def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str], out: Path,
-              plots: bool, on_done: Callable[[Variant], None] | None) -> bool:
+              plots: bool, on_done: Callable[[Variant], None] | None,
+              executor: ExecutorKind = "process") -> bool:
     """Run variants in worker processes; return whether Ctrl-C stopped them. Then queued
     variants are dropped and running ones stopped cleanly (their records say
     `interrupted`), and every variant that finished is still collected."""
-    ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
+    pool: Executor
+    if executor == "process":
+        ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
+    else:  # one variant at a time, leaving this process's torch threads as they are
+        pool, threads = ThreadPoolExecutor(max_workers=1), 0
     futures: dict[Future[tuple[str | None, str | None]], Variant] = {
         pool.submit(_worker, str(v.path), overrides, str(out), threads, plots): v for v in todo
     }
@@ -235,7 +234,7 @@ def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str]
     return interrupted
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def _stop_workers(pool: Executor) -> None:
     """Ask every worker to stop the variant it runs; idle workers ignore the request."""
     for proc in list(getattr(pool, "_processes", {}).values()):
         if proc.is_alive() and proc.pid is not None:
@@ -290,95 +289,8 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_comparison(rows: list[dict[str, Any]], out: Path) -> Path:
-    """The compare record: comparison.csv, comparison.md and links to every run directory."""
-    path = unique_dir(Path(out), f"compare-{utc_stamp()}")
-    lines = []
-    with (path / "comparison.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    head = ("variant", "status", "steps", "final loss", "test metric", "grad ratio init",
-            "grad ratio end", "weakest grad", "verdict", "steps/s", "expect")
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for r in rows:
-        cells = [r["variant"], r["status"], num(r["steps"]), num(r["final_loss"]),
-                 num(r["test_metric"]), num(r["grad_ratio_init"], 2),
-                 num(r["grad_ratio_final"], 2), num(r["weakest_grad"], 2), r["verdict"],
-                 num(r["steps_per_second"]), r["expect"] or "–"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    problems = [f"- **{r['variant']}**: {r['problems']}" for r in rows if r["problems"]]
-    text = "\n".join(lines) + "\n" + ("\nProblems:\n\n" + "\n".join(problems) + "\n" if problems else "")
-    write_atomic(path / "comparison.md", text)
-    links = path / "variants"
-    links.mkdir()
-    for r in rows:
-        if r["run_dir"]:
-            target = os.path.relpath(Path(r["run_dir"]).resolve(), links.resolve())
-            link = links / r["variant"]
-            if not link.exists() and not link.is_symlink():
-                link.symlink_to(target)
-    return path
 
+def write_record(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Store the comparison under `out` (comparison.csv, comparison.md, variants/)."""
+    return write_comparison(rows, out, comparison_markdown(rows))
 
-def read_comparison(path: Path) -> list[dict[str, Any]]:
-    with (Path(path) / "comparison.csv").open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("steps", "final_loss", "test_metric", "grad_ratio_init", "grad_ratio_final",
-                  "weakest_grad", "steps_per_second"):
-            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
-        if r["steps"] is not None:
-            r["steps"] = int(r["steps"])  # a count: re-printed as 1000, as the run printed it
-    return rows
-
-
-def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
-    """The side-by-side table, readable at 100 columns, with each row's problems below."""
-    # SIMPLE_HEAD already puts a space between columns: no padding, so 11 columns fit in 100
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=0, show_edge=False,
-                  title="comparison", title_justify="left")
-    for col, justify in (("variant", "left"), ("status", "left"), ("steps", "right"),
-                         ("final\nloss", "right"), ("test", "right"), ("ratio\ninit", "right"),
-                         ("ratio\nend", "right"), ("min\n|grad|", "right"),
-                         ("verdict", "left"), ("steps\n/s", "right"), ("claims", "left")):
-        # when a row is too wide, only the names shrink (with an ellipsis), never a number
-        shrinks = col in ("variant", "verdict")
-        table.add_column(col, justify=justify, no_wrap=not shrinks,  # type: ignore[arg-type]
-                         overflow="ellipsis")
-    for r in rows:
-        status = r["status"]
-        style = "green" if status == "completed" else (
-            "red" if status in ("failed", "invalid", "diverged") else "yellow")
-        expect = {"held": Text("held", "green"), "FAILED": Text("FAILED", "bold red")}.get(
-            r["expect"], Text("–", "dim"))
-        table.add_row(
-            r["variant"], Text(status, style), num(r["steps"]), _short(r["final_loss"]),
-            _short(r["test_metric"]), _short(r["grad_ratio_init"]),
-            _short(r["grad_ratio_final"]), _short(r["weakest_grad"]), r["verdict"],
-            _rate(r["steps_per_second"]), expect,
-        )
-    # the legend sits below the table rather than in its caption, which wraps at the table's width
-    notes = Text("ratio: first layer's gradient norm / last layer's; min |grad|: the weakest "
-                 "layer's at the end;\ntest: accuracy for classification, loss otherwise; "
-                 "claims: the config's expect: block\n", style="dim")
-    for r in rows:
-        if r["problems"]:
-            notes.append(f"{r['variant']}: ", style="bold")
-            notes.append(f"{r['problems']}\n")
-    return Group(table, notes)
-
-
-def _short(x: float | None) -> str:
-    """Two significant digits with a compact exponent (2.6e4, 4.6e-11): the table's width."""
-    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + m[1].strip("+") + m[2], num(x, 2))
-
-
-def _rate(x: float | None) -> str:
-    return "–" if x is None else f"{x:.0f}"
-
-
-def render_comparison_dir(path: Path) -> RenderableType:
-    """Re-render a compare record's table from its comparison.csv (no training)."""
-    return Group(comparison_table(read_comparison(path)), Text(str(path), style="dim"))

@@ -105,12 +105,15 @@ def test_validate_checks_files_and_directories(tiny_yaml: Path, write_yaml) -> N
     assert f"{bad}: model.depth: must be ≥ 1, got 0" in mixed.stderr
 
 
-def test_validate_imports_no_torch(tiny_yaml: Path) -> None:
+def test_validate_refuses_a_bad_config_without_importing_torch(write_yaml) -> None:
+    """The schema needs no torch; only the memory pre-flight of a valid config builds a model."""
+    bad = write_yaml(tiny(model={"depth": 0}), "bad.yaml")
     code = ("import sys\nfrom gradlab.cli import main\nsys.argv = ['gradlab', 'validate', "
-            f"{str(tiny_yaml)!r}]\ntry:\n    main()\nexcept SystemExit as e:\n"
-            "    assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch imported'\n")
+            f"{str(bad)!r}]\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    assert e.code == 2, e.code\nassert 'torch' not in sys.modules, 'torch imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "model.depth: must be ≥ 1, got 0" in done.stderr
 
 
 def test_python_m_gradlab_works_like_gradlab(tiny_yaml: Path) -> None:

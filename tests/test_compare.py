@@ -9,15 +9,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.compare import (
-    compare,
-    comparison_rows,
-    comparison_table,
-    config_paths,
-    find_reusable,
-    worker_threads,
-)
+from gradlab.compare import compare, comparison_rows, find_reusable, worker_threads
 from gradlab.config import load_config
+from gradlab.config.load import config_paths
+from gradlab.render.compare_table import comparison_table
 
 TINY = {"data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
         "model": {"depth": 3, "width": 16}, "train": {"steps": 20, "batch_size": 32},
@@ -45,10 +40,19 @@ def mixed(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True)
+def in_process(request, monkeypatch):
+    """Compare's logic runs variants in a thread of the test process (no spawn: seconds
+    faster); the test marked `spawned` keeps the real worker processes end to end."""
+    if "spawned" not in request.keywords:
+        monkeypatch.setattr("gradlab.compare.EXECUTOR", "thread")
+
+
 def run_cli(*args: str):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "100"})
 
 
+@pytest.mark.spawned
 def test_one_invalid_and_one_diverging_config_do_not_stop_the_others(mixed, tmp_path):
     out = tmp_path / "runs"
     result = run_cli("compare", str(mixed), "--out", str(out), "--jobs", "2", "--check", "--no-plots")
@@ -129,10 +133,10 @@ def test_workers_share_the_cores_and_respect_omp_num_threads(monkeypatch):
 
 
 def test_a_compare_record_reads_back_as_it_was_written(tmp_path: Path) -> None:
-    from gradlab.compare import COLUMNS, read_comparison, write_comparison
+    from gradlab.record.comparison import COLUMNS, read_comparison, write_comparison
 
     row = {c: "" for c in COLUMNS} | {"variant": "v", "status": "completed", "steps": 1000,
                                       "final_loss": 0.25, "grad_ratio_init": 2.6e4}
-    back = read_comparison(write_comparison([row], tmp_path))[0]
+    back = read_comparison(write_comparison([row], tmp_path, ""))[0]
     assert back["steps"] == 1000 and isinstance(back["steps"], int)
     assert back["final_loss"] == 0.25 and back["grad_ratio_init"] == 2.6e4

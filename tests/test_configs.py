@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gradlab.compare import config_paths
 from gradlab.config import load_config
+from gradlab.config.load import config_paths
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = config_paths([CONFIGS])

@@ -217,7 +217,8 @@ def test_file_name_with_spaces_gets_a_sanitised_run_name(tmp_path: Path) -> None
 def test_the_memory_estimate_counts_parameters_and_optimiser_state() -> None:
     """The refusal's numbers: a 3-layer width-8 MLP on 8 features has 8·8+8 + 2·(8·8+8) + 8+1
     parameters; Adam keeps two more copies of each."""
-    from gradlab.config import config_from_dict, memory_estimate
+    from gradlab.build.budget import memory_estimate
+    from gradlab.config import config_from_dict
 
     sgd = memory_estimate(config_from_dict(cfg()))
     adam = memory_estimate(config_from_dict(cfg(train={"optimizer": "adam"})))

@@ -2,8 +2,8 @@
 
 import pytest
 
+from gradlab.analyse.expect import MISSING, check, lookup
 from gradlab.config import ConfigError, config_from_dict
-from gradlab.expect import check, lookup
 
 SUMMARY = {
     "status": "completed",
@@ -39,7 +39,9 @@ def test_missing_values_and_non_numbers_fail_a_range():
 def test_lookup_follows_dots_into_dicts_and_lists():
     summary = {"layers": [{"name": "fc1", "init": {"grad_norm": 0.5}}]}
     assert lookup(summary, "layers.0.init.grad_norm") == 0.5
-    assert lookup(summary, "layers.3.name") is not None  # missing marker, not an error
+    assert lookup(summary, "layers.3.name") is MISSING  # a marker, not an error
+    assert lookup(summary, "layers.0.nope") is MISSING
+    assert lookup(summary, "layers.x.name") is MISSING
     assert not check({"layers.3.name": "fc1"}, summary)[0].ok
 
 

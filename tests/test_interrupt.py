@@ -25,8 +25,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.record import new_run_dir, read_record
-from gradlab.report import run_report
+from gradlab.record.files import new_run_dir
+from gradlab.record.reader import read_record
+from gradlab.render.report import run_report
 
 # Minutes of training if nobody stops it; logs every 5 steps, so rows appear at once.
 LONG = {"name": "long", "device": "cpu",
@@ -190,7 +191,7 @@ def test_ctrl_c_in_compare_keeps_finished_variants_and_stops_running_ones(tmp_pa
 def test_an_exception_inside_training_is_recorded_as_failed(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug or out-of-memory mid-run: status failed with the error, a short message, exit 1."""
-    from gradlab import probe
+    from gradlab.train import probe
 
     def broken(self: Any, step: int) -> None:
         if step >= 4:
@@ -212,8 +213,10 @@ def test_an_exception_inside_training_is_recorded_as_failed(tmp_path: Path,
     assert "Traceback" in (run_dir / "traceback.txt").read_text()  # kept for a bug report
 
 
-def test_a_variant_that_fails_in_compare_leaves_the_others_alone(tmp_path: Path) -> None:
+def test_a_variant_that_fails_in_compare_leaves_the_others_alone(tmp_path: Path,
+                                                                 monkeypatch) -> None:
     """The table validates (the file exists) but fails when its worker reads it."""
+    monkeypatch.setattr("gradlab.compare.EXECUTOR", "thread")  # the logic, without a spawn
     (tmp_path / "table.csv").write_text("a,y\n1,2\n3,oops\n5,6\n7,8\n9,10\n")
     write(tmp_path / "configs" / "early.yaml", SHORT)
     write(tmp_path / "configs" / "table.yaml", {
@@ -237,17 +240,18 @@ def train_tiny(monkeypatch: pytest.MonkeyPatch, hook: Callable[[Any], None] | No
     """Train the conftest tiny config directly; `hook(model)` may tamper with it first."""
     from conftest import tiny_config
 
-    from gradlab.data import load_data
-    from gradlab.models import build_model
-    from gradlab.train import train
+    from gradlab.build.data import load_data
+    from gradlab.build.model import build_model
+    from gradlab.train.loop import train
 
     cfg = tiny_config(**changes)
     data = load_data(cfg.data, cfg.seed)
-    model, layers = build_model(cfg.model, data.n_in, data.n_out)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model = built.model
     if hook is not None:
         hook(model)
     before = [p.detach().clone() for p in model.parameters()]
-    result = train(cfg, model, layers, data, cfg.train.steps)
+    result = train(cfg, built, data, cfg.train.steps)
     unchanged = all(torch_equal(a, p.detach()) for a, p in zip(before, model.parameters()))
     return result, unchanged
 
@@ -278,7 +282,7 @@ def test_a_non_finite_gradient_stops_the_run_before_any_update(
 def test_weights_gone_non_finite_after_a_step_stop_the_run(monkeypatch: pytest.MonkeyPatch,
                                                           steps: int) -> None:
     """An update that overflows a weight on a step the probe does not log is still caught."""
-    from gradlab import train as training
+    from gradlab.build import optim as training
 
     make_sgd = training.OPTIMIZERS["sgd"]
 

@@ -15,9 +15,10 @@ import pytest
 from conftest import tiny_config
 from matplotlib.colors import to_hex
 
-from gradlab import plots
-from gradlab.record import Record, read_record
+from gradlab.record.reader import Record, read_record
+from gradlab.render import compare_figures, figures, run_figures
 from gradlab.runner import run_config
+from gradlab.train.events import StepEnd
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_FIGURES = ["loss.png", "grad_flow.png", "grad_heatmap.png", "activations.png"]
@@ -29,9 +30,18 @@ class StopAt:
     def __init__(self, step: int):
         self.step = step
 
-    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
-        if step >= self.step:
+    def on_step_end(self, event: StepEnd) -> None:
+        if event.step >= self.step:
             raise KeyboardInterrupt
+
+    def on_phase_start(self, phase: str) -> None:
+        pass
+
+    def on_eval_end(self, event: object) -> None:
+        pass
+
+    def on_log(self, event: object) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +77,7 @@ def assert_png(path: Path) -> None:
 def test_every_run_figure_is_a_valid_png(runs, kind):
     record = read_record(runs[kind])
     assert record.status == {"killed": "incomplete"}.get(kind, kind)
-    drawn = plots.plot_run(runs[kind])
+    drawn = run_figures.plot_run(runs[kind])
     assert [p.name for p in drawn] == RUN_FIGURES
     for path in drawn:
         assert path.parent == runs[kind] / "plots"
@@ -84,19 +94,19 @@ def legend_texts(fig) -> list[str]:
 def test_titles_say_how_the_run_ended(runs):
     for kind, status in (("diverged", "diverged"), ("interrupted", "interrupted"),
                          ("killed", "incomplete")):
-        fig = plots.grad_flow_figure(read_record(runs[kind]))
+        fig = run_figures.grad_flow_figure(read_record(runs[kind]))
         assert f"[{status}" in fig.axes[0].get_title()
-    stopped = legend_texts(plots.loss_figure(read_record(runs["interrupted"])))
+    stopped = legend_texts(run_figures.loss_figure(read_record(runs["interrupted"])))
     assert "interrupted (Ctrl-C) after 5 steps" in stopped
-    killed = legend_texts(plots.loss_figure(read_record(runs["killed"])))
+    killed = legend_texts(run_figures.loss_figure(read_record(runs["killed"])))
     assert any(t.startswith("record ends at step") and "killed?" in t for t in killed)
 
 
 def test_underflowed_gradients_are_drawn_not_dropped(runs):
     record = read_record(runs["vanishing"])
-    steps, _, g, _ = plots.layer_grid(record, "grad_norm")
+    steps, _, g, _ = figures.layer_grid(record, "grad_norm")
     assert (g[0] == 0).any() and g[0, -1] > 0  # the premise: exact zeros at the input end
-    fig = plots.grad_flow_figure(record)
+    fig = run_figures.grad_flow_figure(record)
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     assert any("exactly 0" in t for t in legend_texts(fig))
@@ -104,16 +114,16 @@ def test_underflowed_gradients_are_drawn_not_dropped(runs):
     y = np.asarray(init.get_ydata(), dtype=float)
     assert np.isfinite(y).all() and (y > 0).all()  # zeros sit at the floor, visible on log axes
     assert y[0] < y[-1] / 1e3  # vanishing shows as a slope from the output down to the input
-    bar_label = plots.grad_heatmap_figure(record).axes[-1].get_ylabel()
+    bar_label = run_figures.grad_heatmap_figure(record).axes[-1].get_ylabel()
     assert "black: exactly 0" in bar_label
 
 
 def test_divergence_is_marked_where_it_happened(runs):
     record = read_record(runs["diverged"])
     where = record.summary["first_nonfinite"]
-    loss = plots.loss_figure(record)
+    loss = run_figures.loss_figure(record)
     assert any(t.startswith(f"diverged at step {where['step']}") for t in legend_texts(loss))
-    heat = plots.grad_heatmap_figure(record).axes[0]
+    heat = run_figures.grad_heatmap_figure(record).axes[0]
     [line] = [x for x in heat.get_lines() if x.get_label().startswith("diverged")]
     assert line.get_xdata()[0] == where["step"]
     assert heat.get_xlim()[1] > where["step"]  # visible even past the last logged step
@@ -121,18 +131,18 @@ def test_divergence_is_marked_where_it_happened(runs):
 
 def test_a_record_with_no_rows_still_draws_every_figure(tmp_path):
     empty = Record(tmp_path, None, {}, [], [])  # killed before its first logged step
-    for draw in (plots.loss_figure, plots.grad_flow_figure, plots.grad_heatmap_figure,
-                 plots.activations_figure):
-        plots.save(draw(empty), tmp_path / "x.png")
+    for draw in (run_figures.loss_figure, run_figures.grad_flow_figure, run_figures.grad_heatmap_figure,
+                 run_figures.activations_figure):
+        figures.save(draw(empty), tmp_path / "x.png")
         assert_png(tmp_path / "x.png")
 
 
 def test_comparison_of_20_variants_keeps_a_legend_inside_the_figure(runs, tmp_path):
     records = [read_record(runs[k]) for k in ("completed", "diverged", "interrupted",
                                                "vanishing")] * 5
-    labels = plots.variant_labels(records)
+    labels = compare_figures.variant_labels(records)
     assert len(set(labels)) == 20 and "boom (diverged)" in labels
-    for make in (plots.comparison_loss_figure, plots.comparison_grad_flow_figure):
+    for make in (compare_figures.comparison_loss_figure, compare_figures.comparison_grad_flow_figure):
         fig = make(records)
         fig.draw_without_rendering()  # lays the figure out, as saving it does
         [legend] = fig.legends
@@ -147,9 +157,10 @@ def test_comparison_of_20_variants_keeps_a_legend_inside_the_figure(runs, tmp_pa
 
 
 def test_reading_a_record_imports_neither_torch_nor_the_trainer():
-    code = ("import sys, gradlab.report, gradlab.plots, gradlab.record; "
+    code = ("import sys, gradlab.render.report, gradlab.render.run_figures, "
+            "gradlab.render.compare_figures, gradlab.record.reader; "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') "
-            "or m in ('gradlab.train', 'gradlab.runner', 'gradlab.probe', 'gradlab.models')); "
+            "or m.startswith(('gradlab.train', 'gradlab.build')) or m == 'gradlab.runner'); "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)

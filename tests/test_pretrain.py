@@ -12,10 +12,11 @@ from conftest import CONFIGS, read_csv, tiny, tiny_config
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
+from gradlab.build.data import load_data
+from gradlab.build.model import build_model
 from gradlab.cli import app
 from gradlab.config import config_from_dict
-from gradlab.data import load_data
-from gradlab.models import build_model
+from gradlab.train.events import StepEnd
 
 PRETRAIN = {"steps_per_layer": 40, "lr": 0.02, "batch_size": 16}
 SIGMOID = {"activation": "sigmoid", "depth": 3}
@@ -53,13 +54,14 @@ def test_every_layers_reconstruction_loss_falls_during_its_pretraining(run_tiny,
 
 def test_the_first_layers_start_loss_is_the_tied_autoencoder_at_init():
     """An independent reference: x̂ = Wᵀ σ(Wx + b) with the decoder bias at zero."""
-    from gradlab.pretrain import pretrain
+    from gradlab.train.pretrain import pretrain
 
     cfg = tiny_config(**pretrained())
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, _ = build_model(cfg.model, data.n_in, data.n_out)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model, _ = built.model, built.layers
     W, b = model.linears[0].weight.detach().clone(), model.linears[0].bias.detach().clone()
     x = data.x_train
     expected = F.mse_loss(torch.sigmoid(x @ W.T + b) @ W, x).item()
@@ -72,25 +74,24 @@ def test_the_first_layers_start_loss_is_the_tied_autoencoder_at_init():
 
 
 def test_finetuning_starts_from_the_pretrained_weights(run_tiny, monkeypatch):
-    import gradlab.pretrain
     import gradlab.runner
 
     seen: dict[str, Any] = {}
-    real_pretrain, real_train = gradlab.pretrain.pretrain, gradlab.runner.train
+    real_pretrain, real_train = gradlab.runner.pretrain, gradlab.runner.train
 
-    def spy_pretrain(cfg, model, data, observers=()):
+    def spy_pretrain(cfg, model, data, observers=None):
         seen["before"] = hidden_weights(model)
         seen["head_before"] = model.head.weight.detach().clone()
         summary = real_pretrain(cfg, model, data, observers)
         seen["after"] = hidden_weights(model)
         return summary
 
-    def spy_train(cfg, model, layers, data, steps, observers=()):
-        seen["at_train"] = hidden_weights(model)
-        seen["head_at_train"] = model.head.weight.detach().clone()
-        return real_train(cfg, model, layers, data, steps, observers)
+    def spy_train(cfg, built, data, steps, observers=None):
+        seen["at_train"] = hidden_weights(built.model)
+        seen["head_at_train"] = built.model.head.weight.detach().clone()
+        return real_train(cfg, built, data, steps, observers)
 
-    monkeypatch.setattr(gradlab.pretrain, "pretrain", spy_pretrain)
+    monkeypatch.setattr(gradlab.runner, "pretrain", spy_pretrain)
     monkeypatch.setattr(gradlab.runner, "train", spy_train)
     outcome = run_tiny(**pretrained())
 
@@ -165,9 +166,15 @@ class InterruptIn:
     def on_phase_start(self, phase: str) -> None:
         self.phase = phase
 
-    def on_step_end(self, step: int, total: int, loss: float, grad_norm: float) -> None:
-        if self.phase == "pretrain_layer_2" and step == 5:
+    def on_step_end(self, event: StepEnd) -> None:
+        if self.phase == "pretrain_layer_2" and event.step == 5:
             raise KeyboardInterrupt
+
+    def on_eval_end(self, event: object) -> None:
+        pass
+
+    def on_log(self, event: object) -> None:
+        pass
 
 
 def test_ctrl_c_during_pretraining_leaves_a_readable_interrupted_record(run_tiny):
@@ -247,7 +254,7 @@ def test_a_diverging_pretraining_is_diagnosed_with_its_phase_layer_and_pretrain_
 
 
 def test_a_divergence_in_a_deeper_pretrained_layer_names_that_layer():
-    from gradlab.diagnose import diagnose
+    from gradlab.analyse.verdicts import diagnose
 
     summary = {"status": "diverged", "layers": [], "first_nonfinite": {
         "phase": "pretrain_layer_2", "step": 7, "layer": "fc2", "what": "reconstruction loss"}}
@@ -270,7 +277,7 @@ VANISHED = {"status": "completed", "grad_ratio_init": 1e-7, "grad_ratio_final": 
     ({"activation": "sigmoid", "depth": 20, "residual": True}, False),
 ])
 def test_vanishing_in_a_plain_saturating_mlp_suggests_layerwise_pretraining(model, suggested):
-    from gradlab.diagnose import diagnose
+    from gradlab.analyse.verdicts import diagnose
 
     (verdict,) = diagnose(VANISHED, tiny(model=model))
     assert verdict["kind"] == "vanishing"

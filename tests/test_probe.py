@@ -14,13 +14,14 @@ from conftest import CONFIGS, tiny_config
 from torch.linalg import vector_norm
 from torch.nn import functional as F
 
+from gradlab.build.data import load_data
+from gradlab.build.model import build_model
+from gradlab.build.probed import ProbedLayer
 from gradlab.config import load_config
-from gradlab.data import load_data
-from gradlab.models import ProbedLayer, build_model
-from gradlab.probe import Probe
-from gradlab.record import read_record
+from gradlab.record.reader import read_record
 from gradlab.runner import run_config
-from gradlab.train import batches
+from gradlab.train.loop import batches
+from gradlab.train.probe import Probe
 
 # A (model, activation) where the unit statistics are not trivially zero: large tanh weights
 # saturate; a negative ReLU bias kills some units for a whole batch.
@@ -46,14 +47,15 @@ def tiny_model(case: str) -> tuple[Any, list[ProbedLayer], torch.Tensor, torch.T
     cfg = tiny_config(model=CASES[case])
     torch.manual_seed(0)
     data = load_data(cfg.data, cfg.seed)
-    model, layers = build_model(cfg.model, data.n_in, data.n_out)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model, layers = built.model, built.layers
     return model, layers, data.x_train[:16], data.y_train[:16]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_probe_matches_a_hand_computation(case: str) -> None:
     model, layers, x, y = tiny_model(case)
-    probe = Probe(layers, every=1, last_step=0, activation=case, model=model)
+    probe = Probe(layers, every=1, last_step=0, activation=case)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
 
     probe.before_forward(0)
@@ -80,7 +82,7 @@ def test_probe_matches_a_hand_computation(case: str) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_activation_statistics_match_a_hand_computation(case: str) -> None:
     model, layers, x, y = tiny_model(case)
-    probe = Probe(layers, every=1, last_step=0, activation=case, model=model)
+    probe = Probe(layers, every=1, last_step=0, activation=case)
     with torch.no_grad():
         hidden = hand_activations(model, x, case)
 
@@ -114,7 +116,8 @@ def test_recorded_step_zero_matches_a_hand_computation(run_tiny) -> None:
     torch.manual_seed(cfg.seed)  # the runner's seeding: data, then the model
     data = load_data(cfg.data, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, layers = build_model(cfg.model, data.n_in, data.n_out)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model, layers = built.model, built.layers
     idx = next(batches(len(data.x_train), cfg.train.batch_size, cfg.seed, torch.device("cpu")))
     F.mse_loss(model(data.x_train[idx]), data.y_train[idx]).backward()
 

@@ -20,8 +20,10 @@ from test_plots import StopAt, assert_png
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.record import read_record
-from gradlab.report import num, run_list, run_report
+from gradlab.record.reader import read_record
+from gradlab.render.listing import run_list
+from gradlab.render.report import run_report
+from gradlab.render.style import num
 from gradlab.runner import run_config
 
 RUN_ORDER = ["loss.png", "grad_flow.png", "grad_heatmap.png", "activations.png"]
@@ -54,10 +56,11 @@ def test_report_from_disk_prints_what_run_printed_and_redraws_the_plots(write_ya
 
 
 def test_run_draws_the_plots_unless_told_not_to(write_yaml, tmp_path, monkeypatch):
-    import gradlab.plots
+    import gradlab.render.run_figures
 
     drawn: list[Path] = []
-    monkeypatch.setattr(gradlab.plots, "plot_run", lambda d: drawn.append(Path(d)) or [])
+    monkeypatch.setattr(gradlab.render.run_figures, "plot_run",
+                        lambda d: drawn.append(Path(d)) or [])
     config = write_yaml(tiny())
     assert cli("run", config, "--out", tmp_path, "--no-plots").exit_code == 0
     assert drawn == []
@@ -155,14 +158,15 @@ def test_report_on_something_that_is_not_a_run(tmp_path):
 
 
 def test_report_on_a_compare_record_reprints_the_comparison(three_runs, tmp_path, monkeypatch):
-    from gradlab.compare import Variant, comparison_rows, comparison_table, write_comparison
+    from gradlab.compare import Variant, comparison_rows, write_record
+    from gradlab.render.compare_table import comparison_table
 
     variants = [Variant(Path(f"{name}.yaml"), config=tiny_config(name=name), run_dir=path,
                         record=read_record(path))
                 for name, path in (("tiny", three_runs / "tiny" / "20250301T120000Z"),
                                    ("boom", three_runs / "boom" / "20250301T120000Z-1"))]
     rows = comparison_rows(variants)
-    record_dir = write_comparison(rows, tmp_path / "out")
+    record_dir = write_record(rows, tmp_path / "out")
     result = cli("report", record_dir, "--no-plots")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(rendered(comparison_table(rows)).rstrip("\n").split("\n")[0])
@@ -170,10 +174,11 @@ def test_report_on_a_compare_record_reprints_the_comparison(three_runs, tmp_path
     assert table["tiny"][0] == "completed" and table["boom"][0] == "diverged"
     assert str(record_dir) in result.output
     assert not (record_dir / "loss.png").exists()
-    import gradlab.plots
+    import gradlab.render.compare_figures
 
     drawn: list[tuple[Path, bool]] = []
-    monkeypatch.setattr(gradlab.plots, "plot_compare_record", lambda d, draw: drawn.append((d, draw)))
+    monkeypatch.setattr(gradlab.render.compare_figures, "plot_compare_record",
+                        lambda d, draw: drawn.append((d, draw)))
     assert cli("report", record_dir).output == result.output
     assert drawn == [(record_dir, True)]  # redrawn from the record, by the same call compare makes
 
@@ -212,7 +217,8 @@ def test_compare_writes_figures_and_report_md_into_its_record(three_runs, tmp_pa
 
 
 def test_the_loss_chart_counts_steps_and_the_through_time_chart_counts_time_steps():
-    from gradlab.report import chart, time_table
+    from gradlab.render.chart import chart
+    from gradlab.render.report import time_table
 
     loss = rendered(chart({"train": [(0, 2.0), (90, 0.5)]}))
     assert "step 0" in loss and " 90" in loss

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from gradlab.cli import app
 from gradlab.config import config_from_dict, config_hash
-from gradlab.record import clean
+from gradlab.record.files import clean
 
 METRIC_COLUMNS = ["step", "phase", "loss", "lr", "grad_norm", "clipped", "test_loss",
                   "test_accuracy"]
@@ -124,10 +124,24 @@ def test_the_cli_exits_0_on_a_divergence(write_yaml, tmp_path: Path) -> None:
 
 def test_a_run_leaves_the_callers_floating_point_mode_as_it_found_it(run_tiny) -> None:
     """Runs flush denormals for speed; the process must get IEEE arithmetic back afterwards."""
-    assert 1e-300 * 1e-10 > 0.0  # a float64 denormal, as Python computes it
+    import torch
+
+    def denormals_survive() -> bool:
+        # computed at run time (a literal product would be folded by the compiler), in Python
+        # floats and in a torch kernel, which is where flushing acts
+        small, scale = float("1e-300"), float("1e-10")
+        tiny = torch.tensor([1e-30], dtype=torch.float32) * torch.tensor([1e-10])
+        return small * scale > 0.0 and bool(tiny.item() > 0.0)
+
+    assert denormals_survive()
     outcome = run_tiny()
     assert outcome.summary["flush_denormal"] is True  # the run itself did flush them
-    assert 1e-300 * 1e-10 > 0.0
+    assert denormals_survive()
+    torch.set_flush_denormal(True)  # and the check can tell when they do not
+    try:
+        assert not denormals_survive()
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_an_error_in_the_first_evaluation_is_a_failed_result_not_a_crash() -> None:
@@ -135,16 +149,16 @@ def test_an_error_in_the_first_evaluation_is_a_failed_result_not_a_crash() -> No
     import torch
     from conftest import tiny_config
 
-    from gradlab.data import load_data
-    from gradlab.models import build_model
-    from gradlab.train import train
+    from gradlab.build.data import load_data
+    from gradlab.build.model import build_model
+    from gradlab.train.loop import train
 
     cfg = tiny_config(data={"kind": "blobs", "n_samples": 64, "n_features": 4, "n_classes": 3})
     data = load_data(cfg.data, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, layers = build_model(cfg.model, data.n_in, 1)  # one output for three classes
-    result = train(cfg, model, layers, data, 5)
+    built = build_model(cfg.model, data.n_in, 1)  # one output for three classes
+    result = train(cfg, built, data, 5)
     assert result.status == "failed" and result.steps_done == 0
     assert result.error is not None and result.error.startswith("ValueError: ")
     assert "batch_size" in result.error  # torch's own words for the mismatch
-    assert result.traceback and "_eval_all" in result.traceback
+    assert result.traceback and "evaluate_splits" in result.traceback

@@ -13,13 +13,13 @@ from conftest import merge
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
+from gradlab.analyse.verdicts import diagnose
+from gradlab.build.data import load_data
+from gradlab.build.model import build_model
+from gradlab.build.sequences import adding_problem, copy_task
 from gradlab.cli import app
 from gradlab.config import ConfigError, config_from_dict
-from gradlab.data import load_data
-from gradlab.diagnose import diagnose
-from gradlab.models import build_model
-from gradlab.probe import Probe
-from gradlab.sequences import adding_problem, copy_task
+from gradlab.train.probe import Probe
 
 SEQ = {
     "name": "tiny_seq", "seed": 0, "device": "cpu",
@@ -76,7 +76,8 @@ def test_time_grads_match_autograd_through_the_fused_module(kind, extra, task):
                             "model": {"kind": kind, "width": 6, "readout": readout, **extra}})
     data = load_data(cfg.data, cfg.seed)
     torch.manual_seed(0)
-    model, layers = build_model(cfg.model, data.n_in, data.n_out)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model, layers = built.model, built.layers
     x, y = data.x_train[:16], data.y_train[:16]
     if data.task == "regression":
         loss_fn = F.mse_loss
@@ -84,7 +85,7 @@ def test_time_grads_match_autograd_through_the_fused_module(kind, extra, task):
         def loss_fn(out, target):
             return F.cross_entropy(out.reshape(-1, data.n_out), target.reshape(-1))
 
-    probe = Probe(layers, every=1, last_step=0, model=model)
+    probe = Probe(layers, every=1, last_step=0, time=built.time)
     probe.before_forward(0)
     loss = loss_fn(model(x), y)
     loss.backward()
@@ -106,18 +107,25 @@ def test_time_grads_match_autograd_through_the_fused_module(kind, extra, task):
 
 def test_unrolling_happens_only_on_logged_steps_and_never_in_evaluation():
     cfg = seq_config()
-    model, layers = build_model(cfg.model, 2, 1)
+    built = build_model(cfg.model, 2, 1)
+    model, layers = built.model, built.layers
     x = torch.rand(4, 7, 2)
-    probe = Probe(layers, every=5, last_step=9, model=model)
+    probe = Probe(layers, every=5, last_step=9, time=built.time)
+    tapped: list[int] = []  # time steps that passed the tap, counted by a hook of our own
+    assert built.time is not None
+    built.time.tap.register_forward_hook(lambda module, inputs, output: tapped.append(1))
     probe.before_forward(3)
     model(x)
-    assert model.time_states == []
+    assert tapped == []  # an unlogged step runs the fused module
     probe.before_forward(5)
     with torch.no_grad():
         model(x)
-    assert model.time_states == []
+    assert tapped == []  # evaluation never unrolls
     model(x)
-    assert len(model.time_states) == 7
+    assert len(tapped) == 7
+    probe.close()
+    model(x)
+    assert len(tapped) == 7  # closed: the model runs fused again
 
 
 # ---------------------------------------------------------------- tasks
@@ -181,11 +189,13 @@ def test_tasks_are_deterministic_given_the_seed(data_cfg):
 def test_recurrent_initialisers():
     irnn = seq_config(model={"kind": "rnn", "rnn_nonlinearity": "relu", "recurrent_init": "identity",
                              "bias_init": "zeros"})
-    model, _ = build_model(irnn.model, 2, 1)
+    built = build_model(irnn.model, 2, 1)
+    model, _ = built.model, built.layers
     torch.testing.assert_close(model.rnns[0].weight_hh_l0.detach(), torch.eye(8))
     assert model.rnns[0].bias_hh_l0.abs().sum() == 0
     lstm = seq_config(model={"recurrent_init": "orthogonal", "forget_bias": 1.0})
-    model, _ = build_model(lstm.model, 2, 1)
+    built = build_model(lstm.model, 2, 1)
+    model, _ = built.model, built.layers
     W, b = model.rnns[0].weight_hh_l0.detach(), model.rnns[0].bias_ih_l0.detach()
     for block in W.chunk(4):  # each gate's recurrent matrix is orthogonal on its own
         torch.testing.assert_close(block @ block.T, torch.eye(8), atol=1e-5, rtol=0)
@@ -273,7 +283,7 @@ def test_canonical_sequence_configs_validate_and_state_their_claims():
 def test_time_table_says_which_values_underflowed():
     from rich.console import Console
 
-    from gradlab.report import time_table
+    from gradlab.render.report import time_table
 
     summary = {"time_grads_init": [1e-9, 1e-3, 1.0], "time_grads_final": [0.0, 0.0, 0.5],
                "time_grad_ratio_init": 1e-9, "time_grad_ratio_final": 0.0}

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import read_csv, tiny, tiny_config
 
+from gradlab.build.data import load_data
+from gradlab.build.model import build_model
 from gradlab.config import ConfigError, config_from_dict
-from gradlab.data import load_data
-from gradlab.models import build_model
-from gradlab.probe import Probe
 from gradlab.runner import run_config
+from gradlab.train.probe import Probe
 
 SYNCS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__")
 
@@ -49,11 +49,12 @@ def counting_syncs() -> Iterator[Counter]:
 
 def test_the_counter_sees_a_per_layer_item_loop() -> None:
     weights = [torch.ones(3) for _ in range(5)]
+    item = torch.Tensor.item
     with counting_syncs() as counts:
         [w.norm().item() for w in weights]
         float(weights[0].sum())
     assert counts == {"item": 5, "__float__": 1}
-    assert torch.Tensor.item is not None and torch.ones(1).item() == 1.0  # restored
+    assert torch.Tensor.item is item and torch.ones(1).item() == 1.0  # restored
 
 
 def probed_step_syncs(depth: int) -> tuple[Counter, Counter, int]:
@@ -61,8 +62,9 @@ def probed_step_syncs(depth: int) -> tuple[Counter, Counter, int]:
     cfg = tiny_config(model={"depth": depth, "width": 16, "activation": "relu"})
     torch.manual_seed(0)
     data = load_data(cfg.data, cfg.seed)
-    model, layers = build_model(cfg.model, data.n_in, data.n_out)
-    probe = Probe(layers, every=1, last_step=0, activation="relu", activations=True, model=model)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model, layers = built.model, built.layers
+    probe = Probe(layers, every=1, last_step=0, activation="relu", activations=True)
     probe.before_forward(0)
     loss = torch.nn.functional.mse_loss(model(data.x_train), data.y_train)
     loss.backward()
@@ -143,14 +145,17 @@ def test_the_faster_statistics_equal_the_textbook_ones() -> None:
                              "bias_init": {"scheme": "constant", "value": -0.3}})
     torch.manual_seed(0)
     data = load_data(cfg.data, cfg.seed)
-    model, layers = build_model(cfg.model, data.n_in, data.n_out)
-    probe = Probe(layers, every=1, last_step=0, activation="relu", activations=True, model=model)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    model, layers = built.model, built.layers
+    probe = Probe(layers, every=1, last_step=0, activation="relu", activations=True)
+    hidden: list[torch.Tensor] = []  # each hidden layer's output, kept by a hook of our own
+    for act in model.acts:
+        act.register_forward_hook(lambda module, inputs, output: hidden.append(output.detach()))
     probe.before_forward(0)
     torch.nn.functional.mse_loss(model(data.x_train), data.y_train).backward()
     probe.after_backward(0)
     rows = probe.after_step(0)
     assert rows is not None
-    hidden = model.captured
     for row, layer, h in zip(rows, layers, hidden):
         assert row["grad_absmax"] == pytest.approx(layer.weight.grad.abs().max().item(), rel=1e-6)
         assert row["act_std"] == pytest.approx(h.std().item(), rel=1e-5)

@@ -1,18 +1,13 @@
-"""Terminal rendering of run records: the per-layer table, loss curve and verdicts, and the
-listing of every run under a directory (`gradlab runs`).
+"""The terminal report of one run: header, per-layer table, loss curve, verdicts, and the
+pretraining and through-time tables where the run has them.
 
-Every function here takes records (from `record.read_record`) and *returns* a rich
-renderable; only the CLI prints. Nothing here imports the trainer or torch.
+Every function takes a record (`record.reader.read_record`) and *returns* a rich renderable;
+only the CLI prints. Nothing here imports the trainer or torch.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -21,32 +16,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradlab.record import Record, is_run_dir
-from gradlab.record import _read_csv as read_csv
+from gradlab.config.schema import SATURATING
+from gradlab.record.reader import Record, is_training_row
+from gradlab.render.chart import chart
+from gradlab.render.style import SEVERITY_STYLE, finite, num, pct, status_style
 
-SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "green"}
 FAR_BELOW = 1e-3  # a gradient this far below the layer with the largest one is highlighted
-
-
-def num(x: Any, digits: int = 3) -> str:
-    """A compact number: 0, 0.123, 12.3, 1.2e-05; a dash for missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    if x == 0:
-        return "0"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if isinstance(x, int) and abs(x) < 1e5:
-        return str(x)  # a step count: 1000, not 1e+03
-    if abs(x) < 1e-3 or abs(x) >= 1e5:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
-def pct(x: Any) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
 
 
 def run_report(record: Record, all_layers: bool = False) -> RenderableType:
@@ -65,7 +40,7 @@ def run_report(record: Record, all_layers: bool = False) -> RenderableType:
 def header(record: Record) -> RenderableType:
     s = record.summary or {}
     status = record.status
-    style = {"completed": "green", "diverged": "red", "failed": "red"}.get(status, "yellow")
+    style = status_style(status)
     lines = Text()
     lines.append(f"{s.get('name', record.path.parent.name)}", style="bold")
     lines.append("  ")
@@ -111,7 +86,7 @@ def layer_table(record: Record, all_layers: bool = False) -> RenderableType:
     if not layers:
         return Text("no layer statistics were logged", style="yellow")
     act = (record.config.get("model") or {}).get("activation", "")
-    unit_stat, unit_label = ("act_saturated", "saturated") if act in ("sigmoid", "tanh") \
+    unit_stat, unit_label = ("act_saturated", "saturated") if act in SATURATING \
         else ("act_dead", "dead")
     table = Table(title="per-layer statistics (gradient norm at init and at the end)",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
@@ -162,7 +137,7 @@ def _stat(layer: dict[str, Any], when: str, key: str) -> float | None:
 
 def _layers_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-layer init/final stats rebuilt from layers.csv (for a run with no summary)."""
-    rows = [r for r in rows if not str(r.get("phase", "train")).startswith("pretrain")]
+    rows = [r for r in rows if is_training_row(r)]
     if not rows:
         return []
     by_step: dict[Any, list[dict[str, Any]]] = {}
@@ -179,69 +154,21 @@ def _layers_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def logged_progress(record: Record) -> tuple[int, float | None, float | None]:
     """(steps logged, first loss, last finite loss) from metrics.csv, for a run with no final
     summary (killed, or still running)."""
-    train = [m for m in record.metrics if not str(m.get("phase", "train")).startswith("pretrain")]
-    losses = [m["loss"] for m in train if _finite(m.get("loss"))]
+    train = [m for m in record.metrics if is_training_row(m)]
+    losses = [m["loss"] for m in train if finite(m.get("loss"))]
     return ((train[-1]["step"] + 1 if train else 0), losses[0] if losses else None,
             losses[-1] if losses else None)
 
 
 def loss_curve(metrics: list[dict[str, Any]], width: int = 64, height: int = 12) -> RenderableType:
-    rows = [m for m in metrics if not str(m.get("phase", "train")).startswith("pretrain")]
+    rows = [m for m in metrics if is_training_row(m)]
     series = {
-        "train": [(m["step"], m["loss"]) for m in rows if _finite(m.get("loss"))],
-        "test": [(m["step"], m["test_loss"]) for m in rows if _finite(m.get("test_loss"))],
+        "train": [(m["step"], m["loss"]) for m in rows if finite(m.get("loss"))],
+        "test": [(m["step"], m["test_loss"]) for m in rows if finite(m.get("test_loss"))],
     }
     if not series["train"]:
         return Text("no loss logged", style="yellow")
     return Panel(chart(series, width, height), title="loss", title_align="left", expand=False)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-MARKS = {0: ("•", "cyan"), 1: ("x", "magenta"), 2: ("+", "green"), 3: ("o", "yellow")}
-
-
-def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
-          height: int = 12, log: bool | None = None, xlabel: str = "step") -> Text:
-    """A small scatter chart in text; log y-scale when the values span over a decade.
-
-    The x axis is labelled `xlabel` at its left end: training steps, or time steps t.
-    """
-    points = [p for s in series.values() for p in s]
-    ys = [y for _, y in points]
-    xs = [x for x, _ in points]
-    if log is None:
-        log = min(ys) > 0 and max(ys) / min(ys) > 10
-    f = (lambda y: math.log10(y)) if log else (lambda y: y)
-    lo, hi = f(min(ys)), f(max(ys))
-    hi = hi if hi > lo else lo + 1
-    x0, x1 = min(xs), max(xs)
-    x1 = x1 if x1 > x0 else x0 + 1
-    grid = [[(" ", "")] * width for _ in range(height)]
-    for k, (_, pts) in enumerate(series.items()):
-        mark = MARKS[k % len(MARKS)]
-        for x, y in pts:
-            col = round((x - x0) / (x1 - x0) * (width - 1))
-            row = height - 1 - round((f(y) - lo) / (hi - lo) * (height - 1))
-            grid[row][col] = mark
-    out = Text()
-    top, bottom = num(10 ** hi if log else hi), num(10 ** lo if log else lo)
-    pad = max(len(top), len(bottom))
-    for r, line in enumerate(grid):
-        label = top if r == 0 else bottom if r == height - 1 else ""
-        out.append(f"{label:>{pad}} │")
-        for ch, style in line:
-            out.append(ch, style=style)
-        out.append("\n")
-    out.append(" " * pad + " └" + "─" * width + "\n")
-    left, right = f"{xlabel} {num(x0)}", f"{num(x1)}"
-    out.append(" " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right + "\n")
-    legend = "   ".join(f"{MARKS[k % len(MARKS)][0]} {name}" for k, name in enumerate(series)
-                       if series[name])
-    out.append(" " * (pad + 2) + legend + ("   (log scale)" if log else ""))
-    return out
 
 
 def verdict_panel(record: Record) -> RenderableType:
@@ -284,7 +211,7 @@ def pretrain_table(pretrain: dict[str, Any]) -> RenderableType:
     for row in pretrain.get("layers", []):
         status = row.get("status", "completed")
         end, var = row.get("loss_end"), row.get("input_variance")
-        unexplained = end / var if _finite(end) and _finite(var) and var else None
+        unexplained = end / var if finite(end) and finite(var) and var else None
         table.add_row(row.get("name", str(row["layer"])), str(row.get("steps", "–")),
                       num(row.get("loss_start")), num(end), num(var), pct(unexplained),
                       num(row.get("seconds")),
@@ -305,8 +232,8 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
     title = Text("gradient through time ‖∂L/∂h_t‖ at init and at the end")
     ratio = Text(f"‖∂L/∂h_1‖ / ‖∂L/∂h_T‖: {num(summary.get('time_grad_ratio_init'))} at init, "
                  f"{num(summary.get('time_grad_ratio_final'))} at the end", style="dim")
-    series = {"init": [(t + 1, g) for t, g in enumerate(init) if _finite(g) and g > 0],
-              "end": [(t + 1, g) for t, g in enumerate(final) if _finite(g) and g > 0]}
+    series = {"init": [(t + 1, g) for t, g in enumerate(init) if finite(g) and g > 0],
+              "end": [(t + 1, g) for t, g in enumerate(final) if finite(g) and g > 0]}
     parts: list[RenderableType] = [title, table, ratio]
     if series["init"]:
         parts.append(Panel(chart(series, 64, 10, xlabel="t"), title="‖∂L/∂h_t‖ by time step t",
@@ -317,81 +244,3 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
                           "log scale", style="dim"))
     return Group(*parts)
 
-
-# ---------------------------------------------------------------- listing runs
-
-
-STAMP = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")  # record.utc_stamp(), then -N if taken
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories at `root`, one level under it (runs/NAME) or two (runs/NAME/STAMP).
-
-    Symbolic links are not followed, so a compare record's variants/ are not listed twice.
-    """
-    root = Path(root)
-    if is_run_dir(root):
-        return [root]
-    found: list[Path] = []
-    for child in _subdirs(root):
-        found += [child] if is_run_dir(child) else [g for g in _subdirs(child) if is_run_dir(g)]
-    return found
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
-
-
-def run_started(path: Path) -> tuple[datetime, int]:
-    """When a run started (UTC), from its directory name; the -N suffix breaks ties."""
-    m = STAMP.match(path.name)
-    if m:
-        return (datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc),
-                int(m.group(2) or 0))
-    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc), 0
-
-
-def listing_record(path: Path) -> Record:
-    """A run read for the listing: summary.json, and metrics.csv only when there is no summary
-    of a finished run (a killed or running one), never the larger layers.csv."""
-    try:
-        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = None
-    record = Record(path, summary, {}, [], [])
-    if record.status in ("incomplete", "running"):
-        record.metrics = read_csv(path / "metrics.csv")
-    return record
-
-
-def run_list(root: Path) -> RenderableType:
-    """Every run under `root`, newest first: name, status, date, steps, final loss, verdicts."""
-    paths = sorted(find_runs(root), key=run_started, reverse=True)
-    if not paths:
-        return Text(f"no runs under {root}", style="yellow")
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True,
-                  title=f"runs under {root}, newest first", title_justify="left",
-                  caption=f"gradlab report {root}/RUN re-prints one", caption_justify="left")
-    for col, justify in (("run", "left"), ("status", "left"),
-                         ("started (UTC)", "left"), ("steps", "right"), ("final loss", "right"),
-                         ("verdict", "left")):
-        table.add_column(col, justify=justify, no_wrap=col != "verdict")  # type: ignore[arg-type]
-    for path in paths:
-        record = listing_record(path)
-        s = record.summary or {}
-        status = record.status
-        style = {"completed": "green", "diverged": "red", "failed": "red"}.get(status, "yellow")
-        if status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
-            done, _, loss = logged_progress(record)
-            steps = f"{done}" + (f"/{s['steps_planned']}" if s.get("steps_planned") else "")
-        else:
-            steps = f"{s.get('steps_done', '?')}/{s.get('steps_planned', '?')}"
-            loss = s.get("final_loss")
-        verdicts = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
-        run = path.name if path == root else path.relative_to(root).as_posix()
-        table.add_row(run, Text(status, style), run_started(path)[0].strftime("%Y-%m-%d %H:%M"),
-                      steps, num(loss), verdicts)
-    return table

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gradlab.config.schema import SATURATING
+
 VANISHING_RATIO = 1e-3  # first layer's gradient this far below the last's: vanishing
 EXPLODING_RATIO = 1e3
 EXPLODING_NORM = 1e3  # a layer gradient norm above this at any probe
@@ -112,12 +114,12 @@ def _vanishing(summary: dict[str, Any], layers: list[dict[str, Any]], when: str,
                f"{_fmt(stds[0])} in the first layer to {_fmt(stds[-1])} in the last")
     remedies = []
     act = model.get("activation")
-    if act in ("sigmoid", "tanh"):
+    if act in SATURATING:
         remedies.append(f"model.activation: relu with model.init: kaiming_normal (now {act})")
     remedies += _init_and_norm_remedies(model)
     if model.get("kind", "mlp") == "mlp" and not model.get("residual"):
         remedies.append("model.residual: true (skip connections carry the gradient past layers)")
-        if act in ("sigmoid", "tanh") and not pretrain:
+        if act in SATURATING and not pretrain:
             remedies.append("pretrain: {method: autoencoder} (greedy layer-wise "
                             "pretraining starts every layer from weights that pass the signal on)")
     if train.get("optimizer") == "sgd":
@@ -214,7 +216,7 @@ def _init_and_norm_remedies(model: dict[str, Any]) -> list[str]:
     remedies = []
     act = model.get("activation", "relu")
     scheme = (model.get("init") or {}).get("scheme", "default")
-    want = "xavier_normal" if act in ("sigmoid", "tanh", "identity") else "kaiming_normal"
+    want = "xavier_normal" if act in (*SATURATING, "identity") else "kaiming_normal"
     if scheme != want and model.get("kind", "mlp") == "mlp":
         remedies.append(f"model.init: {want} (now {scheme})")
     if model.get("norm", "none") == "none" and model.get("kind", "mlp") == "mlp":

@@ -1,4 +1,4 @@
-"""Initialisation schemes, one table keyed by the names `config.InitScheme` allows.
+"""Initialisation schemes, one table keyed by the names `config.schema.InitScheme` allows.
 
 `init_weight(W, cfg, nonlinearity)` fills one weight matrix in place; `init_bias` does the
 same for a bias. `default` leaves PyTorch's own initialisation untouched.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-_MISSING = object()
+MISSING = object()  # what `lookup` returns for a key the summary does not have
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Expectation:
 
     def describe(self) -> str:
         """`grad_ratio_init: expected ≤ 1e-06, measured 0.52`"""
-        measured = "missing" if self.measured is _MISSING else _show(self.measured)
+        measured = "missing" if self.measured is MISSING else _show(self.measured)
         return f"{self.key}: expected {describe_wanted(self.wanted)}, measured {measured}"
 
 
@@ -50,12 +50,12 @@ def lookup(summary: dict[str, Any], key: str) -> Any:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return _MISSING
+            return MISSING
     return node
 
 
 def holds(wanted: Any, measured: Any) -> bool:
-    if measured is _MISSING:
+    if measured is MISSING:
         return False
     if isinstance(wanted, dict):
         if isinstance(measured, bool) or not isinstance(measured, (int, float)):

@@ -1,20 +1,17 @@
-"""Model builders and the ordered list of probed layers.
+"""The MLP family: Linear → norm → activation, `depth` times, then a linear head.
 
-`build_model(cfg.model, n_in, n_out)` returns the network and its `ProbedLayer`s, input
-side first. Builders are plain functions (`mlp(...)`) with explicit arguments; the YAML
-only fills them in. Activations are one table keyed by the names the config allows.
+`mlp(n_in, n_out, depth, width, activation, norm, residual, cfg)` builds the network;
+activations and norms are one table each, keyed by the names the config allows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from gradlab.config import ModelConfig
-from gradlab.init import init_bias, init_weight
 
 ACTIVATIONS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "sigmoid": lambda m: nn.Sigmoid(),
@@ -35,24 +32,14 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-@dataclass(frozen=True)
-class ProbedLayer:
-    """One weight matrix the probe watches, in input-to-output order."""
-
-    name: str
-    weight: nn.Parameter
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.weight.shape)
-
-
 class MLP(nn.Module):
     """Linear → norm → activation, `depth` times, then a linear head.
 
     With residual blocks, the hidden layers after the first are grouped `block` at a
     time and each group's input is added before its last activation:
     h ← act(h + norm(W₂ act(norm(W₁ h)))), the two-layer block of He et al. (2016).
+    Each hidden layer's activation module sees the pre-activation as its input and gives
+    the layer's output: that is where a probe attaches its hooks.
     """
 
     def __init__(self, n_in: int, n_out: int, depth: int, width: int,
@@ -70,13 +57,10 @@ class MLP(nn.Module):
             for start in range(1, depth - residual_block + 1, residual_block):
                 self.block_starts.add(start)
                 self.block_ends.add(start + residual_block - 1)
-        self.capture = False  # when set, forward keeps each hidden layer's output
-        self.captured: list[torch.Tensor] = []
 
     def hidden(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         """The output of hidden layer `upto` (1-based; all of them by default)."""
         h, skip = x, x
-        kept = []
         for i, (linear, norm, act) in enumerate(zip(self.linears, self.norms, self.acts)):
             if i == upto:
                 break
@@ -86,10 +70,6 @@ class MLP(nn.Module):
             if i in self.block_ends:
                 z = z + skip
             h = act(z)
-            if self.capture:
-                kept.append(h)
-        if self.capture:
-            self.captured = kept
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, features) → (batch, out)
@@ -103,24 +83,3 @@ def mlp(n_in: int, n_out: int, depth: int, width: int, activation: str = "relu",
     block = cfg.residual_block if residual else 0
     return MLP(n_in, n_out, depth, width, lambda: ACTIVATIONS[activation](cfg),
                NORMS[norm], block)
-
-
-def build_model(cfg: ModelConfig, n_in: int, n_out: int) -> tuple[nn.Module, list[ProbedLayer]]:
-    """The network a config describes, initialised, with its probed layers in order."""
-    if cfg.kind != "mlp":
-        from gradlab.sequences import build_recurrent
-
-        return build_recurrent(cfg, n_in, n_out)
-    model = mlp(n_in, n_out, cfg.depth, cfg.width, cfg.activation, cfg.norm, cfg.residual, cfg)
-    linears = [*model.linears, model.head]
-    for linear in linears:
-        init_weight(linear.weight, cfg.init, cfg.activation, _slope(cfg))
-        init_bias(linear.bias, cfg.bias_init)
-    names = [f"fc{i + 1}" for i in range(cfg.depth)] + ["head"]
-    return model, [ProbedLayer(n, lin.weight) for n, lin in zip(names, linears)]
-
-
-def _slope(cfg: ModelConfig) -> float:
-    if cfg.activation == "leaky_relu":
-        return cfg.negative_slope
-    return cfg.prelu_init if cfg.activation == "prelu" else 0.0

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradlab.build.dataset import Dataset
+from gradlab.build.mlp import MLP
+from gradlab.build.optim import build_optimizer
 from gradlab.config import Config, PretrainConfig, TrainConfig
-from gradlab.data import Dataset
-from gradlab.models import MLP
-from gradlab.train import TrainResult, _call, batches, build_optimizer
+from gradlab.train.events import Logged, Observers, StepEnd
+from gradlab.train.loop import TrainResult, batches, measure_step
 
 
 class Autoencoder(nn.Module):
@@ -50,7 +52,7 @@ class Autoencoder(nn.Module):
 
 
 def pretrain(cfg: Config, model: nn.Module, data: Dataset,
-             observers: tuple[Any, ...] = ()) -> dict[str, Any]:
+             observers: Observers | None = None) -> dict[str, Any]:
     """Pretrain every hidden layer of `model` in turn, input side first; return the summary.
 
     Like training, a layer that diverges, fails or is interrupted is a result: the layers
@@ -64,7 +66,7 @@ def pretrain(cfg: Config, model: nn.Module, data: Dataset,
     layers: list[dict[str, Any]] = []
     for k in range(1, len(model.linears) + 1):
         layers.append(pretrain_layer(model, k, data.x_train, p, cfg.seed + k, cfg.probe.every,
-                                     observers))
+                                     observers or Observers()))
         if layers[-1]["status"] != "completed":
             break
     model.train()
@@ -77,7 +79,7 @@ def pretrain(cfg: Config, model: nn.Module, data: Dataset,
 
 
 def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed: int,
-                   log_every: int, observers: tuple[Any, ...] = ()) -> dict[str, Any]:
+                   log_every: int, observers: Observers | None = None) -> dict[str, Any]:
     """Train hidden layer k (1-based) to reconstruct its input, the codes of layer k-1.
 
     `seconds` counts computing the codes and the training loop, not building the optimiser
@@ -90,7 +92,8 @@ def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed:
     assert isinstance(linear, nn.Linear)  # MLP.linears holds only Linear layers
     ae = Autoencoder(linear, model.norms[k - 1], model.acts[k - 1], p.tied, out_act)
     optimizer = build_optimizer(ae.parameters(), TrainConfig(optimizer=p.optimizer, lr=p.lr))
-    _call(observers, "on_phase_start", f"pretrain_layer_{k}")
+    tell = observers or Observers()
+    tell.on_phase_start(f"pretrain_layer_{k}")
     started = time.perf_counter()
     result: dict[str, Any] = {"layer": k, "name": f"fc{k}", "status": "completed", "steps": 0,
                               "loss_start": None, "loss_end": None, "input_variance": None}
@@ -100,7 +103,7 @@ def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed:
         # the loss of always answering the mean code: what a reconstruction loss is judged by
         result["input_variance"] = float(codes.var(dim=0, unbiased=False).mean())
         result["loss_start"] = _reconstruction_loss(ae, codes)
-        _fit(ae, optimizer, codes, p, seed, log_every, observers, result)
+        _fit(ae, optimizer, codes, p, seed, log_every, tell, result)
     except KeyboardInterrupt:
         result["status"] = "interrupted"
     except Exception as e:  # a failed layer is recorded, not lost
@@ -113,7 +116,7 @@ def pretrain_layer(model: MLP, k: int, x: torch.Tensor, p: PretrainConfig, seed:
 
 
 def _fit(ae: Autoencoder, optimizer: torch.optim.Optimizer, codes: torch.Tensor,
-         p: PretrainConfig, seed: int, log_every: int, observers: tuple[Any, ...],
+         p: PretrainConfig, seed: int, log_every: int, tell: Observers,
          result: dict[str, Any]) -> None:
     """The autoencoder's training loop; updates `result` (steps, status) as it goes."""
     k = result["layer"]
@@ -128,27 +131,25 @@ def _fit(ae: Autoencoder, optimizer: torch.optim.Optimizer, codes: torch.Tensor,
             corrupted = target * (torch.rand_like(target) >= p.denoising).to(target.dtype)
         loss = F.mse_loss(ae(corrupted), target)
 
-        # backward; note: one CPU sync per step, which is where divergence is noticed
+        # backward, measured as the training loop does (one sync, where divergence shows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
-        loss_v, norm_v = torch.stack([loss.detach(), grad_norm]).tolist()
-        finite = math.isfinite(loss_v) and math.isfinite(norm_v)
+        m = measure_step(loss, params, None)
 
         # step, unless the loss or a gradient is already NaN/Inf
-        if finite:
+        if m.finite:
             optimizer.step()
             result["steps"] = step + 1
 
         # log
-        if step % log_every == 0 or step == p.steps_per_layer - 1 or not finite:
-            _call(observers, "on_log", step, {"step": step, "loss": loss_v, "lr": p.lr,
-                                              "grad_norm": norm_v, "clipped": 0}, [])
-        _call(observers, "on_step_end", step, p.steps_per_layer, loss_v, norm_v)
-        if not finite:
+        if step % log_every == 0 or step == p.steps_per_layer - 1 or not m.finite:
+            tell.on_log(Logged(step, {"step": step, "loss": m.loss, "lr": p.lr,
+                                      "grad_norm": m.grad_norm, "clipped": 0}))
+        tell.on_step_end(StepEnd(step, p.steps_per_layer, m.loss, m.grad_norm))
+        if not m.finite:
             result.update(status="diverged", first_nonfinite={
                 "phase": f"pretrain_layer_{k}", "step": step, "layer": f"fc{k}",
-                "what": "reconstruction loss" if not math.isfinite(loss_v) else "gradient"})
+                "what": "reconstruction loss" if not math.isfinite(m.loss) else "gradient"})
             return
 
 

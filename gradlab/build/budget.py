@@ -1,0 +1,112 @@
+"""The memory a run needs, from the real builders, checked before anything is allocated.
+
+`memory_estimate(cfg)` builds the model on PyTorch's `meta` device (shapes, no storage), so
+the parameter count is the network's own; activations and data follow from the sizes.
+`preflight(cfg)` compares the total with the memory available now; `run`, `validate` and
+`compare` call it explicitly, after the schema (which never reads the machine).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradlab.build.model import build_model
+from gradlab.build.optim import STATE_SLOTS
+from gradlab.build.recurrent import GATES
+from gradlab.config import Config, ConfigError
+from gradlab.config.schema import DIGITS_SAMPLES
+
+
+def io_sizes(data: Any) -> tuple[int, int, int]:
+    """(input features, outputs, time steps) a dataset config implies, without building it."""
+    sizes = {
+        "teacher": lambda d: (d.n_features, d.n_outputs, 1),
+        "blobs": lambda d: (d.n_features, d.n_classes, 1),
+        "spirals": lambda d: (2, d.n_classes, 1),
+        "digits": lambda d: (64, 10, 1),
+        "adding": lambda d: (2, 1, d.length),
+        "copy": lambda d: (d.n_symbols + 2, d.n_symbols + 1, d.length + 2 * d.n_recall),
+        "digits_sequence": lambda d: (8, 10, 8),
+    }
+    # A file's columns are only known once it is read; they rarely dominate.
+    return sizes.get(data.kind, lambda d: (1, 1, 1))(data)
+
+
+def count_parameters(cfg: Config, n_in: int, n_out: int) -> int:
+    """Parameters of the network `cfg.model` describes, counted on a model built on `meta`."""
+    with torch.device("meta"):
+        built = build_model(cfg.model, n_in, n_out)
+    return sum(p.numel() for p in built.model.parameters())
+
+
+def memory_estimate(cfg: Config, n_in: int | None = None, n_out: int | None = None) -> dict[str, int]:
+    """Bytes training would need, by part: parameters with their gradients, probe copies and
+    optimiser state; activations kept for backward; the dataset. float32 throughout."""
+    m, t = cfg.model, cfg.train
+    implied_in, implied_out, steps_in_time = io_sizes(cfg.data)
+    n_in, n_out = n_in or implied_in, n_out or implied_out
+    n_params = count_parameters(cfg, n_in, n_out)
+    slots = STATE_SLOTS[t.optimizer](t)
+    # Per unit and layer, backward keeps the linear output, the normalised one, the activation
+    # and the probe's capture: about four floats (a recurrent cell: two per gate).
+    gates = GATES.get(m.kind, 1)
+    per_unit = 4 if m.kind == "mlp" else 2 * gates + 2
+    activations = t.batch_size * steps_in_time * m.depth * m.width * per_unit
+    n_samples = getattr(cfg.data, "n_samples", DIGITS_SAMPLES)
+    return {
+        "n_params": n_params,
+        "parameters": 4 * n_params * (3 + slots),  # weights, gradients, probe copy, state
+        "activations": 4 * activations,
+        "data": 12 * n_samples * steps_in_time * (n_in + n_out),  # float64 table + float32 copy
+    }
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (MemAvailable), or None where that cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_problems(cfg: Config, n_in: int | None = None,
+                    n_out: int | None = None) -> list[tuple[str, str]]:
+    """The `model` problem of a run that would not fit in the memory available now."""
+    est = memory_estimate(cfg, n_in, n_out)
+    need = est["parameters"] + est["activations"] + est["data"]
+    have = available_memory()
+    if have is None or need <= have:
+        return []
+    m = cfg.model
+    advice = "lower model.width or model.depth"
+    if est["activations"] > est["parameters"]:
+        advice += " or train.batch_size"
+    return [("model",
+             f"width {m.width} × depth {m.depth} needs about {_bytes(need)} to train "
+             f"({est['n_params']:.3g} parameters: {_bytes(est['parameters'])} with gradients and "
+             f"{cfg.train.optimizer} state; activations {_bytes(est['activations'])}; data "
+             f"{_bytes(est['data'])}), more than the {_bytes(have)} available: {advice}")]
+
+
+def preflight(cfg: Config, source: str, n_in: int | None = None, n_out: int | None = None) -> None:
+    """Raise ConfigError (exit 2) when the run would not fit in memory."""
+    problems = memory_problems(cfg, n_in, n_out)
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def _bytes(n: float) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{n:.3g} {units[0]}"

@@ -1,0 +1,137 @@
+"""The recurrent models: `depth` RNN/LSTM/GRU layers and a linear read-out.
+
+`build_recurrent(cfg, n_in, n_out)` builds the network, initialised, with its probed weight
+matrices (each layer's input-to-hidden and hidden-to-hidden, then the head). On a probe's
+logged steps the top layer is unrolled one time step at a time with the same parameters, so
+the probe can read ‖∂L/∂h_t‖ for every t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradlab.build.initialisers import init_bias, init_weight
+from gradlab.build.probed import ProbedLayer
+from gradlab.config import ModelConfig
+
+# A cell maps (x_t W_ihᵀ + b_ih, state, W_hh, b_hh) to the next state; state[0] is h_t and an
+# LSTM's state is (h_t, c_t).
+State = tuple[torch.Tensor, ...]
+Cell = Callable[[torch.Tensor, State, torch.Tensor, torch.Tensor], State]
+MODULES: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+ACT = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def _rnn_cell(act: Callable[[torch.Tensor], torch.Tensor]) -> Cell:
+    def step(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+        return (act(xi + F.linear(state[0], W, b)),)
+
+    return step
+
+
+def _lstm_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+    h, c = state
+    gates = xi + F.linear(h, W, b)  # (batch, 4 hidden): i, f, g, o
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _gru_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+    h = state[0]
+    xr, xz, xn = xi.chunk(3, dim=1)
+    hr, hz, hn = F.linear(h, W, b).chunk(3, dim=1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return ((1 - z) * n + z * h,)
+
+
+class Recurrent(nn.Module):
+    """`depth` single-layer RNN/LSTM/GRU modules, then a linear read-out.
+
+    Normally each layer runs as PyTorch's fused module. When `unroll_top` is set (a probe's
+    logged steps) the top layer is unrolled with the same equations and parameters, and each
+    hidden state h_1..h_T passes through `state_tap`, where a probe's hook can watch its
+    gradient ‖∂L/∂h_t‖ (the total derivative, through the head and the later steps).
+    """
+
+    def __init__(self, kind: str, n_in: int, n_out: int, hidden: int, depth: int,
+                 nonlinearity: str = "tanh", readout: str = "last"):
+        super().__init__()
+        extra: dict[str, Any] = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
+        self.rnns = nn.ModuleList(
+            MODULES[kind](n_in if i == 0 else hidden, hidden, batch_first=True, **extra)
+            for i in range(depth))
+        self.head = nn.Linear(hidden, n_out)
+        self.kind, self.readout = kind, readout
+        self.cell: Cell = {"rnn": _rnn_cell(ACT[nonlinearity]), "lstm": _lstm_cell,
+                           "gru": _gru_cell}[kind]
+        self.state_tap = nn.Identity()  # sees every h_t of the top layer when it is unrolled
+        self.unroll_top = False  # set through `TimeSteps.unroll`, by a probe on its logged steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
+        h = x
+        for rnn in self.rnns[:-1]:
+            h, _ = rnn(h)
+        if self.unroll_top and torch.is_grad_enabled():
+            h = torch.stack(self.unroll(h), dim=1)
+        else:
+            h, _ = self.rnns[-1](h)
+        # h: (batch, time, hidden)
+        return self.head(h[:, -1] if self.readout == "last" else h)
+
+    def unroll(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The top layer's hidden states h_1..h_T, one step at a time, each through the tap."""
+        top: nn.RNNBase = self.rnns[-1]  # type: ignore[assignment]
+        W_ih, b_ih, W_hh, b_hh = (getattr(top, name) for name in  # registered by name
+                                  ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0"))
+        xi = F.linear(x, W_ih, b_ih)  # (batch, time, gates · hidden)
+        zeros = x.new_zeros(x.shape[0], top.hidden_size)
+        state: State = (zeros, zeros) if self.kind == "lstm" else (zeros,)
+        states = []
+        for t in range(x.shape[1]):
+            state = self.cell(xi[:, t], state, W_hh, b_hh)
+            state = (self.state_tap(state[0]), *state[1:])
+            states.append(state[0])
+        return states
+
+
+def build_recurrent(cfg: ModelConfig, n_in: int, n_out: int) -> tuple[Recurrent, list[ProbedLayer]]:
+    """An RNN/LSTM/GRU with hidden size `width` and `depth` layers, initialised, and its probed
+    layers: each layer's input-to-hidden and hidden-to-hidden matrices, then the head."""
+    model = Recurrent(cfg.kind, n_in, n_out, cfg.width, cfg.depth, cfg.rnn_nonlinearity,
+                      cfg.readout)
+    act = cfg.rnn_nonlinearity if cfg.kind == "rnn" else "tanh"
+    probed = []
+    for i, rnn in enumerate(model.rnns):
+        for part, init in (("ih", cfg.init), ("hh", cfg.recurrent_init)):
+            W = getattr(rnn, f"weight_{part}_l0")
+            for block in W.chunk(GATES[cfg.kind], dim=0):  # each gate is its own map
+                init_weight(block, init, act)
+            init_bias(getattr(rnn, f"bias_{part}_l0"), cfg.bias_init)
+            probed.append(ProbedLayer(f"l{i + 1}.{part}", W))
+        if cfg.forget_bias is not None:
+            set_forget_bias(cast(nn.RNNBase, rnn), cfg.forget_bias)
+    init_weight(model.head.weight, cfg.init, "identity")
+    init_bias(model.head.bias, cfg.bias_init)
+    probed.append(ProbedLayer("head", cast(nn.Parameter, model.head.weight)))
+    return model, probed
+
+
+@torch.no_grad()
+def set_forget_bias(lstm: nn.RNNBase, value: float) -> None:
+    """Give an LSTM's forget gate the bias `value` (PyTorch orders the gates i, f, g, o).
+
+    The input-to-hidden bias carries it and the hidden-to-hidden one is zeroed, so the gate
+    starts at sigmoid(value): with 1.0 the cell keeps 73% of its content per step instead
+    of about half (Gers et al. 2000; Jozefowicz et al. 2015).
+    """
+    n = lstm.hidden_size
+    for name, v in (("bias_ih_l0", value), ("bias_hh_l0", 0.0)):
+        getattr(lstm, name)[n:2 * n] = v

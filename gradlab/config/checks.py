@@ -1,0 +1,108 @@
+"""Checks that span sections of a schema-valid config, and the shape of its `expect:` block.
+
+`cross_problems(cfg)` returns every conflict as (dotted key path, message); `load.py` raises
+them together with a `ConfigError`. Nothing here reads the machine (the memory budget is a
+pre-flight in `gradlab.build.budget`) and nothing imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gradlab.config.messages import did_you_mean
+from gradlab.config.schema import (
+    DIGITS_SAMPLES,
+    PROBED_FIELDS,
+    REGRESSION_DATA,
+    SEQUENCE_DATA,
+    SUMMARY_FIELDS,
+    Config,
+)
+
+
+def cross_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Conflicts between sections, each as (dotted key path, message)."""
+    problems: list[tuple[str, str]] = []
+    kind, task_kind = cfg.model.kind, cfg.data.kind
+    if cfg.train.loss == "cross_entropy" and task_kind in REGRESSION_DATA:
+        problems.append(("train.loss", f"cross_entropy needs a classification dataset; data.kind "
+                                       f"'{task_kind}' is regression (use mse or auto)"))
+    if cfg.model.norm == "batch" and cfg.train.batch_size == 1:
+        problems.append(("model.norm", "batch normalisation needs train.batch_size ≥ 2, got 1"))
+    if (kind == "mlp") == (task_kind in SEQUENCE_DATA):
+        wanted = "a sequence model (rnn, lstm, gru)" if kind == "mlp" else "model.kind mlp"
+        problems.append(("model.kind", f"data.kind '{task_kind}' needs {wanted}, got '{kind}'"))
+    if kind != "mlp" and task_kind in SEQUENCE_DATA:
+        needed = "every" if task_kind == "copy" else "last"
+        if cfg.model.readout != needed:
+            problems.append(("model.readout", f"data.kind '{task_kind}' needs readout "
+                                              f"'{needed}', got '{cfg.model.readout}'"))
+    if cfg.model.forget_bias is not None and kind != "lstm":
+        problems.append(("model.forget_bias", f"is for model.kind lstm, got '{kind}'"))
+    if cfg.model.residual and kind != "mlp":
+        problems.append(("model.residual", "residual blocks are for model.kind mlp"))
+    if cfg.pretrain is not None and kind != "mlp":
+        problems.append(("pretrain", f"layer-wise pretraining is for model.kind mlp, got '{kind}'"))
+    elif cfg.pretrain is not None and cfg.model.residual:
+        problems.append(("pretrain", "layer-wise pretraining is for plain MLPs; "
+                                     "set model.residual: false"))
+    n_train = known_train_size(cfg)
+    if n_train is not None:
+        problems += batch_size_problems(cfg.train.batch_size, n_train)
+    if cfg.data.kind == "file" and not Path(cfg.data.path).is_file():
+        problems.append(("data.path", f"no such file '{cfg.data.path}'"))
+    problems += [(f"expect.{key}", msg) for key, msg in expect_problems(cfg.expect)]
+    if not cfg.probe.enabled:
+        problems += [(f"expect.{key}", "needs the probe's per-layer statistics, but "
+                                       "probe.enabled is false")
+                     for key in cfg.expect if key.split(".")[0] in PROBED_FIELDS]
+    return problems
+
+
+def batch_size_problems(batch_size: int, n_train: int) -> list[tuple[str, str]]:
+    """A batch larger than the training split (checked here, and for files once they are read)."""
+    if batch_size <= n_train:
+        return []
+    return [("train.batch_size", f"must be ≤ the {n_train} training examples, got {batch_size}")]
+
+
+def known_train_size(cfg: Config) -> int | None:
+    """Training examples the data section implies, where that is known without reading a file."""
+    n = getattr(cfg.data, "n_samples", None)
+    if cfg.data.kind in ("digits", "digits_sequence"):
+        n = DIGITS_SAMPLES
+    if n is None:
+        return None
+    return n - test_size(n, cfg.data.test_fraction)
+
+
+def test_size(n: int, test_fraction: float) -> int:
+    """Examples held out for testing: the one rule every dataset's split follows."""
+    return max(1, round(n * test_fraction))
+
+
+def expect_problems(expect: dict[str, Any]) -> list[tuple[str, str]]:
+    """Keys that are not summary fields, and values that are neither literals nor ranges."""
+    problems = []
+    for key, want in expect.items():
+        head = key.split(".")[0]
+        if head not in SUMMARY_FIELDS:
+            hint = did_you_mean(head, SUMMARY_FIELDS)
+            problems.append((key, f"not a summary.json field{hint}"))
+        if isinstance(want, dict):
+            extra = set(want) - {"min", "max"}
+            bounds = [want.get("min"), want.get("max")]
+            if extra or not want:
+                problems.append((key, "a range is {min: x}, {max: y} or both"))
+            elif any(b is not None and not _is_number(b) for b in bounds):
+                problems.append((key, f"range bounds must be numbers, got {want}"))
+            elif bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+                problems.append((key, f"min must be ≤ max, got {want}"))
+        elif not isinstance(want, (str, bool, int, float, type(None))):
+            problems.append((key, f"must be a literal or a {{min, max}} range, got {want!r}"))
+    return problems
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -1,0 +1,155 @@
+"""The one door into a config: YAML (tags refused) → `--set` overrides → a validated `Config`.
+
+`load_config(path, overrides)` reads and validates; `resolved(cfg)` is the plain form
+written as a run's config.yaml, `config_hash(cfg)` identifies an experiment, and
+`total_steps(cfg, n_train)` how long it trains. No torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gradlab.config.checks import cross_problems
+from gradlab.config.messages import ConfigError, translate
+from gradlab.config.schema import Config
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file, apply `key.path=value` overrides, and validate; raise ConfigError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [("", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(source, [("", f"cannot read: {e}")]) from None
+    try:
+        raw = yaml.safe_load(text)  # safe: tags never construct Python objects
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(source, [_tag_problem(text, e)]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, [("", f"YAML syntax error: {where}{problem}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
+    raw.setdefault("name", default_name(Path(path)))
+    apply_overrides(raw, overrides, source)
+    return config_from_dict(raw, source)
+
+
+def default_name(path: Path) -> str:
+    """A run name from the file name, sanitised so it is always a single safe directory name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).lstrip("._-")[:100]
+    return name or "run"
+
+
+def _tag_problem(text: str, error: yaml.constructor.ConstructorError) -> tuple[str, str]:
+    """A refused YAML tag (e.g. `!!python/object/apply`), at its key path and line."""
+    mark = error.problem_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+    tag = re.search(r"tag '([^']*)'", str(error.problem))
+    shown = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "a tag"
+    key = _key_at(yaml.compose(text), mark) if mark else None
+    return (key or "", f"YAML tag {shown} at {where} is not allowed: configs are plain data, "
+                       "and tags that build objects are refused")
+
+
+def _key_at(node: Any, mark: Any, prefix: str = "") -> str | None:
+    """The dotted key path of the YAML node that starts at `mark`, if any."""
+    if node is None:
+        return None
+    if node.start_mark.index == mark.index and prefix:
+        return prefix
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = f"{prefix}.{key.value}" if prefix else str(key.value)
+            found = _key_at(value, mark, name)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _key_at(item, mark, f"{prefix}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate an already-parsed mapping (as read from YAML) into a Config."""
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(source, translate(e, Config)) from None
+    problems = cross_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str], source: str) -> None:
+    """Set `a.b.c=value` (value parsed as YAML) into the raw mapping, in order."""
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not all(part.strip() for part in key.split(".")):
+            problems.append(("--set", f"expected key.path=value, got {item!r}"))
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str):  # a shorthand such as `init: xavier_normal`
+                child = {_SHORTHAND_KEY.get(part, "name"): child}
+            node[part] = child if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    if problems:
+        raise ConfigError(source, problems)
+
+
+_SHORTHAND_KEY = {"init": "scheme", "bias_init": "scheme", "recurrent_init": "scheme"}
+
+def resolved(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config (defaults filled in) as plain data, for config.yaml."""
+    return cfg.model_dump(mode="json")
+
+
+def config_hash(cfg: Config) -> str:
+    """A stable hash of the resolved config: equal hashes mean an identical experiment."""
+    text = json.dumps(resolved(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    """Optimiser steps the run will take: `train.steps`, or epochs of full batches."""
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs * max(1, n_train // cfg.train.batch_size)
+    return cfg.train.steps if cfg.train.steps is not None else 500
+
+
+def config_paths(items: Iterable[Path]) -> list[Path]:
+    """YAML files named directly, and every *.yaml/*.yml in named directories, sorted."""
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix in (".yaml", ".yml"))
+        else:
+            paths.append(item)
+    return paths

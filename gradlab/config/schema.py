@@ -1,0 +1,257 @@
+"""The config schema: every section as an immutable pydantic model, and the shared vocabularies.
+
+Each kind of choice (activation, init, optimiser, ...) is one `Literal` here; the builders in
+`gradlab.build` key their tables by the same names. Constants that several stages share
+(which activations saturate, which data kinds are sequences) live here too. No torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Activation = Literal[
+    "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "identity"
+]
+InitScheme = Literal[
+    "default", "zeros", "constant", "normal", "uniform", "xavier_uniform", "xavier_normal",
+    "kaiming_uniform", "kaiming_normal", "orthogonal", "identity",
+]
+Norm = Literal["none", "batch", "layer"]
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
+ScheduleName = Literal["constant", "step", "exponential", "cosine"]
+LossName = Literal["auto", "mse", "cross_entropy"]
+Device = Literal["auto", "cpu", "cuda"]
+ModelKind = Literal["mlp", "rnn", "lstm", "gru"]
+
+# Activations whose outputs saturate (report "saturated %") and those whose units die ("dead %").
+SATURATING = ("sigmoid", "tanh")
+RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu")
+RECURRENT_KINDS = ("rnn", "lstm", "gru")
+
+# scikit-learn's digits: 1797 images of 8×8 pixels (also read row by row as sequences).
+DIGITS_SAMPLES = 1797
+
+# Top-level summary.json fields an `expect:` key may start with (see DESIGN.md).
+SUMMARY_FIELDS = (
+    "name", "status", "error", "steps_done", "seconds", "steps_per_second", "device",
+    "initial_loss", "final_loss", "loss_ratio", "final_metrics", "grad_ratio_init",
+    "grad_ratio_final", "grad_norm_min_init", "grad_norm_min_final", "weight_norm_init",
+    "weight_norm_final", "clip_fraction", "layers", "first_nonfinite", "verdicts",
+    "verdict_kinds", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain",
+)
+
+# The summary fields that come from the probe's rows: empty or null when probing is off.
+PROBED_FIELDS = (
+    "grad_ratio_init", "grad_ratio_final", "grad_norm_min_init", "grad_norm_min_final",
+    "weight_norm_init", "weight_norm_final", "layers", "time_grad_ratio_init",
+    "time_grad_ratio_final",
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _shorthand(key: str) -> Any:
+    """Let `init: xavier_normal` stand for `init: {scheme: xavier_normal}`."""
+
+    def to_mapping(value: Any) -> Any:
+        return {key: value} if isinstance(value, str) else value
+
+    return model_validator(mode="before")(to_mapping)
+
+
+class InitConfig(_Section):
+    scheme: InitScheme = "default"
+    value: float = 0.0
+    mean: float = 0.0
+    std: float = Field(0.01, gt=0)
+    low: float = -0.05
+    high: float = 0.05
+    gain: float = Field(1.0, gt=0)
+    mode: Literal["fan_in", "fan_out"] = "fan_in"
+    nonlinearity: Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu"] | None = None
+
+    _from_str = _shorthand("scheme")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> InitConfig:
+        if self.scheme == "uniform" and self.low >= self.high:
+            raise ValueError(f"uniform init needs low < high, got low={self.low}, high={self.high}")
+        return self
+
+
+class BiasInitConfig(_Section):
+    scheme: Literal["default", "zeros", "constant"] = "default"
+    value: float = 0.0
+
+    _from_str = _shorthand("scheme")
+
+
+class ModelConfig(_Section):
+    kind: ModelKind = "mlp"
+    depth: int = Field(10, ge=1, le=2000)
+    width: int = Field(100, ge=1, le=1_000_000)
+    activation: Activation = "relu"
+    negative_slope: float = Field(0.01, ge=0)
+    prelu_init: float = 0.25
+    elu_alpha: float = Field(1.0, gt=0)
+    norm: Norm = "none"
+    residual: bool = False
+    residual_block: int = Field(2, ge=1)
+    init: InitConfig = InitConfig()
+    bias_init: BiasInitConfig = BiasInitConfig()
+    # Sequence models (kind rnn/lstm/gru): the recurrent cell's nonlinearity and read-out.
+    rnn_nonlinearity: Literal["tanh", "relu"] = "tanh"
+    recurrent_init: InitConfig = InitConfig()
+    readout: Literal["last", "every"] = "last"
+    # LSTM only: the forget gate's bias (Gers et al. 2000; Jozefowicz et al. 2015 use 1.0).
+    forget_bias: float | None = None
+
+
+class _DataBase(_Section):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class TeacherData(_DataBase):
+    kind: Literal["teacher"]
+    n_samples: int = Field(2048, ge=4)
+    n_features: int = Field(100, ge=1)
+    n_outputs: int = Field(1, ge=1)
+    targets: Literal["teacher", "noise"] = "teacher"
+    teacher_depth: int = Field(2, ge=1)
+    teacher_width: int = Field(64, ge=1)
+    noise: float = Field(0.1, ge=0)
+
+
+class BlobsData(_DataBase):
+    kind: Literal["blobs"]
+    n_samples: int = Field(2048, ge=4)
+    n_features: int = Field(20, ge=1)
+    n_classes: int = Field(4, ge=2)
+    spread: float = Field(1.0, gt=0)
+
+
+class SpiralsData(_DataBase):
+    kind: Literal["spirals"]
+    n_samples: int = Field(2048, ge=4)
+    n_classes: int = Field(3, ge=2)
+    noise: float = Field(0.2, ge=0)
+    turns: float = Field(1.5, gt=0)
+
+
+class DigitsData(_DataBase):
+    kind: Literal["digits"]
+
+
+class FileData(_DataBase):
+    kind: Literal["file"]
+    path: str
+    target: str
+    task: Literal["auto", "regression", "classification"] = "auto"
+
+
+class AddingData(_DataBase):
+    kind: Literal["adding"]
+    n_samples: int = Field(4096, ge=4)
+    length: int = Field(50, ge=2)
+
+
+class CopyData(_DataBase):
+    kind: Literal["copy"]
+    n_samples: int = Field(4096, ge=4)
+    length: int = Field(20, ge=1)
+    n_symbols: int = Field(4, ge=2)
+    n_recall: int = Field(5, ge=1)
+
+
+class DigitsSequenceData(_DataBase):
+    kind: Literal["digits_sequence"]
+
+
+DataConfig = Annotated[
+    TeacherData | BlobsData | SpiralsData | DigitsData | FileData | AddingData | CopyData
+    | DigitsSequenceData,
+    Field(discriminator="kind"),
+]
+SEQUENCE_DATA = ("adding", "copy", "digits_sequence")
+REGRESSION_DATA = ("teacher", "adding")
+
+
+class ScheduleConfig(_Section):
+    name: ScheduleName = "constant"
+    step_size: int = Field(100, ge=1)
+    gamma: float = Field(0.5, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+
+    _from_str = _shorthand("name")
+
+
+class ClipConfig(_Section):
+    by: Literal["norm", "value"] = "norm"
+    max_norm: float = Field(1.0, gt=0)
+    norm_type: float = Field(2.0, gt=0)
+    max_value: float = Field(1.0, gt=0)
+
+
+class TrainConfig(_Section):
+    steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    loss: LossName = "auto"
+    optimizer: OptimizerName = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9, 0.999,
+    )
+    eps: float = Field(1e-8, gt=0)
+    alpha: float = Field(0.99, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: ScheduleConfig = ScheduleConfig()
+    clip: ClipConfig | None = None
+    eval_every: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"train.epochs: set train.steps or train.epochs, not both; got "
+                             f"steps {self.steps} and epochs {self.epochs}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer sgd with momentum > 0")
+        return self
+
+
+class ProbeConfig(_Section):
+    every: int = Field(10, ge=1)
+    activations: bool = True
+    enabled: bool = True  # false: train without probing (no layers.csv rows), e.g. to time it
+
+
+class PretrainConfig(_Section):
+    method: Literal["autoencoder"] = "autoencoder"
+    steps_per_layer: int = Field(200, ge=1)
+    lr: float = Field(0.01, gt=0)
+    optimizer: OptimizerName = "adam"
+    batch_size: int = Field(64, ge=1)
+    tied: bool = True
+    denoising: float = Field(0.0, ge=0, lt=1)
+
+
+class Config(_Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+    flush_denormal: bool = True
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+    pretrain: PretrainConfig | None = None
+    expect: dict[str, Any] = {}

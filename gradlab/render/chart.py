@@ -1,0 +1,56 @@
+"""A small scatter chart drawn in text, for loss curves and gradients through time.
+
+`chart(series)` returns a rich `Text`; log y-scale when the values span over a decade.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from rich.text import Text
+
+from gradlab.render.style import num
+
+MARKS = {0: ("•", "cyan"), 1: ("x", "magenta"), 2: ("+", "green"), 3: ("o", "yellow")}
+
+
+def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
+          height: int = 12, log: bool | None = None, xlabel: str = "step") -> Text:
+    """A small scatter chart in text; log y-scale when the values span over a decade.
+
+    The x axis is labelled `xlabel` at its left end: training steps, or time steps t.
+    """
+    points = [p for s in series.values() for p in s]
+    ys = [y for _, y in points]
+    xs = [x for x, _ in points]
+    if log is None:
+        log = min(ys) > 0 and max(ys) / min(ys) > 10
+    f = (lambda y: math.log10(y)) if log else (lambda y: y)
+    lo, hi = f(min(ys)), f(max(ys))
+    hi = hi if hi > lo else lo + 1
+    x0, x1 = min(xs), max(xs)
+    x1 = x1 if x1 > x0 else x0 + 1
+    grid = [[(" ", "")] * width for _ in range(height)]
+    for k, (_, pts) in enumerate(series.items()):
+        mark = MARKS[k % len(MARKS)]
+        for x, y in pts:
+            col = round((x - x0) / (x1 - x0) * (width - 1))
+            row = height - 1 - round((f(y) - lo) / (hi - lo) * (height - 1))
+            grid[row][col] = mark
+    out = Text()
+    top, bottom = num(10 ** hi if log else hi), num(10 ** lo if log else lo)
+    pad = max(len(top), len(bottom))
+    for r, line in enumerate(grid):
+        label = top if r == 0 else bottom if r == height - 1 else ""
+        out.append(f"{label:>{pad}} │")
+        for ch, style in line:
+            out.append(ch, style=style)
+        out.append("\n")
+    out.append(" " * pad + " └" + "─" * width + "\n")
+    left, right = f"{xlabel} {num(x0)}", f"{num(x1)}"
+    out.append(" " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right + "\n")
+    legend = "   ".join(f"{MARKS[k % len(MARKS)][0]} {name}" for k, name in enumerate(series)
+                       if series[name])
+    out.append(" " * (pad + 2) + legend + ("   (log scale)" if log else ""))
+    return out

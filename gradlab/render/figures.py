@@ -1,0 +1,162 @@
+"""What every figure shares: the Agg backend, atomic PNG writes, a record's layer statistics
+as a (step × layer) grid, log-axis helpers for exact zeros, and the divergence marker.
+
+Reads records through `gradlab.record` only (no torch, no trainer); needs no display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+if "matplotlib.pyplot" not in sys.modules:  # no display needed; leave a user's own pyplot alone
+    matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from gradlab.record.reader import Record, is_training_row  # noqa: E402
+
+DPI = 110
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write a PNG atomically, so a reader never sees half a picture."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after an error or Ctrl-C mid-write
+    return path
+
+
+
+def value(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+
+
+def run_name(record: Record) -> str:
+    return str((record.summary or {}).get("name") or record.config.get("name")
+               or record.path.parent.name)
+
+
+def title(record: Record, what: str) -> str:
+    status = record.status
+    note = " (killed? showing what it logged)" if status == "incomplete" else ""
+    return f"{run_name(record)}: {what}  [{status}{note}]"
+
+
+def layer_grid(record: Record, key: str) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
+    """(steps, layer names, values (step, layer), present (step, layer)) of one layers.csv column.
+
+    A missing value (a killed run's half-logged step, or a statistic not measured for that
+    layer) is NaN with present False; a logged NaN or Inf (a diverging run) is present.
+    """
+    rows = [r for r in record.layers if is_training_row(r) and isinstance(r.get("layer"), int)]
+    steps = sorted({r["step"] for r in rows})
+    n = max((r["layer"] for r in rows), default=-1) + 1
+    names = [str(i + 1) for i in range(n)]
+    at = {s: i for i, s in enumerate(steps)}
+    values = np.full((len(steps), n), np.nan)
+    present = np.zeros((len(steps), n), dtype=bool)
+    for r in rows:
+        values[at[r["step"]], r["layer"]] = value(r.get(key))
+        present[at[r["step"]], r["layer"]] = r.get(key) is not None
+        names[r["layer"]] = str(r.get("name") or r["layer"] + 1)
+    return steps, names, values, present
+
+
+
+def log_floor(values: np.ndarray) -> float:
+    """A y position a decade below every positive value: where exact zeros are drawn on log axes."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return 1e-30
+    return float(10.0 ** (math.floor(math.log10(positive.min())) - 1))
+
+
+def spans_decades(values: list[float]) -> bool:
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 10
+
+
+def empty(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def nothing_finite(record: Record, present: np.ndarray, what: str) -> str:
+    """Why a figure has no line: nothing logged, or only NaN/Inf (and where it diverged)."""
+    if not present.any():
+        return f"no {what}s were logged"
+    where = divergence(record)
+    return f"every logged {what} was NaN or Inf" + (f"\n({where[1]})" if where else "")
+
+
+def layer_ticks(ax: Axes, names: list[str], axis: str = "x", most: int = 12) -> None:
+    """Tick layers 1..n with their names: all of a shallow net; first, every k-th and last."""
+    n = len(names)
+    idx = list(range(n))
+    if n > most:
+        k = _nice(n / most)
+        idx = [0, *range(k - 1, n, k)]
+        if idx[-1] != n - 1:  # the output layer is always named
+            idx = idx[:-1] + [n - 1] if n - 1 - idx[-1] < k / 2 else idx + [n - 1]
+    ticks, labels = [i + 1 for i in idx], [names[i] for i in idx]
+    if axis == "x":
+        ax.set_xticks(ticks, labels, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
+    else:
+        ax.set_yticks(ticks, labels)
+
+
+def _nice(x: float) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... at least x."""
+    e = 10 ** math.floor(math.log10(max(x, 1.0)))
+    return next(int(m * e) for m in (1, 2, 5, 10) if m * e >= x)
+
+
+def pick(n: int, most: int) -> list[int]:
+    """Up to `most` indices spread over range(n), always the first and the last."""
+    if n <= most:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
+
+
+def draw_norms(ax: Axes, x: np.ndarray, y: np.ndarray, floor: float, **style: Any) -> bool:
+    """A gradient-norm line on a log axis with zeros drawn at `floor`; True if it had zeros."""
+    zero = y == 0
+    shown = np.where(zero, floor, y)
+    shown = np.where(np.isfinite(shown), shown, np.nan)
+    ax.plot(x, shown, **style)
+    if zero.any():
+        ax.plot(x[zero], np.full(int(zero.sum()), floor), ls="none", marker="v", ms=7,
+                mfc="none", mec=style.get("color", "grey"))
+    return bool(zero.any())
+
+
+def zero_legend(floor: float, what: str = "exactly 0 (underflow or saturation)") -> Line2D:
+    return Line2D([], [], ls="none", marker="v", ms=7, mfc="none", mec="grey",
+                  label=f"{what}, drawn at {floor:.0e}")
+
+
+
+def divergence(record: Record) -> tuple[int, str] | None:
+    """(step, description) of the first NaN/Inf of a diverged run, from summary.json."""
+    where = (record.summary or {}).get("first_nonfinite")
+    if not where or not isinstance(where.get("step"), (int, float)):
+        return None
+    what = where.get("what") or "value"
+    layer = f" in {where['layer']}" if where.get("layer") else ""
+    return int(where["step"]), f"diverged at step {where['step']}: NaN/Inf {what}{layer}"
+
