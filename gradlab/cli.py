@@ -42,6 +42,13 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records 
 NoPlotsOpt = Annotated[bool, typer.Option("--no-plots", help="Draw no figures (RUN/plots/*.png).")]
 
 
+# Exit codes (README, "Errors, failures and interruptions"): 0 done; 1 a run failed or a claim
+# did not hold; 2 bad input (a config, an option, an --out that cannot hold records, a corrupt
+# record read back); 3 a record could not be written (disk full, I/O error, run directory
+# deleted); 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+WRITE_FAILED = 3
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err_console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -115,12 +122,15 @@ def run(
         cfg = load_config(config, _overrides(set_, steps, seed, device))
     except ConfigError as e:
         raise _fail(str(e)) from None
+    from gradlab.record import stopping
+    from gradlab.record.guard import RecordWriteError
     from gradlab.record.reader import read_record
     from gradlab.render.report import run_report
-    from gradlab.runner import run_config
 
     show_bar = not quiet and not as_json and err_console.is_terminal
     try:
+        from gradlab.runner import run_config  # torch: a stop signal may come while it loads
+
         if show_bar:
             with Progress(cfg.name) as bar:
                 outcome = run_config(cfg, out, (bar,))
@@ -128,11 +138,14 @@ def run(
             outcome = run_config(cfg, out)
     except ConfigError as e:  # found once the data is read, e.g. a file dataset's columns
         raise _fail(str(ConfigError(str(config), e.problems))) from None
+    except RecordWriteError as e:  # disk full, I/O error, run directory deleted: mid-run too
+        raise _fail(f"{config}: {e}", WRITE_FAILED) from None
     except OSError as e:  # the run directory cannot be created under --out
         raise _fail(f"{config}: --out {out}: cannot create a run record there: "
                     f"{e.strerror or e}") from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted before training started; no record was completed", 130) from None
+    except KeyboardInterrupt as e:
+        raise _fail(f"{_stopped_by(e)} before training started; no record was completed",
+                    stopping.exit_code()) from None
     except Exception as e:  # before training began, so there is no record to keep it in
         raise _fail(f"{config}: failed before training: {type(e).__name__}: {e}", 1) from None
     if as_json:
@@ -143,7 +156,7 @@ def run(
     if not no_plots:
         _draw_plots(outcome.path, quiet=as_json)
     if outcome.summary["status"] == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(stopping.exit_code())
     if outcome.summary["status"] == "failed":
         err_console.print(f"run failed: {outcome.summary['error']} (record: {outcome.path})",
                           style="red", markup=False)
@@ -172,15 +185,25 @@ def compare(
     """Run many variants in parallel and set them side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from gradlab import compare as comparing
     from gradlab.config.load import config_paths
-    from gradlab.render.compare_table import comparison_table
+    from gradlab.record import stopping
+    from gradlab.record.files import uninterrupted
+    from gradlab.record.guard import RecordWriteError
 
     config_files = config_paths(paths)
     missing = [p for p in paths if not p.exists()]
     if missing or not config_files:
         raise _fail(f"{missing[0] if missing else paths[0]}: no such config file or directory"
                     if missing else "no *.yaml configs found in " + ", ".join(map(str, paths)))
+    unusable = _unwritable(out)
+    if unusable:
+        raise _fail(f"--out {out}: cannot create records there: {unusable}")
+    try:
+        from gradlab import compare as comparing  # torch: a stop signal may come while it loads
+        from gradlab.render.compare_table import comparison_table
+    except KeyboardInterrupt as stop:
+        raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
+                    stopping.exit_code()) from None
     bar = Progress("compare", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=err_console, transient=True, disable=quiet)
     task = bar.add_task("compare", total=len(config_files))
@@ -195,15 +218,29 @@ def compare(
                               markup=False)
         bar.advance(task)
 
-    with bar:
-        variants = comparing.compare(config_files, out, jobs, _overrides(set_, steps, seed, device),
-                                     reuse, not no_plots, done)
+    try:
+        with bar:
+            variants = comparing.compare(config_files, out, jobs,
+                                         _overrides(set_, steps, seed, device), reuse,
+                                         not no_plots, done)
+    except KeyboardInterrupt as stop:  # while the configs were checked: nothing ran
+        raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
+                    stopping.exit_code()) from None
     rows = comparing.comparison_rows(variants)
-    record_dir = comparing.write_record(rows, out)
+    stopped = any(v.interrupted for v in variants)
+    try:
+        with uninterrupted():  # a stop signal now would leave half a compare record
+            record_dir = comparing.write_record(rows, out)
+    except RecordWriteError as failure:
+        out_console.print(comparison_table(rows))
+        raise _fail(str(failure), WRITE_FAILED) from None
     out_console.print(comparison_table(rows))
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False,
                       soft_wrap=True)
-    _draw_comparison(record_dir, draw=not no_plots)
+    if stopped and not no_plots:  # stopping should be quick: the figures can wait
+        err_console.print(f"figures skipped (stopped): gradlab report {record_dir} draws them",
+                          style="yellow", markup=False, highlight=False, soft_wrap=True)
+    _draw_comparison(record_dir, draw=not no_plots and not stopped)
     invalid = [v for v in variants if v.status == "invalid"]
     for v in invalid:
         err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
@@ -216,14 +253,58 @@ def compare(
         else:
             held = sum(len(v.expectations) for v in variants)
             out_console.print(f"all {held} expectations held", style="green")
-    if any(v.interrupted for v in variants):
+    for v in variants:
+        if v.write_failed:
+            err_console.print(f"{v.name}: {v.error}", style="red", markup=False,
+                              highlight=False, soft_wrap=True)
+    if stopped:
         err_console.print("interrupted: the comparison covers the variants that finished",
                           style="yellow")
-        raise typer.Exit(130)
+        raise typer.Exit(stopping.exit_code())
     if invalid:
         raise typer.Exit(2)
-    if broken or any(v.status == "failed" for v in variants):
+    if any(v.write_failed for v in variants):
+        raise typer.Exit(WRITE_FAILED)
+    if broken or any(v.status in ("failed", "incomplete") for v in variants):  # or its worker died
         raise typer.Exit(1)
+
+
+@app.command()
+def fix(
+    config: Annotated[Path, typer.Argument(help="The YAML file describing the variant.",
+                                           dir_okay=False)],
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Parallel processes (default: the number of cores).")] = None,
+    out: OutOpt = Path("runs"),
+    set_: SetOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Run a config and every remedy its verdicts give; rank the remedies by what the net learns."""
+    from gradlab import compare as comparing
+    from gradlab.fix import fix as run_fixes
+    from gradlab.render.fix_table import best_command, fix_table
+
+    overrides = _overrides(set_, steps, seed, device)
+    try:
+        load_config(config, overrides)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+
+    def done(v: comparing.Variant) -> None:
+        if not quiet:
+            err_console.print(f"{'✓' if v.status == 'completed' else '!'} {v.name}: {v.status}",
+                              highlight=False, markup=False)
+
+    outcome = run_fixes(config, out, jobs, overrides, on_done=done)
+    out_console.print(fix_table(outcome.rows, outcome.original, str(config)))
+    best = best_command(outcome.rows, str(config))
+    if best:
+        out_console.print(f"best: {best}", highlight=False, markup=False, soft_wrap=True)
+    out_console.print(f"fix record: {outcome.record} (patches/*.yaml: each remedy as a config)",
+                      style="dim", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -260,18 +341,26 @@ def report(
     """Re-print a run's report from its record and redraw its plots; no training."""
     from gradlab.record.comparison import is_comparison_dir
     from gradlab.record.reader import is_run_dir, read_record
+    from gradlab.record.validate import CorruptRecord
     from gradlab.render.report import run_report
 
     if is_comparison_dir(run_dir):
         from gradlab.render.compare_table import render_comparison_dir
 
-        out_console.print(render_comparison_dir(run_dir))
+        try:
+            out_console.print(render_comparison_dir(run_dir))
+        except CorruptRecord as e:
+            raise _fail(str(e)) from None
         _draw_comparison(run_dir, draw=not no_plots)
         return
     if not is_run_dir(run_dir):
         raise _fail(f"{run_dir}: not a run directory (no summary.json or metrics.csv); "
                     f"`gradlab runs` lists the runs")
-    out_console.print(run_report(read_record(run_dir), all_layers))
+    try:
+        record = read_record(run_dir)
+    except CorruptRecord as e:
+        raise _fail(str(e)) from None
+    out_console.print(run_report(record, all_layers))
     if not no_plots:
         _draw_plots(run_dir)
 
@@ -289,15 +378,56 @@ def runs(
     out_console.print(run_list(root))
 
 
+@app.command()
+def predict(
+    config: Annotated[Path, typer.Argument(help="The YAML file describing the variant.",
+                                           dir_okay=False)],
+    device: Annotated[str | None, typer.Option(
+        help="auto, cpu or cuda (overrides the config's device).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the prediction as JSON to stdout instead of the panel.")] = False,
+) -> None:
+    """Predict gradient flow at init (mean-field theory) beside one measured backward pass,
+    the input–output Jacobian and recurrent spectra; trains nothing, writes nothing."""
+    try:
+        cfg = load_config(config, _overrides(set_, None, seed, device))
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    from gradlab.predict import predict as predict_config
+    from gradlab.render.prediction import prediction_panel
+
+    try:
+        result = predict_config(cfg)
+    except ConfigError as e:  # found once the data is read, or the memory pre-flight
+        raise _fail(str(ConfigError(str(config), e.problems))) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; nothing was written", 130) from None
+    except Exception as e:
+        raise _fail(f"{config}: prediction failed: {type(e).__name__}: {e}", 1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        out_console.print(prediction_panel(result))
+
+
 def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
-    """Draw a run's figures into RUN/plots/; a plotting error is reported, never fatal."""
+    """Draw a run's figures into RUN/plots/; a plotting error is reported, never fatal, but a
+    figure that cannot be written (disk full) is a write failure, exit 3."""
+    from gradlab.record import stopping
+    from gradlab.record.guard import cause
+
     try:
         from gradlab.render.run_figures import plot_run
 
         drawn = plot_run(run_dir)
-    except KeyboardInterrupt:
-        raise _fail("interrupted while drawing the plots; the record is complete "
-                    f"(gradlab report {run_dir} draws them)", 130) from None
+    except KeyboardInterrupt as e:
+        raise _fail(f"{_stopped_by(e)} while drawing the plots; the record is complete "
+                    f"(gradlab report {run_dir} draws them)", stopping.exit_code()) from None
+    except OSError as e:
+        raise _fail(f"cannot write the figures in {run_dir / 'plots'}: {cause(e)}; the record "
+                    "is complete", WRITE_FAILED) from None
     except Exception as e:  # the record is already complete: a figure is not worth a crash
         err_console.print(f"plots failed: {type(e).__name__}: {e}", style="yellow", markup=False)
         return
@@ -308,18 +438,60 @@ def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
 
 
 def _draw_comparison(record_dir: Path, draw: bool) -> None:
-    """A compare record's figures (when `draw`) and report.md; errors are reported, not fatal."""
+    """A compare record's figures (when `draw`) and report.md; errors are reported, not fatal,
+    but a file that cannot be written (disk full) is a write failure, exit 3."""
+    from gradlab.record import stopping
+    from gradlab.record.guard import cause
+
     try:
         from gradlab.render.compare_figures import plot_compare_record
 
         plot_compare_record(record_dir, draw)
-    except KeyboardInterrupt:
-        raise _fail(f"interrupted while drawing the comparison figures (gradlab report "
-                    f"{record_dir} draws them)", 130) from None
+    except KeyboardInterrupt as e:
+        raise _fail(f"{_stopped_by(e)} while drawing the comparison figures (gradlab report "
+                    f"{record_dir} draws them)", stopping.exit_code()) from None
+    except OSError as e:
+        raise _fail(f"cannot write the comparison figures in {record_dir}: {cause(e)}",
+                    WRITE_FAILED) from None
     except Exception as e:
         err_console.print(f"comparison figures failed: {type(e).__name__}: {e}", style="yellow",
                           markup=False)
 
 
+def _stopped_by(error: BaseException) -> str:
+    signum = getattr(error, "signum", None)
+    from gradlab.record.stopping import name
+
+    return f"stopped by {name(signum)}" if signum else "interrupted"
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why `out` cannot hold records (not a directory, read-only, ...), or None."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".gradlab-check-", dir=out))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def main() -> None:
-    app()
+    """The console script: SIGTERM and SIGHUP stop gradlab as Ctrl-C does, and the exit code
+    is 128 + the signal's number."""
+    import signal
+
+    from gradlab.record import stopping
+
+    with stopping.stop_on_signals():
+        try:
+            app()
+        except SystemExit as e:
+            if e.code == 130 and stopping.received():  # typer's code for a KeyboardInterrupt
+                raise SystemExit(stopping.exit_code()) from None
+            raise
+        except OSError:
+            if stopping.received() != getattr(signal, "SIGHUP", None):
+                raise
+            os._exit(stopping.exit_code())  # the terminal is gone: nothing can be printed

@@ -2,8 +2,20 @@
 
 `compare(paths, ...)` validates every config, trains the valid ones in worker processes
 (each limited to its share of the cores), and returns one `Variant` per config; a variant
-that fails never stops the others. `comparison_rows` flattens them for the table and
+that fails never stops the others, and neither does a worker that dies (the kernel's
+out-of-memory killer, a `kill -9`): that worker's variant alone is lost, its row says so, and a
+fresh worker takes the next one. `comparison_rows` flattens them for the table and
 `write_record` stores the compare record (`record.comparison`).
+
+Stopping. SIGINT, SIGTERM or SIGHUP to this process (`_Stop`) drops the queued variants and
+asks every busy worker to stop its variant (SIGUSR1: its record says `interrupted`, with a
+final evaluation), then waits for them and collects what they wrote. A second signal asks
+them to stop at once (SIGUSR2: no final evaluation) and waits at most `STOP_GRACE` seconds;
+a third one, or the grace running out, kills them (their records read `incomplete`).
+Workers (`_serve`) ignore SIGINT and SIGHUP, which a terminal sends to the whole process
+group (this process forwards them); they take SIGTERM as a stop request too, and stop
+by themselves when this process dies (`_watch_parent`). The table is made from the records
+on disk, so it always says what they say.
 """
 
 from __future__ import annotations
@@ -13,24 +25,25 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 from typing import Any, Literal
 
 from gradlab.analyse.expect import Expectation, check
 from gradlab.build.budget import preflight
 from gradlab.config import Config, ConfigError, config_hash, load_config
+from gradlab.record import stopping
+from gradlab.record.bounded import read_rows
 from gradlab.record.comparison import write_comparison
-from gradlab.record.reader import Record, is_run_dir, read_record, read_summary
+from gradlab.record.guard import RecordWriteError
+from gradlab.record.reader import Record, is_run_dir, is_training_row, read_summary, run_started
+from gradlab.record.validate import CorruptRecord
 from gradlab.render.compare_table import comparison_markdown
 from gradlab.render.run_figures import plot_run
 from gradlab.runner import run_config
@@ -41,6 +54,11 @@ ExecutorKind = Literal["process", "thread"]
 EXECUTOR: ExecutorKind = "process"  # the default of `compare(executor=None)`
 
 NOT_STARTED = "not started: the comparison was interrupted"
+STOP_GRACE = 5.0  # seconds the workers get after a second stop signal, before they are killed
+POLL = 0.2  # seconds between checks of the workers and of the stop signals
+
+STOP = getattr(signal, "SIGUSR1", signal.SIGTERM)  # parent → worker: stop your variant
+HURRY = getattr(signal, "SIGUSR2", signal.SIGTERM)  # parent → worker: stop it at once
 
 
 @dataclass
@@ -49,12 +67,13 @@ class Variant:
 
     path: Path
     config: Config | None = None
-    error: str | None = None  # a config error, or why the run could not start
+    error: str | None = None  # a config error, or why the run could not start or finish
     run_dir: Path | None = None
     reused: bool = False
     record: Record | None = None
     expectations: list[Expectation] = field(default_factory=list)
-    interrupted: bool = False  # the comparison this variant belongs to was stopped by Ctrl-C
+    interrupted: bool = False  # the comparison this variant belongs to was stopped by a signal
+    write_failed: bool = False  # its run record could not be written (disk full, ...)
 
     @property
     def name(self) -> str:
@@ -76,7 +95,8 @@ class Variant:
 
 
 def find_reusable(out: Path, cfg: Config) -> Path | None:
-    """A completed run under `out` whose resolved config is identical (same config_hash)."""
+    """A completed run under `out` whose resolved config is identical (same config_hash).
+    Reads summary.json only; a run whose summary is corrupt is never reused."""
     wanted = config_hash(cfg)
     parent = Path(out) / cfg.name
     if not parent.is_dir():
@@ -84,55 +104,149 @@ def find_reusable(out: Path, cfg: Config) -> Path | None:
     for run_dir in sorted(parent.iterdir(), reverse=True):
         if not is_run_dir(run_dir):
             continue
-        summary = read_summary(run_dir) or {}
+        try:
+            summary = read_summary(run_dir) or {}
+        except CorruptRecord:
+            continue
         if summary.get("status") == "completed" and summary.get("config_hash") == wanted:
             return run_dir
     return None
 
 
-_busy = False  # in a worker: whether it is running a variant right now
+# ---------------------------------------------------------------- in a worker process
+
+_state = "idle"  # idle | running (a variant) | stopping (asked to) | plotting
+_stop_asked = False  # once asked to stop, a worker starts nothing more
 
 
-def _on_terminate(signum: int, frame: Any) -> None:
-    """In a worker, the parent's stop request interrupts a running variant (only once)."""
-    global _busy
-    if _busy:
-        _busy = False
+def _ask_stop(signum: int, frame: Any) -> None:
+    """SIGUSR1 from the parent, or SIGTERM: stop the running variant (once)."""
+    global _state, _stop_asked
+    _stop_asked = True
+    if _state == "running":
+        _state = "stopping"
+        raise KeyboardInterrupt
+    if _state == "plotting":
         raise KeyboardInterrupt
 
 
-def _init_worker() -> None:
-    # Ctrl-C reaches the whole process group; only the parent acts on it, then asks each
-    # worker with SIGTERM, so a record is never interrupted twice mid-write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_terminate)
+def _ask_hurry(signum: int, frame: Any) -> None:
+    """SIGUSR2 from the parent (a second stop signal): stop now, skipping the final evaluation."""
+    global _state, _stop_asked
+    _stop_asked = True
+    if _state in ("running", "stopping", "plotting"):
+        _state = "stopping" if _state == "running" else _state
+        raise KeyboardInterrupt
 
 
-def _worker(path: str, overrides: list[str], out: str, threads: int,
-            plots: bool) -> tuple[str | None, str | None]:
-    """Run one config in a worker process: (run directory, error text)."""
-    global _busy
-    _busy = True
+def _watch_parent(parent: int) -> None:
+    """A worker whose parent died (killed, even with SIGKILL) stops its variant by itself."""
+    while os.getppid() == parent:
+        time.sleep(POLL)
+    os.kill(os.getpid(), STOP)
+
+
+WORKER_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGHUP", "SIGTERM", "SIGUSR1",
+                                                    "SIGUSR2") if hasattr(signal, n))
+
+
+def _serve(conn: Connection, parent: int) -> None:
+    """A worker process: run the variants the parent sends, one at a time, until told to end."""
+    for sig in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)  # the parent forwards the terminal's signals
+    signal.signal(signal.SIGTERM, _ask_stop)
+    signal.signal(STOP, _ask_stop)
+    signal.signal(HURRY, _ask_hurry)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it started this one
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    try:
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError, KeyboardInterrupt):
+                return
+            if task is None:
+                return
+            result = _run_task(*task)
+            try:
+                conn.send(result)
+            except (OSError, KeyboardInterrupt):
+                return
+    finally:
+        # Every record it wrote is closed and synced: skip the interpreter's second-long
+        # teardown of torch and matplotlib, so a stopped comparison ends promptly.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
+
+
+def _run_task(path: str, overrides: list[str], out: str, threads: int,
+              plots: bool) -> dict[str, Any]:
+    """Run one config in this worker: {"run_dir", "error", "write_failed"}."""
+    global _state
+    if _stop_asked:
+        return {"run_dir": None, "error": NOT_STARTED}
+    started = time.time()
+    cfg: Config | None = None
+    _state = "running"
     try:
         cfg = load_config(path, overrides)
         outcome = run_config(cfg, Path(out), threads=threads)
-        _busy = False
-        if plots:
-            _plot(outcome.path)
-        return str(outcome.path), None
-    except KeyboardInterrupt:  # stopped before its run directory existed
-        return None, NOT_STARTED
+        _state = "idle"
+    except KeyboardInterrupt:  # before its run directory existed, or just after it was done
+        _state = "idle"
+        found = _record_of(Path(out), cfg.name, os.getpid(), started, finished=True) \
+            if cfg else None
+        return {"run_dir": str(found) if found else None, "error": None if found else NOT_STARTED}
+    except RecordWriteError as e:
+        _state = "idle"
+        return {"run_dir": str(e.run_dir) if e.completed else None, "error": str(e),
+                "write_failed": True}
     except Exception as e:  # one variant's failure never stops the others
-        return None, f"{type(e).__name__}: {e}"
-    finally:
-        _busy = False
+        _state = "idle"
+        return {"run_dir": None, "error": f"{type(e).__name__}: {e}"}
+    if plots and not _stop_asked:
+        _state = "plotting"
+        try:
+            plot_run(outcome.path)
+        except KeyboardInterrupt:  # stopped: the figures can be drawn later with `report`
+            pass
+        except Exception as e:  # the run is complete: a figure that fails must not lose it
+            print(f"{outcome.path}: plots failed: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            _state = "idle"
+    return {"run_dir": str(outcome.path), "error": None}
 
 
-def _plot(run_dir: Path) -> None:
+def _record_of(out: Path, name: str, pid: int | None, since: float,
+               finished: bool = False) -> Path | None:
+    """The run directory a given worker process made for `name` since `since` (its summary
+    holds the worker's pid): what a worker that died, or was stopped as it finished, left
+    (with `finished`, only a record whose summary is final)."""
+    parent = out / name
+    found = []
     try:
-        plot_run(run_dir)
-    except Exception as e:  # the run is complete: a figure that fails must not lose it
-        print(f"{run_dir}: plots failed: {type(e).__name__}: {e}", file=sys.stderr)
+        dirs = [d for d in parent.iterdir() if d.is_dir()]
+    except OSError:
+        return None
+    for d in dirs:
+        try:
+            summary = read_summary(d) or {}
+            if finished and summary.get("status") in (None, "running"):
+                continue
+            if summary.get("pid") == pid and run_started(d)[0].timestamp() >= int(since) - 1:
+                found.append(d)
+        except (CorruptRecord, OSError, ValueError):
+            continue
+    return max(found, key=run_started) if found else None
+
+
+# ---------------------------------------------------------------- the comparison
 
 
 def compare(paths: list[Path], out: Path, jobs: int | None = None,
@@ -141,6 +255,7 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
             executor: ExecutorKind | None = None) -> list[Variant]:
     """Validate and run every config; return one Variant per path, in input order."""
     overrides = overrides or []
+    stopping.reset()
     variants = []
     for path in paths:
         try:
@@ -162,8 +277,8 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(todo) or 1))
     threads = worker_threads(cores, jobs)
-    if todo and _run_pool(todo, jobs, threads, overrides, out, plots, on_done,
-                          executor or EXECUTOR):
+    run = _run_processes if (executor or EXECUTOR) == "process" else _run_threads
+    if todo and run(todo, jobs, threads, overrides, out, plots, on_done):
         for v in variants:
             v.interrupted = True
     return variants
@@ -177,83 +292,228 @@ def worker_threads(cores: int, jobs: int) -> int:
     return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
 
 
-def _run_pool(todo: list[Variant], jobs: int, threads: int, overrides: list[str], out: Path,
-              plots: bool, on_done: Callable[[Variant], None] | None,
-              executor: ExecutorKind = "process") -> bool:
-    """Run variants in worker processes; return whether Ctrl-C stopped them. Then queued
-    variants are dropped and running ones stopped cleanly (their records say
-    `interrupted`), and every variant that finished is still collected."""
-    pool: Executor
-    if executor == "process":
-        ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker)
-    else:  # one variant at a time, leaving this process's torch threads as they are
-        pool, threads = ThreadPoolExecutor(max_workers=1), 0
-    futures: dict[Future[tuple[str | None, str | None]], Variant] = {
-        pool.submit(_worker, str(v.path), overrides, str(out), threads, plots): v for v in todo
-    }
+class _Stop:
+    """The stop signals this process receives while variants run: counted, acted on by the
+    loop (a flag, never an exception, so collecting a finished variant is never cut short)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in stopping.STOP_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        stopping.note(signum)
+        self.count += 1
+
+
+@dataclass
+class _Worker:
+    proc: Any  # multiprocessing's SpawnProcess
+    conn: Connection
+    variant: Variant | None = None
+    sent_at: float = 0.0
+
+
+def _start_worker(ctx: Any) -> _Worker:
+    """A fresh worker process. Stop signals are blocked while it starts, so it inherits them
+    blocked and receives none before its own handlers are in place (it unblocks them)."""
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(theirs, os.getpid()), daemon=True)
+    if not hasattr(signal, "pthread_sigmask"):
+        proc.start()
+    else:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    theirs.close()
+    return _Worker(proc, ours)
+
+
+def _signal(worker: _Worker, sig: int) -> None:
+    if worker.proc.pid is not None and worker.proc.is_alive():
+        try:
+            os.kill(worker.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = stopping.name(-exitcode)
+        oom = " (the kernel's out-of-memory killer sends it)" if -exitcode == signal.SIGKILL \
+            else ""
+        return f"its worker process was killed by {name}{oom}"
+    return f"its worker process exited with code {exitcode}"
+
+
+def _run_processes(todo: list[Variant], jobs: int, threads: int, overrides: list[str],
+                   out: Path, plots: bool, on_done: Callable[[Variant], None] | None) -> bool:
+    """Run variants in up to `jobs` worker processes; return whether a signal stopped them."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
+    queue = deque(todo)
+    workers: list[_Worker] = []
+    acted = 0  # stop signals acted on
+    deadline: float | None = None
+
+    def collect(w: _Worker) -> None:
+        result = None
+        try:
+            if w.conn.poll():
+                result = w.conn.recv()
+        except (EOFError, OSError):
+            pass
+        if result is None:
+            w.proc.join(0.5)  # its pipe closed: it is exiting
+            if w.proc.is_alive():
+                return  # woken for nothing
+        v, w.variant = w.variant, None
+        assert v is not None and v.config is not None
+        if result is None:  # the worker died with this variant: keep what its record says
+            w.proc.join(1)
+            found = _record_of(out, v.config.name, w.proc.pid, w.sent_at)
+            v.run_dir, v.error = found, _death(w.proc.exitcode)
+        else:
+            v.run_dir = Path(result["run_dir"]) if result["run_dir"] else None
+            v.error, v.write_failed = result["error"], bool(result.get("write_failed"))
+        _finish(v, on_done)
+
+    with _Stop() as stop:
+        try:
+            while True:
+                if stop.count > acted:
+                    acted = stop.count
+                    if queue:
+                        for v in queue:
+                            v.error = NOT_STARTED
+                            _finish(v, on_done)
+                        queue.clear()
+                    busy = [w for w in workers if w.variant is not None]
+                    if acted == 1:
+                        for w in busy:
+                            _signal(w, STOP)
+                    elif acted == 2:
+                        for w in busy:
+                            _signal(w, HURRY)
+                        deadline = time.monotonic() + STOP_GRACE
+                    else:
+                        deadline = time.monotonic()
+                if deadline is not None and time.monotonic() >= deadline:
+                    for w in workers:
+                        if w.variant is not None:
+                            _signal(w, signal.SIGKILL)
+                workers = [w for w in workers if w.variant is not None or w.proc.is_alive()]
+                while queue:  # hand out work: to an idle worker, or a new one
+                    idle = next((w for w in workers if w.variant is None), None)
+                    if idle is None and len(workers) < jobs:
+                        idle = _start_worker(ctx)
+                        workers.append(idle)
+                    if idle is None:
+                        break
+                    v = queue.popleft()
+                    idle.variant, idle.sent_at = v, time.time()
+                    try:
+                        idle.conn.send((str(v.path), overrides, str(out), threads, plots))
+                    except OSError:
+                        pass  # it died already: collected below as a death
+                busy = [w for w in workers if w.variant is not None]
+                if not busy:
+                    break
+                ready = set(wait_ready([w.conn for w in busy] + [w.proc.sentinel for w in busy],
+                                       timeout=POLL))
+                for w in busy:
+                    if w.conn in ready or w.proc.sentinel in ready:
+                        collect(w)
+        finally:
+            _shut_down(workers)
+    return acted > 0
+
+
+def _shut_down(workers: list[_Worker]) -> None:
+    """End every worker: idle ones are told to; any still running after a moment is killed."""
+    for w in workers:
+        try:
+            w.conn.send(None)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 2.0
+    for w in workers:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join(1)
+        w.conn.close()
+
+
+def _run_threads(todo: list[Variant], jobs: int, threads: int, overrides: list[str], out: Path,
+                 plots: bool, on_done: Callable[[Variant], None] | None) -> bool:
+    """One variant at a time in a thread of this process, leaving its torch threads as they
+    are (tests, embedding). A stop signal drops the queued variants; the running one ends."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    futures: dict[Future[dict[str, Any]], Variant] = {
+        pool.submit(_run_in_thread, str(v.path), overrides, str(out), plots): v for v in todo}
     pending = set(futures)
-    interrupted = False
-
-    def on_ctrl_c(signum: int, frame: Any) -> None:
-        # A flag, not an exception: KeyboardInterrupt could strike while a finished variant
-        # is collected, and then the pool would wait for the running ones forever.
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        interrupted = True
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_ctrl_c) if in_main else None
-    try:
-        while pending:
-            # poll, so Ctrl-C is acted on soon, and a variant already handed to a worker
-            # when it came is stopped too
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            if interrupted:
-                for fut in pending:
-                    fut.cancel()
-                pending = {f for f in pending if not f.cancelled()}
-                _stop_workers(pool)
-            for fut in done:
-                v = futures[fut]
-                try:
-                    run_dir, error = fut.result()
-                except Exception as e:  # the worker process itself died
-                    run_dir, error = None, f"worker died: {type(e).__name__}: {e}"
-                v.run_dir = Path(run_dir) if run_dir else None
-                v.error = error
-                _finish(v, on_done)
-    finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
-        pool.shutdown(wait=True, cancel_futures=True)
+    with _Stop() as stop:
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=POLL, return_when=FIRST_COMPLETED)
+                if stop.count:
+                    for fut in pending:
+                        fut.cancel()
+                    pending = {f for f in pending if not f.cancelled()}
+                for fut in done:
+                    v, result = futures[fut], fut.result()
+                    v.run_dir = Path(result["run_dir"]) if result["run_dir"] else None
+                    v.error, v.write_failed = result["error"], bool(result.get("write_failed"))
+                    _finish(v, on_done)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     for fut, v in futures.items():
         if fut.cancelled():
             v.error = NOT_STARTED
-    return interrupted
+    return stop.count > 0
 
 
-def _stop_workers(pool: Executor) -> None:
-    """Ask every worker to stop the variant it runs; idle workers ignore the request."""
-    for proc in list(getattr(pool, "_processes", {}).values()):
-        if proc.is_alive() and proc.pid is not None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+def _run_in_thread(path: str, overrides: list[str], out: str, plots: bool) -> dict[str, Any]:
+    try:
+        outcome = run_config(load_config(path, overrides), Path(out))
+    except RecordWriteError as e:
+        return {"run_dir": str(e.run_dir) if e.completed else None, "error": str(e),
+                "write_failed": True}
+    except Exception as e:
+        return {"run_dir": None, "error": f"{type(e).__name__}: {e}"}
+    if plots:
+        try:
+            plot_run(outcome.path)
+        except Exception as e:
+            print(f"{outcome.path}: plots failed: {type(e).__name__}: {e}", file=sys.stderr)
+    return {"run_dir": str(outcome.path), "error": None}
 
 
 def _finish(v: Variant, on_done: Callable[[Variant], None] | None) -> None:
+    """Read what the variant's record says (summary.json only: never a whole layers.csv)."""
     if v.run_dir is not None:
-        v.record = read_record(v.run_dir)
-        if v.config is not None:
+        try:
+            v.record = Record(v.run_dir, read_summary(v.run_dir), {}, [], [])
+            if v.record.status in ("incomplete", "running"):  # its worker died: what it logged
+                v.record.metrics = read_rows(v.run_dir / "metrics.csv", lane_column="test_loss")
+        except CorruptRecord as e:
+            v.record, v.error = None, str(e)
+        if v.config is not None and v.record is not None:
             v.expectations = check(v.config.expect, v.record.summary)
     if on_done is not None:
         on_done(v)
-
-
-# ---------------------------------------------------------------- the comparison
 
 
 def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
@@ -264,6 +524,10 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
         metrics = s.get("final_metrics") or {}
         test = metrics.get("test_accuracy", metrics.get("test_loss"))
         verdicts = s.get("verdicts") or []
+        steps = s.get("steps_done")
+        if v.record is not None and v.record.status in ("incomplete", "running"):
+            logged = [m["step"] for m in v.record.metrics if is_training_row(m)]
+            steps = logged[-1] + 1 if logged else 0  # the steps its record shows
         failed = [e.describe() for e in v.expectations if not e.ok]
         problem = v.error or s.get("error") or ""
         if s.get("status") == "diverged" and s.get("first_nonfinite"):
@@ -273,7 +537,7 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "variant": v.name,
             "status": v.status,
             "reused": "yes" if v.reused else "",
-            "steps": s.get("steps_done"),
+            "steps": steps,
             "final_loss": s.get("final_loss"),
             "test_metric": test,
             "grad_ratio_init": s.get("grad_ratio_init"),
@@ -289,8 +553,7 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     return rows
 
 
-
 def write_record(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Store the comparison under `out` (comparison.csv, comparison.md, variants/)."""
+    """Store the comparison under `out` (comparison.csv, comparison.md, variants/);
+    RecordWriteError if it cannot be written (nothing half-written is left)."""
     return write_comparison(rows, out, comparison_markdown(rows))
-

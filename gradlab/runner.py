@@ -2,7 +2,9 @@
 
 `run_config(cfg, out)` is what `gradlab run` and each `compare` worker call. It returns
 the run directory and its summary; whatever happens inside training, the record on disk
-is completed with a status (completed, diverged, interrupted or failed).
+is completed with a status (completed, diverged, interrupted or failed). A record that
+cannot be written (`record.guard`) stops the run at the next write and raises
+`RecordWriteError` once the record is completed as failed, or removed if it cannot be.
 """
 
 from __future__ import annotations
@@ -20,18 +22,33 @@ from typing import Any
 import torch
 
 from gradlab import __version__
+from gradlab.analyse.theory import predict_mlp
 from gradlab.analyse.verdicts import diagnose
 from gradlab.build.budget import preflight
 from gradlab.build.data import load_data
+from gradlab.build.dataset import Dataset
 from gradlab.build.model import build_model
+from gradlab.build.optim import trivial_baseline
 from gradlab.config import Config, ConfigError, config_hash, resolved, total_steps
 from gradlab.config.checks import batch_size_problems
 from gradlab.record.files import uninterrupted
+from gradlab.record.guard import GuardedWriter
 from gradlab.record.summary import build_summary
-from gradlab.record.writer import RunWriter
 from gradlab.train.events import Observer, Observers
 from gradlab.train.loop import TrainResult, train
 from gradlab.train.pretrain import pretrain, unfinished
+
+
+def baseline_fields(cfg: Config, data: Dataset) -> dict[str, Any]:
+    """`baseline_loss` (and `baseline_accuracy`): a sequence task's memoryless predictor where
+    the task defines one, else the input-blind predictor of `build.optim.trivial_baseline`."""
+    trivial = trivial_baseline(data.y_train.cpu(), data.y_test.cpu(), data.task, data.n_out,
+                               cfg.train.loss)
+    fields: dict[str, Any] = {"baseline_loss": data.baseline_loss if data.baseline_loss is not None
+                              else trivial["loss"]}
+    if "accuracy" in trivial:
+        fields["baseline_accuracy"] = trivial["accuracy"]
+    return fields
 
 
 @dataclass
@@ -52,17 +69,25 @@ def pick_device(name: str) -> torch.device:
 
 @contextmanager
 def denormals_flushed(on: bool) -> Iterator[bool]:
-    """Flush denormal floats to zero (or not) for a run, then restore the previous setting.
+    """Flush denormal floats to zero (or not) for a run, then restore the previous settings.
 
-    The flag is process state: left on, it would change the caller's own float arithmetic
-    after the run. Yields whether flushing is in effect (False where the CPU cannot).
+    The flag is thread state: `torch.set_flush_denormal` sets the calling thread only, and
+    torch's intra-op worker threads keep IEEE arithmetic (measured: a 4-million-element multiply
+    on 2 threads flushed half of its denormal results). A flushing run therefore computes on
+    one thread, so that every value is flushed alike. Left on, the flag would also change the
+    caller's own float arithmetic after the run. Yields whether flushing is in effect (False
+    where the CPU cannot).
     """
     before = sys.float_info.min / 2 == 0.0  # torch has no getter: a denormal result tells
+    threads = torch.get_num_threads()
     supported = torch.set_flush_denormal(on)
+    if supported and on:
+        torch.set_num_threads(1)
     try:
         yield supported and on
     finally:
         torch.set_flush_denormal(before)
+        torch.set_num_threads(threads)
 
 
 def run_config(cfg: Config, out: Path, observers: tuple[Observer, ...] = (),
@@ -71,7 +96,7 @@ def run_config(cfg: Config, out: Path, observers: tuple[Observer, ...] = (),
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)
-    # Vanishing gradients are full of denormal floats, which are several times slower on CPUs.
+    # Off by default: flushing changes what the network computes where gradients vanish.
     with denormals_flushed(cfg.flush_denormal) as flushed:
         return _run(cfg, out, observers, device, flushed)
 
@@ -90,7 +115,7 @@ def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.
     built.model.to(device)
     steps = total_steps(cfg, len(data.x_train))
 
-    writer = RunWriter(out, cfg.name)
+    writer = GuardedWriter(out, cfg.name)  # a failed write stops the run: RecordWriteError
     writer.write_config(resolved(cfg))
     base = {
         "name": cfg.name, "pid": os.getpid(), "device": str(device), "steps_planned": steps,
@@ -98,7 +123,9 @@ def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.
         "n_params": sum(p.numel() for p in built.model.parameters()),
         "gradlab_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "config_hash": config_hash(cfg),
-        "baseline_loss": data.baseline_loss,
+        **baseline_fields(cfg, data),
+        # mean-field theory at init (analyse.theory), MLPs only; `gradlab predict` adds the measurement
+        "prediction": predict_mlp(resolved(cfg)) if cfg.model.kind == "mlp" else None,
     }
     writer.write_summary({**base, "status": "running", "error": None, "steps_done": 0})
     tell = Observers((writer, *observers))
@@ -121,9 +148,11 @@ def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.
     with uninterrupted():  # a second Ctrl-C must not leave the record half-finished
         if result.traceback:
             writer.write_traceback(result.traceback)
-        summary = build_summary(writer.path, base, asdict(result),
+        outcome = {**asdict(result), "clip": cfg.train.clip is not None}
+        summary = build_summary(writer.path, base, outcome,
                                 [list(layer.shape) for layer in built.layers])
         summary.update(extra)
         summary["verdicts"] = diagnose(summary, resolved(cfg))
         writer.write_summary(summary)
+    writer.check()  # a write that failed mid-run: the record says failed, the caller is told
     return RunOutcome(writer.path, summary)

@@ -98,22 +98,22 @@ def test_validate_checks_files_and_directories(tiny_yaml: Path, write_yaml) -> N
     assert ok.exit_code == 0, ok.output
     assert f"{ROOT / 'configs' / 'deep_sigmoid.yaml'}: ok" in ok.stdout
     assert f"{tiny_yaml}: ok" in ok.stdout
-    bad = write_yaml(tiny(model={"depth": 0}), "bad.yaml")
+    bad = write_yaml(tiny(model={"depth": -1}), "bad.yaml")
     mixed = invoke("validate", tiny_yaml, bad)
     assert mixed.exit_code == 2
     assert f"{tiny_yaml}: ok" in mixed.stdout
-    assert f"{bad}: model.depth: must be ≥ 1, got 0" in mixed.stderr
+    assert f"{bad}: model.depth: must be ≥ 0, got -1" in mixed.stderr
 
 
 def test_validate_refuses_a_bad_config_without_importing_torch(write_yaml) -> None:
     """The schema needs no torch; only the memory pre-flight of a valid config builds a model."""
-    bad = write_yaml(tiny(model={"depth": 0}), "bad.yaml")
+    bad = write_yaml(tiny(model={"depth": -1}), "bad.yaml")
     code = ("import sys\nfrom gradlab.cli import main\nsys.argv = ['gradlab', 'validate', "
             f"{str(bad)!r}]\ntry:\n    main()\nexcept SystemExit as e:\n"
             "    assert e.code == 2, e.code\nassert 'torch' not in sys.modules, 'torch imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "model.depth: must be ≥ 1, got 0" in done.stderr
+    assert "model.depth: must be ≥ 0, got -1" in done.stderr
 
 
 def test_python_m_gradlab_works_like_gradlab(tiny_yaml: Path) -> None:

@@ -36,7 +36,7 @@ def mixed(tmp_path: Path) -> Path:
     write(d, "good_b", model={"activation": "tanh"}, expect={"status": "completed"})
     write(d, "boom", model={"init": {"scheme": "normal", "std": 5.0}}, train={"lr": 50.0},
           expect={"status": "diverged"})
-    (d / "broken.yaml").write_text("name: broken\ndata: {kind: teacher}\nmodel: {depth: 0}\n")
+    (d / "broken.yaml").write_text("name: broken\ndata: {kind: teacher}\nmodel: {depth: -1}\n")
     return d
 
 
@@ -58,7 +58,7 @@ def test_one_invalid_and_one_diverging_config_do_not_stop_the_others(mixed, tmp_
     result = run_cli("compare", str(mixed), "--out", str(out), "--jobs", "2", "--check", "--no-plots")
     assert result.exit_code == 2, result.output  # an invalid config wins over everything
     assert "Traceback" not in result.output
-    assert "broken.yaml: model.depth: must be ≥ 1, got 0" in result.output
+    assert "broken.yaml: model.depth: must be ≥ 0, got -1" in result.output
     assert "NaN/Inf" in result.output  # the diverged row says where
     [record] = list(out.glob("compare-*"))
     rows = list(csv.DictReader((record / "comparison.csv").open()))

@@ -36,7 +36,7 @@ def test_defaults_are_filled_in_and_the_name_comes_from_the_file(write_yaml) -> 
     assert cfg.name == "my-variant" and cfg.seed == 0 and cfg.device == "auto"
     assert (cfg.model.depth, cfg.model.width, cfg.model.activation) == (10, 100, "relu")
     assert cfg.train.optimizer == "sgd" and cfg.train.lr == 0.01 and cfg.train.clip is None
-    assert cfg.probe.every == 10 and cfg.probe.activations and cfg.flush_denormal
+    assert cfg.probe.every == 10 and cfg.probe.activations and not cfg.flush_denormal
     assert resolved(cfg)["train"]["schedule"]["name"] == "constant"
 
 
@@ -82,7 +82,7 @@ def test_all_problems_are_reported_together(write_yaml) -> None:
 
 # The CLI's side: (file content, the message expected on stderr after "<file>: ").
 BAD = {
-    "negative depth": (tiny(model={"depth": -3}), "model.depth: must be ≥ 1, got -3"),
+    "negative depth": (tiny(model={"depth": -3}), "model.depth: must be ≥ 0, got -3"),
     "misspelt key": (tiny(model={"activaton": "relu"}),
                      "model.activaton: unknown key 'activaton' (did you mean 'activation'?)"),
     "misspelt value": (tiny(model={"activation": "sigmod"}),

@@ -61,7 +61,7 @@ CONFIG_CASES: list[tuple[str, Any, list[str], list[str]]] = [
      ["model.residual: must be true or false"]),
     ("section-not-mapping", cfg(model=5), [], ["model: must be a mapping of keys, got 5"]),
     ("pair-too-short", cfg(train={"betas": [0.9]}), [], ["train.betas.1: required item is missing"]),
-    ("depth-zero", cfg(model={"depth": 0}), [], ["model.depth: must be ≥ 1, got 0"]),
+    ("depth-negative", cfg(model={"depth": -1}), [], ["model.depth: must be ≥ 0, got -1"]),
     ("negative-lr", cfg(train={"lr": -0.1}), [], ["train.lr: must be > 0.0, got -0.1"]),
     ("batch-larger-than-data", cfg(train={"batch_size": 1000}), [],
      ["train.batch_size: must be ≤ the 51 training examples, got 1000"]),
@@ -192,7 +192,7 @@ def test_run_refuses_what_validate_refuses_and_trains_nothing(tmp_path: Path, ca
 
 
 def test_every_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
-    path = write_config(tmp_path, cfg(model={"depth": 0, "activation": "rleu"},
+    path = write_config(tmp_path, cfg(model={"depth": -1, "activation": "rleu"},
                                       train={"lr": -1, "optimiser": "adam"}))
     result = invoke("validate", str(path))
     assert result.exit_code == 2

@@ -52,10 +52,14 @@ STD_CASES: list[tuple[str, dict[str, Any], str, float, float]] = [
     ("kaiming_normal_tanh_fan_out", {"scheme": "kaiming_normal", "mode": "fan_out"}, "tanh", 0.0,
      5 / 3 / math.sqrt(OUT)),
     ("kaiming_normal_sigmoid", {"scheme": "kaiming_normal"}, "sigmoid", 0.0, 1 / math.sqrt(IN)),
-    ("kaiming_normal_selu", {"scheme": "kaiming_normal"}, "selu", 0.0, 0.75 / math.sqrt(IN)),
+    # SELU takes the linear gain, as PyTorch's docs advise for self-normalising nets
+    ("kaiming_normal_selu", {"scheme": "kaiming_normal"}, "selu", 0.0, 1.0 / math.sqrt(IN)),
     ("kaiming_normal_identity", {"scheme": "kaiming_normal"}, "identity", 0.0, 1 / math.sqrt(IN)),
     ("kaiming_normal_elu_as_relu", {"scheme": "kaiming_normal"}, "elu", 0.0, math.sqrt(2 / IN)),
-    ("kaiming_normal_gelu_as_relu", {"scheme": "kaiming_normal"}, "gelu", 0.0, math.sqrt(2 / IN)),
+    # GELU: 1/√E[gelu(z)²] = 1.5335 (E[gelu(z)²] = 0.42522 by numerical integration)
+    ("kaiming_normal_gelu", {"scheme": "kaiming_normal"}, "gelu", 0.0, 1.5335 / math.sqrt(IN)),
+    ("kaiming_normal_gain", {"scheme": "kaiming_normal", "gain": 0.5}, "relu", 0.0,
+     0.5 * math.sqrt(2 / IN)),
     ("kaiming_normal_nl_linear_overrides", {"scheme": "kaiming_normal", "nonlinearity": "linear"},
      "relu", 0.0, 1 / math.sqrt(IN)),
     ("kaiming_normal_nl_tanh_overrides", {"scheme": "kaiming_normal", "nonlinearity": "tanh"},
@@ -153,8 +157,15 @@ def test_init_bias_schemes() -> None:
     assert torch.equal(b, before)
     init_bias(b, BiasInitConfig(scheme="constant", value=0.3))
     assert torch.equal(b, torch.full((50,), 0.3))
-    init_bias(b, BiasInitConfig(scheme="zeros", value=0.3))  # zeros ignores value
+    init_bias(b, BiasInitConfig(scheme="zeros"))
     assert torch.equal(b, torch.zeros(50))
+    torch.manual_seed(0)
+    big = torch.empty(20_000)
+    init_bias(big, BiasInitConfig(scheme="normal", mean=0.1, std=0.2))
+    assert big.mean().item() == pytest.approx(0.1, abs=0.01)
+    assert big.std().item() == pytest.approx(0.2, rel=0.02)
+    with pytest.raises(ValueError, match="value: not used by scheme zeros"):
+        BiasInitConfig(scheme="zeros", value=0.3)  # a key the scheme ignores is an error
     init_bias(None, BiasInitConfig(scheme="zeros"))  # a layer without a bias is left alone
 
 

@@ -274,7 +274,8 @@ def test_a_non_finite_gradient_stops_the_run_before_any_update(
 
     result, unchanged = train_tiny(monkeypatch, poison, train={"clip": clip})
     assert result.status == "diverged" and result.steps_done == 0
-    assert result.first_nonfinite == {"step": 0, "layer": "fc2", "what": "gradient"}
+    assert result.first_nonfinite == {"step": 0, "layer": "fc2", "what": "gradient",
+                                      "direction": "backward"}
     assert unchanged
 
 

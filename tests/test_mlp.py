@@ -76,7 +76,8 @@ def hand_forward(net: Any, x: torch.Tensor, norm: str, residual: bool) -> tuple[
 @pytest.mark.parametrize("norm", ["none", "layer"])
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
 def test_forward_matches_a_hand_forward(norm: str, residual: bool) -> None:
-    net: Any = built_mlp(norm=norm, residual=residual, residual_block=2).model
+    net: Any = built_mlp(norm=norm, residual=residual, residual_block=2,
+                         residual_style="post").model
     x = torch.randn(10, N_IN, generator=torch.Generator().manual_seed(1))
     seen: list[torch.Tensor] = []
     hooks = [a.register_forward_hook(lambda m, inp, out: seen.append(inp[0])) for a in net.acts]
@@ -116,3 +117,55 @@ def test_probed_layers(residual: bool) -> None:
     assert len({id(p.activation) for p in layers[:-1]}) == 5  # one module per layer
     assert layers[-1].activation is None
     assert built.time is None
+
+
+def hand_forward_pre(net: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Pre-activation blocks (He et al. 2016): s ← W₁ x; per block s ← s + c·W₃ act(norm(W₂
+    act(norm(s)))); the head reads act(norm(s)). No activation on the skip path."""
+
+    def branch_layer(i: int, s: torch.Tensor) -> torch.Tensor:  # layer i reads layer i-1's output
+        nm, lin = net.norms[i - 1], net.linears[i]
+        u = torch.tanh(F.layer_norm(s, (WIDTH,), nm.weight, nm.bias, nm.eps))
+        return F.linear(u, lin.weight, lin.bias)
+
+    s = F.linear(x, net.linears[0].weight, net.linears[0].bias)
+    for first in (1, 3):  # depth 5, blocks of 2: (fc2, fc3) and (fc4, fc5)
+        s = s + scale * branch_layer(first + 1, branch_layer(first, s))
+    nm = net.norms[4]
+    h = torch.tanh(F.layer_norm(s, (WIDTH,), nm.weight, nm.bias, nm.eps))
+    return F.linear(h, net.head.weight, net.head.bias)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_pre_activation_blocks_keep_the_skip_free_of_activations(scale: float) -> None:
+    net: Any = built_mlp(norm="layer", residual=True, residual_block=2, residual_style="pre",
+                         residual_scale=scale).model
+    x = torch.randn(10, N_IN, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(net(x), hand_forward_pre(net, x, scale), atol=1e-6)
+        post = built_mlp(norm="layer", residual=True, residual_block=2,
+                         residual_style="post").model
+        assert not torch.allclose(net(x), post(x), atol=1e-3)
+
+
+def test_zero_init_makes_every_block_start_as_the_identity() -> None:
+    cfg = tiny_config(model={"depth": 5, "width": WIDTH, "activation": "tanh", "residual": True,
+                             "residual_init": "zero"})
+    net: Any = build_model(cfg.model, N_IN, N_OUT).model
+    for i in (2, 4):  # the last layer of each block
+        assert not net.linears[i].weight.any() and not net.linears[i].bias.any()
+    x = torch.randn(10, N_IN)
+    with torch.no_grad():  # the stream after the stem reaches the head unchanged
+        s = net.linears[0](x)
+        h = net.acts[4](net.norms[4](s))
+        assert torch.allclose(net(x), net.head(h), atol=1e-6)
+
+
+def test_depth_zero_is_a_linear_model_on_the_inputs() -> None:
+    cfg = tiny_config(model={"depth": 0})
+    built = build_model(cfg.model, N_IN, N_OUT)
+    assert [layer.name for layer in built.layers] == ["head"]
+    x = torch.randn(4, N_IN)
+    head = built.model.head
+    with torch.no_grad():
+        assert torch.allclose(built.model(x), F.linear(x, head.weight, head.bias))

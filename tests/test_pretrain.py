@@ -249,7 +249,7 @@ def test_a_diverging_pretraining_is_diagnosed_with_its_phase_layer_and_pretrain_
     (diverged,) = [v for v in outcome.summary["verdicts"] if v["kind"] == "diverged"]
     assert "pretrain_layer_1" in diverged["message"] and "fc1" in diverged["message"]
     assert "pretraining" in diverged["message"]
-    assert diverged["remedies"][0] == "lower pretrain.lr (now 1000000.0)"
+    assert diverged["fixes"][0]["set"] == ["pretrain.lr=100000"]  # a tenth of 1e6
     assert not any("train.lr" in r and "pretrain.lr" not in r for r in diverged["remedies"])
 
 
@@ -263,7 +263,7 @@ def test_a_divergence_in_a_deeper_pretrained_layer_names_that_layer():
     assert verdict["kind"] == "diverged" and verdict["layers"] == ["fc2"]
     assert "reconstruction loss of fc2" in verdict["message"]
     assert "step 7" in verdict["message"] and "hidden layer 2" in verdict["message"]
-    assert verdict["remedies"] == ["lower pretrain.lr (now 0.5)"]
+    assert [f["set"] for f in verdict["fixes"]] == [["pretrain.lr=0.05"]]
 
 
 VANISHED = {"status": "completed", "grad_ratio_init": 1e-7, "grad_ratio_final": 1e-7,
@@ -279,9 +279,10 @@ VANISHED = {"status": "completed", "grad_ratio_init": 1e-7, "grad_ratio_final": 
 def test_vanishing_in_a_plain_saturating_mlp_suggests_layerwise_pretraining(model, suggested):
     from gradlab.analyse.verdicts import diagnose
 
-    (verdict,) = diagnose(VANISHED, tiny(model=model))
-    assert verdict["kind"] == "vanishing"
-    assert any(r.startswith("pretrain: ") for r in verdict["remedies"]) == suggested
+    def pretraining_fix(config: dict) -> bool:
+        [verdict] = [v for v in diagnose(VANISHED, config) if v["kind"] == "vanishing"]
+        return any(s.startswith("pretrain.") for f in verdict["fixes"] for s in f["set"])
+
+    assert pretraining_fix(tiny(model=model)) == suggested
     # ... but not when the config already pretrains
-    (verdict,) = diagnose(VANISHED, tiny(model=model, pretrain=PRETRAIN))
-    assert not any(r.startswith("pretrain: ") for r in verdict["remedies"])
+    assert not pretraining_fix(tiny(model=model, pretrain=PRETRAIN))

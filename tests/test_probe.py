@@ -5,7 +5,6 @@ ReLU with He initialisation keeps it within two orders of magnitude of the last 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
@@ -98,14 +97,14 @@ def test_activation_statistics_match_a_hand_computation(case: str) -> None:
         assert row["act_std"] == pytest.approx(h.std().item(), rel=1e-5)
         if case == "tanh":
             assert row["act_saturated"] == pytest.approx((h.abs() > 0.99).float().mean().item())
-            assert math.isnan(row["act_dead"])
+            assert row["act_dead"] is None  # not measured: tanh units do not die
             units.append(row["act_saturated"])
         else:
             assert row["act_dead"] == pytest.approx((h <= 0).all(dim=0).float().mean().item())
-            assert math.isnan(row["act_saturated"])
+            assert row["act_saturated"] is None  # not measured: ReLU units do not saturate
             units.append(row["act_dead"])
     assert max(units) > 0, "the case should exercise a non-zero unit statistic"
-    assert all(math.isnan(rows[-1][k]) for k in ("act_mean", "act_std"))  # the head
+    assert all(rows[-1][k] is None for k in ("act_mean", "act_std"))  # the head: not measured
 
 
 def test_recorded_step_zero_matches_a_hand_computation(run_tiny) -> None:
@@ -141,7 +140,7 @@ def test_deep_sigmoid_vanishes_while_relu_he_does_not(tmp_path) -> None:
     assert last > 0.1
     assert first < 1e-6 * last  # at least six orders of magnitude apart (in fact it underflows)
     assert sigmoid["grad_ratio_init"] < 1e-6
-    assert sigmoid["verdicts"][0]["kind"] == "vanishing"
+    assert "vanishing" in [v["kind"] for v in sigmoid["verdicts"]]
 
     assert 1e-2 < relu["grad_ratio_init"] < 1e2
     norms = [layer["init"]["grad_norm"] for layer in relu["layers"]]

@@ -16,10 +16,11 @@ from gradlab.cli import app
 from gradlab.config import config_from_dict, config_hash
 from gradlab.record.files import clean
 
-METRIC_COLUMNS = ["step", "phase", "loss", "lr", "grad_norm", "clipped", "test_loss",
-                  "test_accuracy"]
+METRIC_COLUMNS = ["step", "phase", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
+                  "test_loss", "test_accuracy"]
 LAYER_COLUMNS = ["step", "phase", "layer", "name", "grad_norm", "grad_rms", "grad_absmax",
-                 "weight_norm", "update_ratio", "act_mean", "act_std", "act_saturated", "act_dead"]
+                 "weight_norm", "update_ratio", "delta_norm", "act_mean", "act_std",
+                 "act_saturated", "act_dead"]
 # summary.json fields the run-record contract in DESIGN.md promises.
 CONTRACT = {"name", "status", "error", "steps_done", "seconds", "steps_per_second", "device",
             "final_loss", "final_metrics", "grad_ratio_init", "grad_ratio_final", "layers",
@@ -71,7 +72,8 @@ def test_the_record_holds_every_file_column_and_field(run_tiny) -> None:
     assert summary["layers"][0]["init"]["grad_norm"] == float(layers[0]["grad_norm"])
     assert summary["layers"][0]["shape"] == [16, 8]
     for verdict in summary["verdicts"]:
-        assert set(verdict) == {"kind", "severity", "layers", "message", "remedies"}
+        assert set(verdict) == {"kind", "severity", "when", "layers", "message", "remedies",
+                                "fixes"}
 
     # config.yaml is the resolved config: enough to rerun the identical experiment
     resolved = yaml.safe_load((path / "config.yaml").read_text())
@@ -101,7 +103,7 @@ def test_a_divergence_is_a_result_with_its_step_and_layer(run_tiny) -> None:
     s = outcome.summary
     assert s["status"] == "diverged" and s["error"] is None
     where = s["first_nonfinite"]
-    assert where["what"] in ("loss", "gradient", "weights")
+    assert where["what"] in ("loss", "output", "activations", "gradient", "weights")
     assert where["layer"] in ["fc1", "fc2", "fc3", "fc4", "head"]
     assert 0 <= where["step"] < 30 and s["steps_done"] == where["step"]
     assert s["verdicts"][0]["kind"] == "diverged"
@@ -123,7 +125,7 @@ def test_the_cli_exits_0_on_a_divergence(write_yaml, tmp_path: Path) -> None:
 
 
 def test_a_run_leaves_the_callers_floating_point_mode_as_it_found_it(run_tiny) -> None:
-    """Runs flush denormals for speed; the process must get IEEE arithmetic back afterwards."""
+    """A run that flushes denormals must give the process IEEE arithmetic back afterwards."""
     import torch
 
     def denormals_survive() -> bool:
@@ -134,7 +136,7 @@ def test_a_run_leaves_the_callers_floating_point_mode_as_it_found_it(run_tiny) -
         return small * scale > 0.0 and bool(tiny.item() > 0.0)
 
     assert denormals_survive()
-    outcome = run_tiny()
+    outcome = run_tiny(flush_denormal=True)
     assert outcome.summary["flush_denormal"] is True  # the run itself did flush them
     assert denormals_survive()
     torch.set_flush_denormal(True)  # and the check can tell when they do not

@@ -317,6 +317,11 @@ def implied_variances(model: Mapping[str, Any]) -> tuple[float | None, float | N
                      "odd activations; the ReLU family's shifted active fraction is not modelled)")
     elif bias_scheme in ("zeros", "constant"):
         sb2 = 0.0
+    elif bias_scheme == "normal":  # N(mean, std²): the σb² of mean-field theory itself
+        std, bias_mean = float(bias.get("std", 0.05)), float(bias.get("mean", 0.0))
+        sb2 = std**2 + bias_mean**2
+        if bias_mean:
+            notes.append(f"bias mean {bias_mean}: modelled as σb² = std² + mean²")
     else:
         sb2 = None
         reasons.append(f"bias_init scheme {bias_scheme!r} is unknown to the theory")
@@ -336,6 +341,9 @@ def predict_mlp(config: Mapping[str, Any]) -> dict[str, Any]:
     out.update(predictable=False, reasons=[], notes=[], depth=depth)
     if kind != "mlp":
         out["reasons"].append(f"kind {kind}: not an MLP (recurrent nets need the theory through time)")
+        return out
+    if depth < 1:  # model.depth 0 is the head alone: there is no layer-to-layer recursion
+        out["reasons"].append("depth 0: no hidden layers, so nothing propagates from layer to layer")
         return out
     if act_name not in ACTIVATIONS:
         out["reasons"].append(f"activation {act_name!r} is unknown to the theory")

@@ -1,8 +1,11 @@
-"""Verdicts from a run's summary: vanishing, exploding, diverged, saturated, dead — with remedies.
+"""Verdicts from a run's summary: did it learn, and what happened to its signals — with remedies.
 
-`diagnose(summary, config)` reads only the record (summary fields and the resolved config)
-and returns a list of `{kind, severity, layers, message, remedies}`. Each remedy names the
-config setting to change, and remedies already in place are not suggested.
+`diagnose(summary, config)` reads only the record (summary fields and the resolved config) and
+returns a list of `{kind, severity, when, layers, message, remedies, fixes}`, most severe
+first. Each verdict says when it held (`init`, `end`, `throughout`, or a step) and carries the
+numbers it rests on. A fix is a set of `--set` overrides that applies one remedy, with what it
+needs to work (Adam comes with a learning rate suited to it); `remedies` is their text. Fixes
+already in place are not suggested, and they come in the order most likely to work.
 """
 
 from __future__ import annotations
@@ -16,223 +19,462 @@ VANISHING_RATIO = 1e-3  # first layer's gradient this far below the last's: vani
 EXPLODING_RATIO = 1e3
 EXPLODING_NORM = 1e3  # a layer gradient norm above this at any probe
 COLLAPSE_RATIO = 1e-2  # last hidden layer's activation std this far below the first's
-SATURATED = 0.5  # mean fraction of saturated units over the hidden layers
+BLOWUP_RATIO = 1e2  # ... or this far above it
+SATURATED = 0.5  # a hidden layer with more of its units saturated than this is named
 DEAD = 0.5
+LEARNED = 0.9  # learning: the final test loss below this fraction of the baseline's
+BLOWN_UP_LOSS = 1e3  # an initial loss this many times the baseline: the forward pass explodes
+
+Verdict = dict[str, Any]
+Fix = dict[str, Any]
 
 
-def diagnose(summary: dict[str, Any], config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every problem the record shows, most severe first; an `ok` verdict when there is none."""
-    model, train = config.get("model", {}), config.get("train", {})
-    layers = summary.get("layers") or []
-    verdicts: list[dict[str, Any]] = []
+def diagnose(summary: dict[str, Any], config: dict[str, Any]) -> list[Verdict]:
+    """Every problem the record shows, most severe first; `ok` only when the net learned and
+    gradients reach every layer."""
+    model, train = config.get("model") or {}, config.get("train") or {}
+    ctx = _Context(summary, model, train, config.get("pretrain"))
     status = summary.get("status")
-    if status == "diverged":
-        verdicts.append(_diverged(summary, model, train, config.get("pretrain")))
+    verdicts: list[Verdict] = []
     if status == "failed":
-        verdicts.append(_verdict("failed", "error", [], f"the run failed: {summary.get('error')}",
-                                 ["see traceback.txt in the run directory"]))
-    for when in ("init", "final"):
-        found = _vanishing(summary, layers, when, model, train, config.get("pretrain"))
-        if found:
+        verdicts.append(_verdict("failed", "error", "throughout", [],
+                                 f"the run failed: {summary.get('error')}",
+                                 [], ["see traceback.txt in the run directory"]))
+    if status == "diverged":
+        verdicts.append(_diverged(ctx))
+    learning = _learning(ctx)
+    if learning is not None:
+        verdicts.append(learning)
+    for check in (_vanishing, _exploding, _forward, _through_time):
+        found = check(ctx)
+        if found is not None:
             verdicts.append(found)
-            break
-    exploding = _exploding(summary, layers, model, train)
-    if exploding and status != "diverged":
-        verdicts.append(exploding)
-    verdicts += _units(layers, model)
-    time_verdict = _through_time(summary, model, train)
-    if time_verdict:
-        verdicts.append(time_verdict)
-    if not verdicts:
-        verdicts.append(_verdict("ok", "info", [], "gradients reach every layer within a few "
-                                 "orders of magnitude; no saturation or dead units found", []))
-    order = {"error": 0, "warning": 1, "info": 2}
-    return sorted(verdicts, key=lambda v: order[v["severity"]])
+    verdicts += _units(ctx)
+    _causes_first(verdicts)
+    if ctx.clip_fraction:
+        verdicts.append(_verdict(
+            "clipping", "info", "throughout", [],
+            f"clipping ran on {ctx.clip_fraction:.0%} of the steps (train.clip)", [], []))
+    if not any(v["severity"] in ("error", "warning") for v in verdicts):
+        if ctx.learned and ctx.reaches_every_layer:
+            verdicts.insert(0, _verdict(
+                "ok", "info", "end", [],
+                f"the net learned (test loss {_fmt(ctx.test_loss)} against the baseline's "
+                f"{_fmt(ctx.baseline)}) and gradients reach every layer within a few orders "
+                "of magnitude", [], []))
+    # errors, then the warnings that name a cause, then not learning (their effect), then info
+    order = {"error": 0, "warning": 1, "info": 3}
+    return sorted(verdicts, key=lambda v: order[v["severity"]] + (v["kind"] == "not_learning"))
 
 
-def _verdict(kind: str, severity: str, layers: list[str], message: str,
-             remedies: list[str]) -> dict[str, Any]:
-    return {"kind": kind, "severity": severity, "layers": layers, "message": message,
-            "remedies": remedies}
+class _Context:
+    """The numbers every rule reads, taken from the summary once."""
+
+    def __init__(self, s: dict[str, Any], model: dict[str, Any], train: dict[str, Any],
+                 pretrain: dict[str, Any] | None):
+        self.s, self.model, self.train, self.pretrain = s, model, train, pretrain
+        self.kind = model.get("kind", "mlp")
+        self.activation = model.get("activation", "relu")
+        self.layers = s.get("layers") or []
+        self.over = s.get("over_run") or {}
+        metrics = s.get("final_metrics") or {}
+        self.test_loss = _num(metrics.get("test_loss"))
+        self.accuracy = _num(metrics.get("test_accuracy"))
+        self.baseline = _num(s.get("baseline_loss"))
+        self.chance = _num(s.get("baseline_accuracy"))
+        self.clip_fraction = _num(s.get("clip_fraction"))
+        self.learned = self._learned()
+        end = _num(s.get("grad_ratio_final"))
+        self.reaches_every_layer = end is None or VANISHING_RATIO <= end <= EXPLODING_RATIO
+
+    def _learned(self) -> bool | None:
+        if self.s.get("status") not in ("completed", "interrupted") or self.test_loss is None:
+            return None
+        if self.baseline is None or self.baseline <= 0:
+            return None
+        if self.accuracy is not None and self.chance is not None:
+            return self.accuracy >= self.chance + 0.2 * (1 - self.chance)
+        return self.test_loss < LEARNED * self.baseline
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.1e}"
+def _verdict(kind: str, severity: str, when: str, layers: list[str], message: str,
+             fixes: list[Fix], extra_remedies: list[str] | None = None) -> Verdict:
+    remedies = [_describe(f) for f in fixes] + (extra_remedies or [])
+    return {"kind": kind, "severity": severity, "when": when, "layers": layers,
+            "message": message, "remedies": remedies, "fixes": fixes}
 
 
-def _diverged(summary: dict[str, Any], model: dict[str, Any], train: dict[str, Any],
-              pretrain: dict[str, Any] | None) -> dict[str, Any]:
-    where = summary.get("first_nonfinite") or {}
+def _describe(fix: Fix) -> str:
+    return " ".join(f"--set {s}" for s in fix["set"]) + f"  ({fix['why']})"
+
+
+def _fix(why: str, *settings: str) -> Fix:
+    return {"set": list(settings), "why": why}
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2g}" if 1e-3 <= abs(x) < 1e4 or x == 0 else f"{x:.1e}"
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _when(step: int | None) -> str:
+    return "init" if step == 0 else f"step {step}"
+
+
+# ---------------------------------------------------------------- rules
+
+
+def _learning(ctx: _Context) -> Verdict | None:
+    """`not_learning` when the final test loss has not moved meaningfully below the baseline
+    (or the accuracy above chance)."""
+    if ctx.learned is not False:
+        return None
+    if ctx.accuracy is not None and ctx.chance is not None:
+        numbers = (f"test accuracy {ctx.accuracy:.0%} against chance {ctx.chance:.0%} "
+                   f"(test loss {_fmt(ctx.test_loss)}, baseline {_fmt(ctx.baseline)})")
+    else:
+        numbers = (f"test loss {_fmt(ctx.test_loss)} against the baseline's "
+                   f"{_fmt(ctx.baseline)}, a predictor that ignores the inputs")
+    return _verdict("not_learning", "warning", "end", [],
+                    f"not learning: {numbers}", _learning_fixes(ctx))
+
+
+def _causes_first(verdicts: list[Verdict]) -> None:
+    """A net that does not learn because of a named cause gets that cause's remedies, once:
+    the learning verdict points to them instead of repeating them."""
+    learning = next((v for v in verdicts if v["kind"] == "not_learning"), None)
+    causes = [v for v in verdicts if v is not learning and v["fixes"]
+              and v["severity"] in ("error", "warning")]
+    if learning is not None and causes:
+        learning["fixes"], learning["remedies"] = [], []
+        learning["message"] += f" (the cause: {', '.join(v['kind'] for v in causes)}, above)"
+
+
+def _vanishing(ctx: _Context) -> Verdict | None:
+    s = ctx.s
+    init, end = _num(s.get("grad_ratio_init")), _num(s.get("grad_ratio_final"))
+    delta = _num(s.get("delta_ratio_init"))
+    worst = (ctx.over.get("grad_ratio") or {}).get("min")
+    low = [(w, r) for w, r in (("init", init), ("end", end)) if r is not None
+           and r < VANISHING_RATIO]
+    if not low:
+        return None
+    names = [layer["name"] for layer in ctx.layers]
+    message = (f"vanishing gradients: the first layer's gradient is {_fmt(init)} × the last "
+               f"layer's at init{_orders(init)}")
+    if end is not None:
+        message += f" and {_fmt(end)} × at the end"
+    if delta is not None and delta < VANISHING_RATIO:
+        message += f"; the backward signal ‖∂L/∂z‖ falls {_fmt(delta)} × towards the input"
+    recovered = end is not None and end >= VANISHING_RATIO
+    if recovered:
+        return _verdict("vanishing", "info", "init", names[:1],
+                        f"{message}: training recovered (ratio {_fmt(end)} at the end)", [])
+    when = "throughout" if init is not None and init < VANISHING_RATIO else "end"
+    if worst is not None and end is not None and worst < end and init != worst:
+        message += f" (smallest {_fmt(worst)})"
+    severity = "info" if ctx.learned else "warning"
+    if ctx.learned:
+        message += "; the net learned nonetheless (the last layers do the work)"
+    return _verdict("vanishing", severity, when, names[:1], message, _vanishing_fixes(ctx))
+
+
+def _orders(r: float | None) -> str:
+    if r is None or r <= 0 or r >= 1:
+        return " (every entry exactly 0)" if r == 0 else ""
+    return f" ({-math.log10(r):.0f} orders of magnitude)"
+
+
+def _ratio_words(r: float | None) -> str:
+    if r is None:
+        return "–"
+    if r == 0:
+        return "exactly 0 ×"
+    if r < 1:
+        return f"{_fmt(r)} × ({-math.log10(r):.0f} orders of magnitude below)"
+    return f"{_fmt(r)} ×"
+
+
+def _exploding(ctx: _Context) -> Verdict | None:
+    s = ctx.s
+    init, end = _num(s.get("grad_ratio_init")), _num(s.get("grad_ratio_final"))
+    biggest = ctx.over.get("grad_norm_max") or {}
+    big = _num(biggest.get("value"))
+    by_ratio = init is not None and init > EXPLODING_RATIO
+    by_norm = big is not None and big > EXPLODING_NORM
+    if not (by_ratio or by_norm):
+        return None
+    if s.get("status") == "diverged" and not by_ratio and biggest.get("step") == 0:
+        return None  # the divergence verdict says it
+    parts = []
+    if by_ratio:
+        parts.append(f"the first layer's gradient is {_fmt(init)} × the last layer's at init")
+    if by_norm:
+        parts.append(f"{biggest.get('layer')}'s gradient norm reaches {_fmt(big)} at "
+                     f"{_when(biggest.get('step'))}")
+    message = "exploding gradients: " + "; ".join(parts)
+    recovered = (end is not None and end <= EXPLODING_RATIO and not by_norm)
+    if recovered:
+        return _verdict("exploding", "info", "init", [],
+                        f"{message}: by the end the ratio is {_fmt(end)}", [])
+    when = "init" if by_ratio and not by_norm else _when(biggest.get("step"))
+    layers = [str(biggest["layer"])] if by_norm and biggest.get("layer") else []
+    return _verdict("exploding", "info" if ctx.learned else "warning", when, layers, message,
+                    _exploding_fixes(ctx))
+
+
+def _forward(ctx: _Context) -> Verdict | None:
+    """The forward signal: activation std from the first hidden layer to the last."""
+    stds = [v for layer in ctx.layers[:-1]
+            if (v := _num((layer.get("init") or {}).get("act_std"))) is not None]
+    if len(stds) < 2 or not stds[0] or not all(math.isfinite(v) for v in stds):
+        return None
+    ratio = stds[-1] / stds[0]
+    if COLLAPSE_RATIO <= ratio <= BLOWUP_RATIO:
+        return None
+    grows = ratio > BLOWUP_RATIO
+    message = (f"the forward signal {'grows' if grows else 'collapses'} with depth at init: "
+               f"activation std goes from {_fmt(stds[0])} in the first hidden layer to "
+               f"{_fmt(stds[-1])} in the last")
+    severity = "info" if ctx.learned else "warning"
+    return _verdict("forward_signal", severity, "init", [], message, _init_fixes(ctx))
+
+
+def _diverged(ctx: _Context) -> Verdict:
+    where = ctx.s.get("first_nonfinite") or {}
     layer = where.get("layer")
     phase = where.get("phase") or ""
     if phase.startswith("pretrain_layer_"):
-        return _diverged_in_pretraining(where, phase, pretrain or {})
-    what = {"loss": "the loss", "gradient": f"the gradient of {layer}",
-            "weights": f"the weights of {layer}"}.get(where.get("what", ""), "a value")
-    msg = f"{what} became NaN/Inf at step {where.get('step')}"
-    if where.get("what") == "loss" and layer:
-        msg += f" (first non-finite gradient in backprop: {layer})"
-    remedies = [f"lower train.lr (now {train.get('lr')})"]
-    if not train.get("clip"):
-        remedies.append("set train.clip: {by: norm, max_norm: 1.0}")
-    remedies += _init_and_norm_remedies(model)
-    return _verdict("diverged", "error", [layer] if layer else [], msg, remedies)
+        return _diverged_in_pretraining(where, phase, ctx.pretrain or {})
+    kind, step = where.get("what", ""), where.get("step")
+    what = {"loss": "the loss", "output": f"the output of {layer}",
+            "activations": f"the activations of {layer}", "gradient": f"the gradient of {layer}",
+            "weights": f"the weights of {layer}"}.get(kind, "a value")
+    pass_ = {"forward": " in the forward pass", "backward": " in backprop"}.get(
+        where.get("direction") or "", "") if kind != "loss" else ""
+    msg = f"{what} became NaN/Inf{pass_} at step {step}"
+    if kind == "loss" and where.get("direction") == "forward":
+        msg += " (every layer's output was finite)"
+    initial, baseline = _num(ctx.s.get("initial_loss")), ctx.baseline
+    blown = (initial is None or not math.isfinite(initial)
+             or (baseline is not None and baseline > 0 and initial > BLOWN_UP_LOSS * baseline))
+    at_init = isinstance(step, int) and step <= 1 and (blown or kind in ("output", "activations"))
+    if at_init:  # no update has been made yet, or one: the network itself is the cause
+        msg += (f"; the forward pass already explodes at init (initial loss {_fmt(initial)}"
+                + (f", baseline {_fmt(baseline)})" if baseline is not None else ")"))
+        fixes = _init_fixes(ctx, exploding=True)
+    else:
+        fixes = _lr_fixes(ctx)
+    return _verdict("diverged", "error", _when(step) if isinstance(step, int) else "end",
+                    [layer] if layer else [], msg, fixes)
 
 
 def _diverged_in_pretraining(where: dict[str, Any], phase: str,
-                             pretrain: dict[str, Any]) -> dict[str, Any]:
+                             pretrain: dict[str, Any]) -> Verdict:
     """Layer k's autoencoder diverged: its learning rate is pretrain.lr, not train.lr."""
     k, layer = phase.removeprefix("pretrain_layer_"), where.get("layer")
     what = where.get("what") or "value"
     msg = (f"the {what} of {layer} became NaN/Inf at step {where.get('step')} of layer-wise "
            f"pretraining (phase {phase}, hidden layer {k}); fine-tuning did not run")
-    remedies = [f"lower pretrain.lr (now {pretrain.get('lr')})"]
+    lr = _num(pretrain.get("lr")) or 0.01
+    fixes = [_fix("a smaller pretraining step", f"pretrain.lr={lr / 10:g}")]
     if pretrain.get("optimizer") == "sgd":
-        remedies.append("pretrain.optimizer: adam (per-parameter step sizes)")
-    return _verdict("diverged", "error", [layer] if layer else [], msg, remedies)
+        fixes.append(_fix("per-parameter step sizes", "pretrain.optimizer=adam"))
+    return _verdict("diverged", "error", f"step {where.get('step')}", [layer] if layer else [],
+                    msg, fixes)
 
 
-def _vanishing(summary: dict[str, Any], layers: list[dict[str, Any]], when: str,
-               model: dict[str, Any], train: dict[str, Any],
-               pretrain: dict[str, Any] | None) -> dict[str, Any] | None:
-    ratio = summary.get(f"grad_ratio_{when}")
-    stds = [s for layer in layers[:-1]
-            if (s := _get(layer, when, "act_std")) is not None and math.isfinite(s)]
-    collapsed = len(stds) >= 2 and stds[0] > 0 and stds[-1] / stds[0] < COLLAPSE_RATIO
-    if not ((ratio is not None and ratio < VANISHING_RATIO) or collapsed):
-        return None
-    names = [layer["name"] for layer in layers]
-    if ratio is not None and ratio < VANISHING_RATIO:
-        if ratio == 0:
-            msg = (f"vanishing gradients at {when}: the first layer's gradient is exactly 0 "
-                   "(it underflowed), while the last layer's is not")
-        else:
-            msg = (f"vanishing gradients at {when}: the first layer's gradient is "
-                   f"{_fmt(ratio)} × the last layer's ({-math.log10(ratio):.0f} orders of magnitude)")
-    else:
-        msg = (f"the forward signal collapses with depth at {when}: activation std falls from "
-               f"{_fmt(stds[0])} in the first layer to {_fmt(stds[-1])} in the last")
-    remedies = []
-    act = model.get("activation")
-    if act in SATURATING:
-        remedies.append(f"model.activation: relu with model.init: kaiming_normal (now {act})")
-    remedies += _init_and_norm_remedies(model)
-    if model.get("kind", "mlp") == "mlp" and not model.get("residual"):
-        remedies.append("model.residual: true (skip connections carry the gradient past layers)")
-        if act in SATURATING and not pretrain:
-            remedies.append("pretrain: {method: autoencoder} (greedy layer-wise "
-                            "pretraining starts every layer from weights that pass the signal on)")
-    if train.get("optimizer") == "sgd":
-        remedies.append("train.optimizer: adam (per-parameter step sizes rescale small gradients)")
-    return _verdict("vanishing", "warning", names[:1], msg, remedies)
-
-
-def _exploding(summary: dict[str, Any], layers: list[dict[str, Any]], model: dict[str, Any],
-               train: dict[str, Any]) -> dict[str, Any] | None:
-    ratio = summary.get("grad_ratio_init")
-    big = [(layer["name"], n) for layer in layers for when in ("init", "final")
-           if (n := _get(layer, when, "grad_norm")) is not None and n > EXPLODING_NORM]
-    if not ((ratio is not None and ratio > EXPLODING_RATIO) or big):
-        return None
-    if big:
-        name, norm = max(big, key=lambda b: b[1])
-        msg = f"exploding gradients: {name}'s gradient norm reaches {_fmt(norm)}"
-    else:
-        assert ratio is not None  # no layer's norm is too big, so the ratio is
-        msg = (f"exploding gradients: the first layer's gradient is {_fmt(ratio)} × the last "
-               "layer's at init")
-    remedies = [] if train.get("clip") else ["set train.clip: {by: norm, max_norm: 1.0}"]
-    remedies.append(f"lower train.lr (now {train.get('lr')})")
-    remedies += _init_and_norm_remedies(model)
-    return _verdict("exploding", "warning", [b[0] for b in big][:3], msg, remedies)
-
-
-def _units(layers: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str, Any]]:
-    """Saturated (sigmoid, tanh) or dead (ReLU family) units, at the end of the run."""
+def _units(ctx: _Context) -> list[Verdict]:
+    """Saturated (sigmoid, tanh) or dead (ReLU) units at the end, named layer by layer."""
     found = []
-    hidden = layers[:-1]
+    hidden = ctx.layers[:-1]
     for stat, limit, kind in (("act_saturated", SATURATED, "saturated"), ("act_dead", DEAD, "dead")):
         values = [(layer["name"], v) for layer in hidden
-                  if (v := _get(layer, "final", stat)) is not None and math.isfinite(v)]
-        if not values:
+                  if (v := _num((layer.get("final") or {}).get(stat))) is not None
+                  and math.isfinite(v)]
+        bad = sorted(((n, v) for n, v in values if v > limit), key=lambda nv: -nv[1])
+        if not bad:
             continue
-        mean = sum(v for _, v in values) / len(values)
-        if mean <= limit:
-            continue
-        worst = [n for n, v in sorted(values, key=lambda nv: -nv[1])[:3]]
+        shown = ", ".join(f"{n} {v:.0%}" for n, v in bad[:4]) + (" …" if len(bad) > 4 else "")
         if kind == "saturated":
-            msg = f"saturated units: on average {mean:.0%} of hidden units sit at their limits"
-            remedies = ["model.init: xavier_normal (keeps pre-activations in the linear range)",
-                        "model.norm: batch", "model.activation: relu"]
+            msg = (f"saturated units: in {len(bad)} of {len(values)} hidden layers more than "
+                   f"half the units sit at their limits at the end ({shown})")
+            fixes = _saturation_fixes(ctx)
         else:
-            msg = f"dead units: on average {mean:.0%} of hidden units output ≤ 0 for a whole batch"
-            remedies = ["model.activation: leaky_relu", "lower train.lr",
-                        "model.init: kaiming_normal"]
-        found.append(_verdict(kind, "warning", worst, msg, [r for r in remedies
-                                                            if not _already(r, model)]))
+            msg = (f"dead units: in {len(bad)} of {len(values)} hidden layers more than half "
+                   f"the ReLU units output 0 for a whole batch at the end ({shown})")
+            fixes = _dead_fixes(ctx)
+        found.append(_verdict(kind, "info" if ctx.learned else "warning", "end",
+                              [n for n, _ in bad], msg, fixes))
     return found
 
 
-def _through_time(summary: dict[str, Any], model: dict[str, Any],
-                  train: dict[str, Any]) -> dict[str, Any] | None:
-    """‖∂L/∂h₁‖ / ‖∂L/∂h_T‖ of a recurrent model: vanishing or exploding over the time steps.
-
-    A gradient that vanished at init but reaches h₁ at the end (an LSTM that learnt to keep
-    its cell) is reported as info; one still vanishing at the end is a warning.
-    """
-    ratio, final = summary.get("time_grad_ratio_init"), summary.get("time_grad_ratio_final")
-    if ratio is None:
+def _through_time(ctx: _Context) -> Verdict | None:
+    """‖∂L/∂h₁‖ / ‖∂L/∂h_T‖ of a recurrent model, judged with what the net learned."""
+    init, end = _num(ctx.s.get("time_grad_ratio_init")), _num(ctx.s.get("time_grad_ratio_final"))
+    if init is None:
         return None
-    recurrent = (model.get("recurrent_init") or {}).get("scheme", "default")
-    if ratio < VANISHING_RATIO:
-        size = "exactly 0 (it underflowed)" if ratio == 0 else f"{_fmt(ratio)} ×"
-        msg = f"vanishing through time: ‖∂L/∂h₁‖ is {size} ‖∂L/∂h_T‖ at init"
-        if final is not None and final >= VANISHING_RATIO:
-            return _verdict("vanishing_time", "info", [], msg + f", but {_fmt(final)} × at the "
-                            "end: training opened a path back through time", [])
-        if final is not None:
-            msg += " and exactly 0 at the end" if final == 0 else f" and {_fmt(final)} × at the end"
-        remedies = []
-        if model.get("kind") == "rnn":
-            remedies.append("model.kind: lstm (or gru)")
-            want = "identity" if model.get("rnn_nonlinearity") == "relu" else "orthogonal"
-            if recurrent != want:
-                remedies.append(f"model.recurrent_init: {want} (now {recurrent})")
-        elif model.get("kind") == "lstm" and model.get("forget_bias") is None:
-            remedies.append("model.forget_bias: 1.0 (the cell keeps more of itself each step)")
-        if model.get("kind") != "rnn" and recurrent != "orthogonal":
-            remedies.append(f"model.recurrent_init: orthogonal (now {recurrent})")
-        return _verdict("vanishing_time", "warning", [], msg, remedies)
-    if ratio > EXPLODING_RATIO:
-        msg = f"exploding through time: ‖∂L/∂h₁‖ is {_fmt(ratio)} × ‖∂L/∂h_T‖ at init"
-        remedies = [] if train.get("clip") else ["set train.clip: {by: norm, max_norm: 1.0}"]
-        remedies.append("model.recurrent_init: orthogonal with gain ≤ 1 (recurrent weights "
-                        "with a spectral radius above 1 grow the gradient each step back)")
-        return _verdict("exploding_time", "warning", [], msg, remedies)
+    if init < VANISHING_RATIO:
+        msg = (f"vanishing through time: ‖∂L/∂h₁‖ is {_ratio_words(init)} ‖∂L/∂h_T‖ at init"
+               + (f", {_ratio_words(end)} at the end" if end is not None else ""))
+        if ctx.learned:
+            return _verdict("vanishing_time", "info", "init", [],
+                            msg + "; the task was learned all the same "
+                            f"(test loss {_fmt(ctx.test_loss)}, baseline {_fmt(ctx.baseline)})",
+                            [])
+        return _verdict("vanishing_time", "warning", "throughout" if end is not None
+                        and end < VANISHING_RATIO else "init", [], msg, _time_fixes(ctx))
+    if init > EXPLODING_RATIO:
+        msg = f"exploding through time: ‖∂L/∂h₁‖ is {_fmt(init)} × ‖∂L/∂h_T‖ at init"
+        fixes = [] if ctx.train.get("clip") else [
+            _fix("bounds each step's update", "train.clip.max_norm=1.0")]
+        fixes.append(_fix("a spectral radius of at most 1 stops the growth step by step",
+                          "model.recurrent_init=orthogonal"))
+        return _verdict("exploding_time", "info" if ctx.learned else "warning", "init", [], msg,
+                        _not_in_place(fixes, ctx))
     return None
 
 
-def _init_and_norm_remedies(model: dict[str, Any]) -> list[str]:
-    remedies = []
-    act = model.get("activation", "relu")
-    scheme = (model.get("init") or {}).get("scheme", "default")
-    want = "xavier_normal" if act in (*SATURATING, "identity") else "kaiming_normal"
-    if scheme != want and model.get("kind", "mlp") == "mlp":
-        remedies.append(f"model.init: {want} (now {scheme})")
-    if model.get("norm", "none") == "none" and model.get("kind", "mlp") == "mlp":
-        remedies.append("model.norm: batch (or layer)")
-    return remedies
+# ---------------------------------------------------------------- remedies
 
 
-def _already(remedy: str, model: dict[str, Any]) -> bool:
-    key, _, value = remedy.partition(": ")
-    value = value.split(" ")[0]
-    current = {"model.activation": model.get("activation"), "model.norm": model.get("norm"),
-               "model.init": (model.get("init") or {}).get("scheme")}.get(key)
-    return current == value
+def _not_in_place(fixes: list[Fix], ctx: _Context) -> list[Fix]:
+    """Drop fixes whose every setting the config already has, and repeated ones."""
+    kept, seen = [], set()
+    for f in fixes:
+        key = tuple(f["set"])
+        if key in seen or all(_already(s, ctx) for s in f["set"]):
+            continue
+        seen.add(key)
+        kept.append(f)
+    return kept
 
 
-def _get(layer: dict[str, Any], when: str, stat: str) -> float | None:
-    values = layer.get(when) or {}
-    v = values.get(stat)
-    return float(v) if isinstance(v, (int, float)) else None
+def _already(setting: str, ctx: _Context) -> bool:
+    key, _, value = setting.partition("=")
+    node: Any = {"model": ctx.model, "train": ctx.train, "pretrain": ctx.pretrain}
+    for part in key.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return False
+    if isinstance(node, dict):  # `model.init=kaiming_normal` against {scheme: ...}
+        node = node.get("scheme", node.get("name"))
+    return str(node).lower() == value.lower() or (value in ("true", "false")
+                                                  and str(node).lower() == value)
+
+
+def _adam(ctx: _Context) -> Fix:
+    return _fix("per-parameter step sizes rescale small gradients; 1e-3 is Adam's usual rate",
+                "train.optimizer=adam", "train.lr=0.001")
+
+
+def _vanishing_fixes(ctx: _Context) -> list[Fix]:
+    fixes = []
+    if ctx.kind != "mlp":
+        return _time_fixes(ctx)
+    if ctx.activation in SATURATING:
+        fixes.append(_fix("normalising each layer's pre-activations keeps the units out of "
+                          "their flat tails", "model.norm=batch"))
+        fixes.append(_fix("a non-saturating activation with the init made for it",
+                          "model.activation=relu", "model.init=kaiming_normal"))
+        # the order `gradlab fix` ranked them in on deep_sigmoid and digits_sigmoid_deep
+        if not ctx.pretrain and not ctx.model.get("residual"):
+            fixes.append(_fix("greedy layer-wise pretraining starts each layer from weights "
+                              "that pass the signal on", "pretrain.method=autoencoder"))
+        fixes.append(_fix("identity skips give the gradient a path past every activation",
+                          "model.residual=true", "model.residual_style=pre"))
+        fixes.append(_adam(ctx))
+    else:
+        fixes.append(_fix("He init keeps the signal's variance through ReLU-family layers",
+                          "model.init=kaiming_normal"))
+        fixes.append(_fix("normalised pre-activations", "model.norm=batch"))
+        fixes.append(_fix("identity skips", "model.residual=true", "model.residual_style=pre"))
+        fixes.append(_adam(ctx))
+    return _not_in_place(fixes, ctx)
+
+
+def _exploding_fixes(ctx: _Context) -> list[Fix]:
+    fixes = _init_fixes(ctx, exploding=True)
+    if not ctx.train.get("clip"):
+        fixes.append(_fix("bounds each step's update", "train.clip.max_norm=1.0"))
+    fixes += _lr_fixes(ctx)
+    return _not_in_place(fixes, ctx)
+
+
+def _init_fixes(ctx: _Context, exploding: bool = False) -> list[Fix]:
+    """Remedies for a network that is wrong before any step: its init, its skips, its norms."""
+    if ctx.kind != "mlp":
+        return _not_in_place([_fix("a spectral radius of at most 1",
+                                   "model.recurrent_init=orthogonal")], ctx)
+    fixes = []
+    if ctx.model.get("residual") and exploding:
+        fixes.append(_fix("each block starts as the identity, so depth adds nothing at init "
+                          "(Fixup, SkipInit, ReZero)", "model.residual_init=zero"))
+        fixes.append(_fix("a small constant on each branch", "model.residual_scale=0.1"))
+    want = "xavier_normal" if ctx.activation in (*SATURATING, "identity") else "kaiming_normal"
+    fixes.append(_fix("the init made for this activation", f"model.init={want}"))
+    if ctx.model.get("norm", "none") == "none":
+        fixes.append(_fix("normalised pre-activations", "model.norm=batch"))
+    return _not_in_place(fixes, ctx)
+
+
+def _lr_fixes(ctx: _Context) -> list[Fix]:
+    lr = _num(ctx.train.get("lr")) or 0.01
+    fixes = [_fix(f"a tenth of the step size (now {lr:g})", f"train.lr={lr / 10:g}")]
+    if not ctx.train.get("clip"):
+        fixes.append(_fix("bounds each step's update", "train.clip.max_norm=1.0"))
+    return _not_in_place(fixes, ctx)
+
+
+def _learning_fixes(ctx: _Context) -> list[Fix]:
+    scheme = (ctx.model.get("init") or {}).get("scheme", "default")
+    fixes = []
+    if scheme in ("constant", "zeros"):
+        want = "xavier_normal" if ctx.activation in SATURATING else "kaiming_normal"
+        fixes.append(_fix("a constant init makes every unit of a layer the same unit: random "
+                          "weights break the symmetry", f"model.init={want}"))
+    if ctx.kind != "mlp":
+        fixes += _time_fixes(ctx)
+    else:
+        fixes += _vanishing_fixes(ctx) if ctx.activation in SATURATING else [
+            _fix("normalised pre-activations", "model.norm=batch"), _adam(ctx),
+            _fix("He init", "model.init=kaiming_normal")]
+    return _not_in_place(fixes, ctx)
+
+
+def _saturation_fixes(ctx: _Context) -> list[Fix]:
+    return _not_in_place([
+        _fix("normalised pre-activations stay in the linear range", "model.norm=batch"),
+        _fix("Glorot's init keeps pre-activations in the linear range", "model.init=xavier_normal"),
+        _fix("a non-saturating activation", "model.activation=relu", "model.init=kaiming_normal"),
+    ], ctx)
+
+
+def _dead_fixes(ctx: _Context) -> list[Fix]:
+    lr = _num(ctx.train.get("lr")) or 0.01
+    return _not_in_place([
+        _fix("a negative slope keeps a gradient for units below 0", "model.activation=leaky_relu"),
+        _fix("large steps push units where they never fire again", f"train.lr={lr / 10:g}"),
+        _fix("He init", "model.init=kaiming_normal"),
+    ], ctx)
+
+
+def _time_fixes(ctx: _Context) -> list[Fix]:
+    fixes = []
+    if ctx.kind == "rnn":
+        fixes.append(_fix("gates keep a cell state that carries the gradient back in time; "
+                          "a forget bias of 1 keeps 73% of it per step",
+                          "model.kind=lstm", "model.forget_bias=1.0"))
+        fixes.append(_fix("a gated cell", "model.kind=gru"))
+        want = "identity" if ctx.model.get("rnn_nonlinearity") == "relu" else "orthogonal"
+        fixes.append(_fix("recurrent weights that preserve the norm", f"model.recurrent_init={want}"))
+    elif ctx.kind == "lstm" and ctx.model.get("forget_bias") is None:
+        fixes.append(_fix("the cell keeps more of itself each step", "model.forget_bias=1.0"))
+    if ctx.kind != "rnn":
+        fixes.append(_fix("recurrent weights that preserve the norm",
+                          "model.recurrent_init=orthogonal"))
+    return _not_in_place(fixes, ctx)

@@ -13,8 +13,8 @@ import numpy as np
 
 from gradlab.build import sequences, tabular
 from gradlab.build.dataset import Dataset, split
-from gradlab.build.files import read_table
-from gradlab.config import DataConfig
+from gradlab.build.files import encode_classes, read_table
+from gradlab.config import ConfigError, DataConfig
 
 
 def load_data(cfg: DataConfig, seed: int) -> Dataset:
@@ -33,8 +33,10 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
         x, y = tabular.digits()
         return split(x, y, "classification", cfg.test_fraction, rng)
     if cfg.kind == "file":
-        x, y, task = read_table(Path(cfg.path), cfg.target, cfg.task)
-        return split(x, y, task, cfg.test_fraction, rng)
+        if cfg.test_path is None:
+            x, y, task = read_table(Path(cfg.path), cfg.target, cfg.task)
+            return split(x, y, task, cfg.test_fraction, rng)
+        return _given_split(cfg.path, cfg.test_path, cfg.target, cfg.task, rng)
     if cfg.kind == "adding":
         x, y = sequences.adding_problem(cfg.n_samples, cfg.length, rng)
         data = split(x, y, "regression", cfg.test_fraction, rng, "none", n_out=1)
@@ -49,3 +51,17 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
         return replace(data, baseline_loss=cfg.n_recall * float(np.log(cfg.n_symbols)) / total)
     x, y = sequences.digits_rows()
     return split(x, y, "classification", cfg.test_fraction, rng, "sequence", n_out=10)
+
+
+def _given_split(path: str, test_path: str, target: str, task: str,
+                 rng: np.random.Generator) -> Dataset:
+    """A file dataset with its own test file: the same columns, classes encoded together."""
+    x, y, found = read_table(Path(path), target, task, encode=False)
+    x_test, y_test, _ = read_table(Path(test_path), target, found, "data.test_path", encode=False)
+    if x_test.shape[1] != x.shape[1]:
+        raise ConfigError(test_path, [("data.test_path", f"{test_path} has {x_test.shape[1]} "
+                                       f"feature columns, {path} has {x.shape[1]}")])
+    if found == "classification":
+        y, y_test = encode_classes(y, y_test)
+    return split(np.concatenate([x, x_test]), np.concatenate([y, y_test]), found, 0.5, rng,
+                 given_test=len(x_test))

@@ -42,12 +42,18 @@ class Dataset:
 
 def split(x: np.ndarray, y: np.ndarray, task: Task, test_fraction: float,
           rng: np.random.Generator, standardise: Standardise = "table",
-          n_out: int | None = None) -> Dataset:
-    """Shuffle, hold out the test split, standardise with the training statistics."""
+          n_out: int | None = None, given_test: int | None = None) -> Dataset:
+    """Shuffle, hold out the test split, standardise with the training statistics.
+
+    With `given_test`, the last `given_test` rows are the test split as given (a file's own),
+    the others the training split, and nothing is shuffled."""
     n = len(x)
-    order = rng.permutation(n)
-    n_test = test_size(n, test_fraction)
-    test, train = order[:n_test], order[n_test:]
+    if given_test is not None:
+        test, train = np.arange(n - given_test, n), np.arange(n - given_test)
+    else:
+        order = rng.permutation(n)
+        n_test = test_size(n, test_fraction)
+        test, train = order[:n_test], order[n_test:]
     if standardise == "table":
         x, y = _standardise_table(x, y, task, train)
     x_t = torch.tensor(x, dtype=torch.float32)

@@ -15,9 +15,12 @@ from gradlab.build.dataset import Task
 from gradlab.config import ConfigError
 
 
-def read_table(path: Path, target: str, task: str) -> tuple[np.ndarray, np.ndarray, Task]:
-    """Read a .csv (header row) or .npz file; `target` names the column or array to predict."""
-    where = "data.path"
+def read_table(path: Path, target: str, task: str, where: str = "data.path",
+               encode: bool = True) -> tuple[np.ndarray, np.ndarray, Task]:
+    """Read a .csv (header row) or .npz file; `target` names the column or array to predict.
+
+    For classification the labels become 0..k-1 (unless not `encode`: a test file's labels are
+    encoded together with the training file's, by `encode_classes`)."""
     if not path.is_file():
         raise ConfigError(str(path), [(where, f"no such file '{path}'")])
     try:
@@ -45,9 +48,15 @@ def read_table(path: Path, target: str, task: str) -> tuple[np.ndarray, np.ndarr
     if task == "auto":
         whole = np.all(y == np.round(y))
         task = "classification" if whole and len(np.unique(y)) <= 50 and y.ndim == 1 else "regression"
-    if task == "classification":
+    if task == "classification" and encode:
         _, y = np.unique(y, return_inverse=True)
     return x.astype(np.float64), y, task  # type: ignore[return-value]
+
+
+def encode_classes(*labels: np.ndarray) -> list[np.ndarray]:
+    """Labels of several files as 0..k-1 over the classes any of them has."""
+    _, codes = np.unique(np.concatenate(labels), return_inverse=True)
+    return np.split(codes, np.cumsum([len(y) for y in labels])[:-1])
 
 
 def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:

@@ -33,24 +33,29 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 
 
 class MLP(nn.Module):
-    """Linear → norm → activation, `depth` times, then a linear head.
+    """Linear → norm → activation, `depth` times, then a linear head (depth 0: the head alone,
+    a linear or logistic model on the inputs).
 
-    With residual blocks, the hidden layers after the first are grouped `block` at a
-    time and each group's input is added before its last activation:
-    h ← act(h + norm(W₂ act(norm(W₁ h)))), the two-layer block of He et al. (2016).
-    Each hidden layer's activation module sees the pre-activation as its input and gives
-    the layer's output: that is where a probe attaches its hooks.
+    With residual blocks, the hidden layers after the first are grouped `block` at a time and
+    each group's input is added back. `style` "post" is the 2015 ResNet block, whose sum passes
+    the activation, h ← act(h + s·norm(W₂ act(norm(W₁ h)))); "pre" keeps the skip free of any
+    activation (He et al. 2016, "Identity Mappings"): the stream carries pre-activations and a
+    block adds its branch, s ← s + c·W₂ act(norm(W₁ act(norm(s)))), with the head reading
+    act(norm(s)). `scale` is the branch constant c. In both styles each hidden layer's
+    activation module is applied to that layer's own output (its input is the layer's
+    pre-activation), and each Linear's output is the layer's z_l: where a probe attaches.
     """
 
     def __init__(self, n_in: int, n_out: int, depth: int, width: int,
                  make_act: Callable[[], nn.Module], make_norm: Callable[[int], nn.Module],
-                 residual_block: int = 0):
+                 residual_block: int = 0, style: str = "post", scale: float = 1.0):
         super().__init__()
         self.linears = nn.ModuleList(
             nn.Linear(n_in if i == 0 else width, width) for i in range(depth))
         self.norms = nn.ModuleList(make_norm(width) for _ in range(depth))
         self.acts = nn.ModuleList(make_act() for _ in range(depth))
-        self.head = nn.Linear(width, n_out)
+        self.head = nn.Linear(width if depth else n_in, n_out)
+        self.style, self.scale = style, scale
         self.block_starts: set[int] = set()
         self.block_ends: set[int] = set()
         if residual_block:
@@ -59,7 +64,10 @@ class MLP(nn.Module):
                 self.block_ends.add(start + residual_block - 1)
 
     def hidden(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
-        """The output of hidden layer `upto` (1-based; all of them by default)."""
+        """The output of hidden layer `upto` (1-based; all of them by default): the features
+        the head (or, in pretraining, the next layer) reads."""
+        if self.style == "pre" and self.block_starts:
+            return self._hidden_pre(x, upto)
         h, skip = x, x
         for i, (linear, norm, act) in enumerate(zip(self.linears, self.norms, self.acts)):
             if i == upto:
@@ -68,18 +76,32 @@ class MLP(nn.Module):
                 skip = h
             z = norm(linear(h))
             if i in self.block_ends:
-                z = z + skip
+                z = self.scale * z + skip if self.scale != 1.0 else z + skip
             h = act(z)
         return h
 
+    def _hidden_pre(self, x: torch.Tensor, upto: int | None) -> torch.Tensor:
+        s = self.linears[0](x)  # the stem: the stream starts as the first layer's z
+        skip = s
+        for i in range(1, len(self.linears)):
+            if i == upto:
+                break
+            if i in self.block_starts:
+                skip = s
+            z = self.linears[i](self.acts[i - 1](self.norms[i - 1](s)))
+            s = skip + self.scale * z if i in self.block_ends else z
+        last = (upto or len(self.linears)) - 1
+        return self.acts[last](self.norms[last](s))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, features) → (batch, out)
-        return self.head(self.hidden(x))
+        return self.head(self.hidden(x) if len(self.linears) else x)
 
 
 def mlp(n_in: int, n_out: int, depth: int, width: int, activation: str = "relu",
         norm: str = "none", residual: bool = False, cfg: ModelConfig | None = None) -> MLP:
-    """Build an MLP; `cfg` supplies the activation's own settings (slope, alpha)."""
+    """Build an MLP; `cfg` supplies the activation's own settings (slope, alpha) and the
+    residual style and scale."""
     cfg = cfg or ModelConfig(depth=depth, width=width, activation=activation)  # type: ignore[arg-type]
     block = cfg.residual_block if residual else 0
     return MLP(n_in, n_out, depth, width, lambda: ACTIVATIONS[activation](cfg),
-               NORMS[norm], block)
+               NORMS[norm], block, cfg.residual_style, cfg.residual_scale)

@@ -59,12 +59,39 @@ def lr_at(step: int, t: TrainConfig, total: int) -> float:
     return t.lr
 
 
+def loss_name(name: str, task: str) -> str:
+    """`auto` is mse for regression and cross_entropy for classification."""
+    if name == "auto":
+        return "mse" if task == "regression" else "cross_entropy"
+    return name
+
+
 def loss_function(name: str, task: str, n_out: int) -> Loss:
     """mse or cross_entropy (`auto` picks by task); sequence outputs are flattened over time."""
-    if name == "auto":
-        name = "mse" if task == "regression" else "cross_entropy"
+    name = loss_name(name, task)
     if name == "cross_entropy":
         return lambda out, y: F.cross_entropy(out.reshape(-1, n_out), y.reshape(-1))
     if task == "classification":  # mse against one-hot targets
         return lambda out, y: F.mse_loss(out, F.one_hot(y, n_out).to(out.dtype))
     return lambda out, y: F.mse_loss(out, y)
+
+
+
+@torch.no_grad()
+def trivial_baseline(y_train: torch.Tensor, y_test: torch.Tensor, task: str, n_out: int,
+                     name: str) -> dict[str, float]:
+    """What a predictor that ignores its input scores on the test split, with the run's own
+    loss `name`: the training mean for regression, the training class frequencies for
+    classification (as logits for cross-entropy, as probabilities for MSE on one-hot targets),
+    and the accuracy of always answering the most frequent class. A net that does not beat
+    this has learned nothing from its inputs."""
+    loss = loss_function(name, task, n_out)
+    if task == "regression":
+        mean = y_train.float().mean(dim=0)
+        return {"loss": float(loss(mean.expand_as(y_test), y_test))}
+    counts = torch.bincount(y_train.reshape(-1), minlength=n_out).double() + 1.0  # add-one
+    prior = (counts / counts.sum()).float()
+    constant = prior.log() if loss_name(name, task) == "cross_entropy" else prior
+    majority = int(prior.argmax())
+    return {"loss": float(loss(constant.expand(*y_test.shape, n_out), y_test)),
+            "accuracy": float((y_test == majority).double().mean())}

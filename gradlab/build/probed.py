@@ -1,7 +1,8 @@
 """What a builder declares to a probe: the layers to watch and where their signals pass.
 
-A `ProbedLayer` names one weight matrix and, optionally, the module whose input is the
-layer's pre-activation and whose output is its activation (where forward hooks attach).
+A `ProbedLayer` names one weight matrix, the module that owns it (whose output is the layer's
+z_l, where the backward signal ∂L/∂z_l is read) and, optionally, the activation module
+applied to the layer's output (whose output statistics the probe keeps).
 `TimeSteps` declares a recurrent model's per-time-step tap and the switch that unrolls it.
 A probe uses only these: it never reads or sets attributes of a model it was not given.
 """
@@ -20,8 +21,10 @@ class ProbedLayer:
 
     name: str
     weight: nn.Parameter
-    # the module whose input is this layer's pre-activation and whose output its activation
+    # the activation module applied to this layer's output: its output is the layer's activation
     activation: nn.Module | None = None
+    # the module that owns `weight`: its output is the layer's z_l (None: not watched)
+    module: nn.Module | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

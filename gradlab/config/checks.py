@@ -42,6 +42,16 @@ def cross_problems(cfg: Config) -> list[tuple[str, str]]:
         problems.append(("model.forget_bias", f"is for model.kind lstm, got '{kind}'"))
     if cfg.model.residual and kind != "mlp":
         problems.append(("model.residual", "residual blocks are for model.kind mlp"))
+    if cfg.model.depth == 0 and kind != "mlp":
+        problems.append(("model.depth", f"a {kind} needs at least one layer, got 0"))
+    if cfg.model.depth == 0 and cfg.model.residual:
+        problems.append(("model.residual", "a model with no hidden layer (depth 0) has no "
+                                            "blocks to skip"))
+    if cfg.model.depth == 0 and cfg.pretrain is not None:
+        problems.append(("pretrain", "layer-wise pretraining needs hidden layers; depth is 0"))
+    if cfg.model.head_init is not None and kind != "mlp":
+        problems.append(("model.head_init", f"is for model.kind mlp (a {kind}'s read-out "
+                                            "follows model.init)"))
     if cfg.pretrain is not None and kind != "mlp":
         problems.append(("pretrain", f"layer-wise pretraining is for model.kind mlp, got '{kind}'"))
     elif cfg.pretrain is not None and cfg.model.residual:
@@ -52,6 +62,8 @@ def cross_problems(cfg: Config) -> list[tuple[str, str]]:
         problems += batch_size_problems(cfg.train.batch_size, n_train)
     if cfg.data.kind == "file" and not Path(cfg.data.path).is_file():
         problems.append(("data.path", f"no such file '{cfg.data.path}'"))
+    if cfg.data.kind == "file" and cfg.data.test_path and not Path(cfg.data.test_path).is_file():
+        problems.append(("data.test_path", f"no such file '{cfg.data.test_path}'"))
     problems += [(f"expect.{key}", msg) for key, msg in expect_problems(cfg.expect)]
     if not cfg.probe.enabled:
         problems += [(f"expect.{key}", "needs the probe's per-layer statistics, but "

@@ -28,25 +28,42 @@ ModelKind = Literal["mlp", "rnn", "lstm", "gru"]
 # Activations whose outputs saturate (report "saturated %") and those whose units die ("dead %").
 SATURATING = ("sigmoid", "tanh")
 RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu")
+# Units that can die (output 0, so pass no gradient, for every input): ReLU's. Leaky ReLU,
+# PReLU, ELU, SELU and GELU still pass a gradient below 0, so none of their units is dead.
+DYING = ("relu",)
 RECURRENT_KINDS = ("rnn", "lstm", "gru")
 
 # scikit-learn's digits: 1797 images of 8×8 pixels (also read row by row as sequences).
 DIGITS_SAMPLES = 1797
 
+# The gain each activation's xavier/kaiming init uses: PyTorch's `calculate_gain` names where it
+# has one. SELU takes `linear`, as PyTorch's docs advise for self-normalising nets (weights of
+# variance 1/fan_in). ELU and GELU, which `calculate_gain` lacks, take the gain that keeps a unit
+# pre-activation variance from layer to layer, 1/√E[φ(z)²] for z ~ N(0, 1) (He et al.'s
+# argument, which gives √2 for ReLU).
+GAIN_NAME: dict[str, str] = {
+    "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "leaky_relu": "leaky_relu",
+    "prelu": "leaky_relu", "elu": "elu", "selu": "linear", "gelu": "gelu", "identity": "linear",
+}
+GainName = Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu", "elu", "gelu"]
+
 # Top-level summary.json fields an `expect:` key may start with (see DESIGN.md).
 SUMMARY_FIELDS = (
-    "name", "status", "error", "steps_done", "seconds", "steps_per_second", "device",
-    "initial_loss", "final_loss", "loss_ratio", "final_metrics", "grad_ratio_init",
-    "grad_ratio_final", "grad_norm_min_init", "grad_norm_min_final", "weight_norm_init",
-    "weight_norm_final", "clip_fraction", "layers", "first_nonfinite", "verdicts",
-    "verdict_kinds", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain",
+    "name", "status", "error", "steps_done", "steps_planned", "seconds", "steps_per_second",
+    "device", "task", "n_params", "flush_denormal", "baseline_loss", "initial_loss",
+    "initial_metrics", "final_loss", "loss_ratio", "final_metrics", "grad_ratio_init",
+    "grad_ratio_final", "delta_ratio_init", "delta_ratio_final", "grad_norm_min_init",
+    "grad_norm_min_final", "weight_norm_init", "weight_norm_final", "clip_fraction", "clip",
+    "flushed_zero_layers", "layers", "first_nonfinite", "verdicts", "time_grads_init",
+    "time_grads_final", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain", "prediction",
+    "baseline_accuracy", "over_run",
 )
 
 # The summary fields that come from the probe's rows: empty or null when probing is off.
 PROBED_FIELDS = (
-    "grad_ratio_init", "grad_ratio_final", "grad_norm_min_init", "grad_norm_min_final",
-    "weight_norm_init", "weight_norm_final", "layers", "time_grad_ratio_init",
-    "time_grad_ratio_final",
+    "grad_ratio_init", "grad_ratio_final", "delta_ratio_init", "delta_ratio_final",
+    "grad_norm_min_init", "grad_norm_min_final", "weight_norm_init", "weight_norm_final",
+    "layers", "time_grad_ratio_init", "time_grad_ratio_final",
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -65,6 +82,27 @@ def _shorthand(key: str) -> Any:
     return model_validator(mode="before")(to_mapping)
 
 
+def _unused_keys(section: BaseModel, scheme: str, uses: dict[str, tuple[str, ...]]) -> None:
+    """A key the scheme does not read, set to anything but its default, is an error: it would
+    otherwise change nothing, silently."""
+    fields = type(section).model_fields
+    unused = [k for k in section.model_fields_set if k != "scheme" and k not in uses[scheme]
+              and getattr(section, k) != fields[k].default]
+    if unused:
+        takes = ", ".join(uses[scheme]) or "no other keys"
+        raise ValueError(f"{', '.join(sorted(unused))}: not used by scheme {scheme} "
+                         f"(it takes {takes})")
+
+
+# The keys each weight-init scheme reads.
+INIT_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (), "zeros": (), "constant": ("value",), "normal": ("mean", "std"),
+    "uniform": ("low", "high"), "xavier_uniform": ("gain", "nonlinearity"),
+    "xavier_normal": ("gain", "nonlinearity"), "kaiming_uniform": ("gain", "mode", "nonlinearity"),
+    "kaiming_normal": ("gain", "mode", "nonlinearity"), "orthogonal": ("gain",), "identity": (),
+}
+
+
 class InitConfig(_Section):
     scheme: InitScheme = "default"
     value: float = 0.0
@@ -74,7 +112,7 @@ class InitConfig(_Section):
     high: float = 0.05
     gain: float = Field(1.0, gt=0)
     mode: Literal["fan_in", "fan_out"] = "fan_in"
-    nonlinearity: Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu"] | None = None
+    nonlinearity: GainName | None = None
 
     _from_str = _shorthand("scheme")
 
@@ -82,19 +120,33 @@ class InitConfig(_Section):
     def _bounds(self) -> InitConfig:
         if self.scheme == "uniform" and self.low >= self.high:
             raise ValueError(f"uniform init needs low < high, got low={self.low}, high={self.high}")
+        _unused_keys(self, self.scheme, INIT_KEYS)
         return self
 
 
+BIAS_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (), "zeros": (), "constant": ("value",), "normal": ("mean", "std"),
+}
+
+
 class BiasInitConfig(_Section):
-    scheme: Literal["default", "zeros", "constant"] = "default"
+    # default: PyTorch's U(−1/√fan_in, 1/√fan_in); normal: N(mean, std²), the σb² of mean-field theory
+    scheme: Literal["default", "zeros", "constant", "normal"] = "default"
     value: float = 0.0
+    mean: float = 0.0
+    std: float = Field(0.05, gt=0)
 
     _from_str = _shorthand("scheme")
+
+    @model_validator(mode="after")
+    def _keys(self) -> BiasInitConfig:
+        _unused_keys(self, self.scheme, BIAS_KEYS)
+        return self
 
 
 class ModelConfig(_Section):
     kind: ModelKind = "mlp"
-    depth: int = Field(10, ge=1, le=2000)
+    depth: int = Field(10, ge=0, le=2000)  # hidden layers; 0: a linear (or logistic) model
     width: int = Field(100, ge=1, le=1_000_000)
     activation: Activation = "relu"
     negative_slope: float = Field(0.01, ge=0)
@@ -103,7 +155,13 @@ class ModelConfig(_Section):
     norm: Norm = "none"
     residual: bool = False
     residual_block: int = Field(2, ge=1)
+    # pre: h ← h + f(h), the skip bypasses every activation (He et al. 2016, "Identity Mappings");
+    # post: h ← act(h + f(h)), the 2015 ResNet block, whose skip still passes an activation
+    residual_style: Literal["pre", "post"] = "pre"
+    residual_scale: float = Field(1.0, gt=0, le=1e6)  # a constant on each residual branch
+    residual_init: Literal["default", "zero"] = "default"  # zero: each block's last layer at 0
     init: InitConfig = InitConfig()
+    head_init: InitConfig | None = None  # the output layer's own init (default: as `init`)
     bias_init: BiasInitConfig = BiasInitConfig()
     # Sequence models (kind rnn/lstm/gru): the recurrent cell's nonlinearity and read-out.
     rnn_nonlinearity: Literal["tanh", "relu"] = "tanh"
@@ -153,6 +211,7 @@ class FileData(_DataBase):
     path: str
     target: str
     task: Literal["auto", "regression", "classification"] = "auto"
+    test_path: str | None = None  # a file of the same columns as the test split (no random split)
 
 
 class AddingData(_DataBase):
@@ -248,7 +307,9 @@ class Config(_Section):
     name: str = Field(pattern=NAME_PATTERN)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
-    flush_denormal: bool = True
+    # true: float32 results below 1.2e-38 become 0 (on the CPU): faster on some processors, but
+    # it changes what the network computes exactly where gradients vanish
+    flush_denormal: bool = False
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

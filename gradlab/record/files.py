@@ -46,15 +46,20 @@ def unique_dir(parent: Path, stem: str) -> Path:
 
 @contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Hold off Ctrl-C (and a compare worker's stop request) while a record is completed.
+    """Hold off Ctrl-C, SIGTERM and SIGHUP (and a compare worker's stop requests, SIGUSR1 and
+    SIGUSR2) while a record is completed.
 
     A signal that arrives meanwhile is dropped: the record it would save is being written.
-    Signal handlers can only change in the main thread; elsewhere this does nothing.
+    SIGINT is always held; the others only where gradlab handles them (a handler is set), so a
+    library caller's default SIGTERM still ends its process. Signal handlers can only change
+    in the main thread; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))
+    others = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+              if hasattr(signal, n)]
+    held = [signal.SIGINT] + [sig for sig in others if callable(signal.getsignal(sig))]
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
     try:
         yield
@@ -64,21 +69,51 @@ def uninterrupted() -> Iterator[None]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename over it."""
+    """Write to a temporary file beside `path`, then rename over it. A write that fails (a
+    full disk) leaves `path` as it was and no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+# JSON has no NaN or Infinity: a measured non-finite number is written as one of these strings,
+# while null means "not measured". `decode` turns them back into floats.
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# summary.json keys whose values are text, never numbers written as text
+TEXT_KEYS = frozenset({"name", "status", "error", "kind", "severity", "message", "what",
+                       "layer", "phase", "direction", "module", "device", "task", "method",
+                       "optimizer", "gradlab_version", "torch_version", "python_version",
+                       "config_hash", "remedies", "by"})
 
 
 def clean(value: Any) -> Any:
-    """JSON-safe: NaN and ±Inf become null, recursively."""
+    """JSON-safe, recursively: NaN and ±Inf become "nan", "inf" and "-inf" (None stays null)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
+    return value
+
+
+def decode(value: Any, key: str = "") -> Any:
+    """The inverse of `clean` on data read back: "nan"/"inf"/"-inf" in a number's place are
+    floats again (text fields, such as a run's name, are left alone)."""
+    if isinstance(value, str) and key not in TEXT_KEYS:
+        return NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: decode(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v, key) for v in value]
     return value

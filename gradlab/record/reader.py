@@ -1,12 +1,15 @@
 """Reading run records back: `read_record(path)` → `Record`, run discovery, and the columns.
 
 Reports, figures, compare and outside scripts read runs through here only. Missing or
-partial files (a killed run) read as empty rather than failing. No torch.
+partial files (a killed run) read as empty rather than failing; files that exist but are not
+what gradlab wrote raise `validate.CorruptRecord` ("corrupt: <file>: <what>"), and the
+listing shows such a run as `corrupt`. `read_record` reads the CSVs bounded
+(`bounded.read_rows`: about `MOST_ROWS` rows each, however long the run); `read_csv` and
+`iter_csv` give every row. No torch.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -18,11 +21,15 @@ from typing import Any
 
 import yaml
 
-METRIC_COLUMNS = ("step", "phase", "loss", "lr", "grad_norm", "clipped",
+from gradlab.record.bounded import MOST_ROWS, iter_rows, read_rows
+from gradlab.record.files import decode
+from gradlab.record.validate import CorruptRecord, check_config, check_summary
+
+METRIC_COLUMNS = ("step", "phase", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
                   "test_loss", "test_accuracy")
 LAYER_COLUMNS = ("step", "phase", "layer", "name", "grad_norm", "grad_rms", "grad_absmax",
-                 "weight_norm", "update_ratio", "act_mean", "act_std", "act_saturated",
-                 "act_dead")
+                 "weight_norm", "update_ratio", "delta_norm", "act_mean", "act_std",
+                 "act_saturated", "act_dead")
 TIME_COLUMNS = ("step", "phase", "t", "grad_norm")
 
 STAMP = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")  # files.utc_stamp(), then -N if taken
@@ -35,7 +42,8 @@ def is_training_row(row: dict[str, Any]) -> bool:
 
 @dataclass
 class Record:
-    """A run read back from disk. `summary` is None for a run killed before it wrote one."""
+    """A run read back from disk. `summary` is None for a run killed before it wrote one;
+    `problem` says why a listed run is `corrupt` (its files are not what gradlab wrote)."""
 
     path: Path
     summary: dict[str, Any] | None
@@ -43,9 +51,12 @@ class Record:
     metrics: list[dict[str, Any]]
     layers: list[dict[str, Any]]
     time_grads: list[dict[str, Any]] = field(default_factory=list)  # time_grads.csv rows
+    problem: str | None = None
 
     @property
     def status(self) -> str:
+        if self.problem is not None:
+            return "corrupt"
         if self.summary is None:
             return "incomplete"
         status = str(self.summary.get("status"))
@@ -58,27 +69,56 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.csv").is_file() or (path / "summary.json").is_file()
 
 
-def read_record(path: Path) -> Record:
-    """Load a run directory; missing or partial files read as empty rather than failing."""
+def read_record(path: Path, most: int | None = MOST_ROWS) -> Record:
+    """Load a run directory; missing or partial files read as empty rather than failing, a
+    corrupt one raises CorruptRecord. Each CSV is thinned to about `most` rows (every row
+    with `most` None): reports and figures of a huge record stay fast and small."""
     path = Path(path)
     if not path.is_dir() or not is_run_dir(path):
         raise FileNotFoundError(f"{path}: not a gradlab run directory")
-    config: dict[str, Any] = {}
+    return Record(path, read_summary(path), read_config(path),
+                  read_rows(path / "metrics.csv", most, lane_column="test_loss"),
+                  read_rows(path / "layers.csv", most), read_rows(path / "time_grads.csv", most))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """config.yaml of a run directory as plain data; {} where there is none."""
+    file = Path(path) / "config.yaml"
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        pass
-    return Record(path, read_summary(path), config, read_csv(path / "metrics.csv"),
-                  read_csv(path / "layers.csv"), read_csv(path / "time_grads.csv"))
+        text = file.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except UnicodeDecodeError:
+        raise CorruptRecord(file, "not UTF-8 text: binary data?") from None
+    except OSError as e:
+        raise CorruptRecord(file, f"cannot be read: {e.strerror or e}") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CorruptRecord(file, f"not YAML: {str(e).splitlines()[0]}") from None
+    return check_config(config, file)
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:
-    """summary.json of a run directory, or None where there is none (yet)."""
+    """summary.json of a run directory, or None where there is none (yet); CorruptRecord if
+    it does not parse or does not fit the summary's schema (`validate.SUMMARY_SCHEMA`).
+    summary.json is written atomically, so a truncated or empty one is corrupt, not killed."""
+    file = Path(path) / "summary.json"
     try:
-        summary = json.loads((Path(path) / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = file.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return summary if isinstance(summary, dict) else None
+    except UnicodeDecodeError:
+        raise CorruptRecord(file, "not UTF-8 text: binary data?") from None
+    except OSError as e:
+        raise CorruptRecord(file, f"cannot be read: {e.strerror or e}") from None
+    if not text.strip():
+        raise CorruptRecord(file, "empty file")
+    try:
+        summary = json.loads(text)
+    except ValueError as e:
+        raise CorruptRecord(file, f"not valid JSON ({e})") from None
+    return check_summary(decode(summary), file)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -87,15 +127,9 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def iter_csv(path: Path) -> Iterator[dict[str, Any]]:
-    """The rows of a record's CSV one at a time; a half-written last row is skipped."""
-    try:
-        f = path.open(newline="", encoding="utf-8")
-    except OSError:
-        return
-    with f:
-        for r in csv.DictReader(f):
-            if None not in r.values() and None not in r:
-                yield {k: _number(v) for k, v in r.items()}
+    """The rows of a record's CSV one at a time; a half-written last row is skipped, a
+    corrupt file raises CorruptRecord (`bounded.iter_rows`)."""
+    yield from iter_rows(path)
 
 
 def edge_steps(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -111,16 +145,6 @@ def edge_steps(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             last = []
         last.append(row)
     return first, last
-
-
-def _number(text: str) -> Any:
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
 
 
 def _alive(pid: Any) -> bool:
@@ -141,20 +165,29 @@ def _alive(pid: Any) -> bool:
 def find_runs(root: Path) -> list[Path]:
     """Run directories at `root`, one level under it (runs/NAME) or two (runs/NAME/STAMP).
 
-    Symbolic links are not followed, so a compare record's variants/ are not listed twice.
+    Symbolic links to directories are followed (an --out, or a config's directory, reached
+    through one), each run listed once under the first name found for it; a compare record's
+    variants/ links are not runs of their own.
     """
     root = Path(root)
     if is_run_dir(root):
         return [root]
     found: list[Path] = []
+    seen: set[Path] = set()
     for child in _subdirs(root):
-        found += [child] if is_run_dir(child) else [g for g in _subdirs(child) if is_run_dir(g)]
+        for run in [child] if is_run_dir(child) else [g for g in _subdirs(child) if is_run_dir(g)]:
+            real = run.resolve()
+            if real not in seen:
+                seen.add(real)
+                found.append(run)
     return found
 
 
 def _subdirs(path: Path) -> list[Path]:
+    if (path / "comparison.csv").is_file():  # a compare record: its variants/ are links
+        return []
     try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+        return sorted(p for p in path.iterdir() if p.is_dir())
     except OSError:
         return []
 
@@ -169,9 +202,14 @@ def run_started(path: Path) -> tuple[datetime, int]:
 
 
 def listing_record(path: Path) -> Record:
-    """A run read for the listing: summary.json, and metrics.csv only when there is no summary
-    of a finished run (a killed or running one), never the larger layers.csv."""
-    record = Record(path, read_summary(path), {}, [], [])
-    if record.status in ("incomplete", "running"):
-        record.metrics = read_csv(path / "metrics.csv")
+    """A run read for the listing: summary.json, and metrics.csv (bounded) only when there is
+    no summary of a finished run (a killed or running one), never the larger layers.csv. A
+    corrupt file makes a `corrupt` record (its `problem` says which file and what), never an
+    error."""
+    try:
+        record = Record(path, read_summary(path), {}, [], [])
+        if record.status in ("incomplete", "running"):
+            record.metrics = read_rows(path / "metrics.csv", lane_column="test_loss")
+    except CorruptRecord as e:
+        return Record(path, None, {}, [], [], problem=e.short)
     return record

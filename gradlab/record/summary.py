@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gradlab.record.reader import edge_steps
+from gradlab.record.reader import edge_steps, is_training_row, iter_csv
 
 
 def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
@@ -24,6 +24,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
     first, last = edge_steps(path / "layers.csv")
     initial, final = outcome.get("initial") or {}, outcome.get("final") or {}
     steps_done, seconds = outcome.get("steps_done", 0), outcome.get("seconds", 0.0)
+    clipped = outcome.get("clipped_steps", 0)
     summary = {
         **base,
         "status": outcome["status"],
@@ -32,16 +33,24 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
         "seconds": round(seconds, 3),
         "steps_per_second": steps_done / seconds if seconds > 0 else None,
         "initial_loss": initial.get("train_loss"),
+        "initial_metrics": initial,
         "final_loss": final.get("train_loss"),
         "loss_ratio": _ratio(final.get("train_loss"), initial.get("train_loss")),
         "final_metrics": final,
         "grad_ratio_init": _grad_ratio(first),
         "grad_ratio_final": _grad_ratio(last),
+        "delta_ratio_init": _grad_ratio(first, "delta_norm"),
+        "delta_ratio_final": _grad_ratio(last, "delta_norm"),
         "grad_norm_min_init": _min(first, "grad_norm"),
         "grad_norm_min_final": _min(last, "grad_norm"),
         "weight_norm_init": _total(first, "weight_norm"),
         "weight_norm_final": _total(last, "weight_norm"),
-        "clip_fraction": outcome.get("clipped_steps", 0) / steps_done if steps_done else None,
+        "clip_fraction": clipped / steps_done if steps_done else None,
+        "clip": ({"steps_clipped": clipped, "steps": steps_done,
+                  "fraction": clipped / steps_done if steps_done else None}
+                 if outcome.get("clip") else None),
+        "flushed_zero_layers": (sum(1 for r in first if r.get("grad_norm") == 0)
+                                if base.get("flush_denormal") else None),
         "first_nonfinite": outcome.get("first_nonfinite"),
         "layers": [
             {"index": i, "name": row["name"], "shape": shapes[i] if i < len(shapes) else None,
@@ -49,6 +58,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
             for i, row in enumerate(first)
         ],
     }
+    summary["over_run"] = over_run(path)
     time_first, time_last = edge_steps(path / "time_grads.csv")
     if time_first:  # recurrent models: gradients through time
         init = [r["grad_norm"] for r in sorted(time_first, key=lambda r: r["t"])]
@@ -72,11 +82,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _grad_ratio(rows: list[dict[str, Any]]) -> float | None:
-    """Gradient norm of the first probed layer over that of the last."""
+def _grad_ratio(rows: list[dict[str, Any]], key: str = "grad_norm") -> float | None:
+    """A norm of the first probed layer over that of the last (None where either is not
+    measured); NaN or Inf where a measured one is."""
     if len(rows) < 2:
         return None
-    return _ratio(rows[0]["grad_norm"], rows[-1]["grad_norm"])
+    a, b = rows[0].get(key), rows[-1].get(key)
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.nan if math.isnan(a) or math.isnan(b) else a / b if b else math.nan
+    return a / b if b else (math.inf if a else None)
 
 
 def _edge_ratio(values: list[float] | None) -> float | None:
@@ -92,5 +108,57 @@ def _min(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _total(rows: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in rows]
+    values = [r[key] for r in rows if isinstance(r[key], (int, float))]
     return math.sqrt(sum(v * v for v in values)) if values else None
+
+
+def over_run(path: Path) -> dict[str, Any]:
+    """The worst of every logged training step, read streaming: for each first/last ratio
+    (weight gradients, the backward signal δ, the activations' std from the first hidden layer
+    to the last) its smallest and largest value and where; the largest layer gradient norm and
+    total gradient norm, and where. A verdict can then say when a problem held."""
+    out: dict[str, Any] = {}
+    step_rows: list[dict[str, Any]] = []
+
+    def take(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        step = rows[0]["step"]
+        _extreme(out, "grad_ratio", _grad_ratio(rows), step)
+        _extreme(out, "delta_ratio", _grad_ratio(rows, "delta_norm"), step)
+        stds = [r.get("act_std") for r in rows]
+        stds = [v for v in stds if isinstance(v, (int, float))]
+        if len(stds) >= 2 and stds[0] and math.isfinite(stds[0]):
+            _extreme(out, "act_std_ratio", stds[-1] / stds[0], step)
+        for r in rows:
+            g = r.get("grad_norm")
+            if isinstance(g, (int, float)) and math.isfinite(g):
+                best = out.get("grad_norm_max")
+                if best is None or g > best["value"]:
+                    out["grad_norm_max"] = {"value": g, "step": step, "layer": r["name"]}
+
+    for row in iter_csv(path / "layers.csv"):
+        if not is_training_row(row):
+            continue
+        if step_rows and row["step"] != step_rows[0]["step"]:
+            take(step_rows)
+            step_rows = []
+        step_rows.append(row)
+    take(step_rows)
+    for row in iter_csv(path / "metrics.csv"):
+        g = row.get("grad_norm")
+        if is_training_row(row) and isinstance(g, (int, float)) and math.isfinite(g):
+            best = out.get("total_grad_norm_max")
+            if best is None or g > best["value"]:
+                out["total_grad_norm_max"] = {"value": g, "step": row["step"]}
+    return out
+
+
+def _extreme(out: dict[str, Any], key: str, value: float | None, step: int) -> None:
+    if value is None or not math.isfinite(value):
+        return
+    entry = out.setdefault(key, {"min": value, "min_step": step, "max": value, "max_step": step})
+    if value < entry["min"]:
+        entry["min"], entry["min_step"] = value, step
+    if value > entry["max"]:
+        entry["max"], entry["max_step"] = value, step

@@ -22,19 +22,26 @@ def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
     The x axis is labelled `xlabel` at its left end: training steps, or time steps t.
     """
     points = [p for s in series.values() for p in s]
+    points = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
+    if not points:
+        return Text("nothing finite to draw", style="yellow")
     ys = [y for _, y in points]
     xs = [x for x, _ in points]
     if log is None:
-        log = min(ys) > 0 and max(ys) / min(ys) > 10
+        log = min(ys) > 0 and math.log10(max(ys)) - math.log10(min(ys)) > 1
     f = (lambda y: math.log10(y)) if log else (lambda y: y)
     lo, hi = f(min(ys)), f(max(ys))
-    hi = hi if hi > lo else lo + 1
+    if not hi - lo > 0:  # one value (or equal ones, however large): a flat line
+        hi = lo + max(1.0, abs(lo))
     x0, x1 = min(xs), max(xs)
-    x1 = x1 if x1 > x0 else x0 + 1
+    if not x1 - x0 > 0:
+        x1 = x0 + 1
     grid = [[(" ", "")] * width for _ in range(height)]
     for k, (_, pts) in enumerate(series.items()):
         mark = MARKS[k % len(MARKS)]
         for x, y in pts:
+            if not (math.isfinite(x) and math.isfinite(y)) or (log and y <= 0):
+                continue
             col = round((x - x0) / (x1 - x0) * (width - 1))
             row = height - 1 - round((f(y) - lo) / (hi - lo) * (height - 1))
             grid[row][col] = mark

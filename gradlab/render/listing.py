@@ -1,4 +1,5 @@
-"""`gradlab runs`: every run under a directory, newest first, as one table. No torch."""
+"""`gradlab runs`: every run under a directory, newest first, as one table; a run whose files
+are not what gradlab wrote is listed as `corrupt`, with the file and what is wrong. No torch."""
 
 from __future__ import annotations
 
@@ -31,13 +32,17 @@ def run_list(root: Path) -> RenderableType:
         s = record.summary or {}
         status = record.status
         style = status_style(status)
-        if status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
+        if status == "corrupt":  # a file that is not what gradlab wrote: say which, and what
+            steps, loss = "–", None
+            verdicts = record.problem or ""
+        elif status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
             done, _, loss = logged_progress(record)
             steps = f"{done}" + (f"/{s['steps_planned']}" if s.get("steps_planned") else "")
         else:
             steps = f"{s.get('steps_done', '?')}/{s.get('steps_planned', '?')}"
             loss = s.get("final_loss")
-        verdicts = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
+        if status != "corrupt":
+            verdicts = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
         run = path.name if path == root else path.relative_to(root).as_posix()
         table.add_row(run, Text(status, style), run_started(path)[0].strftime("%Y-%m-%d %H:%M"),
                       steps, num(loss), verdicts)

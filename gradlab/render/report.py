@@ -19,6 +19,7 @@ from rich.text import Text
 from gradlab.config.schema import SATURATING
 from gradlab.record.reader import Record, is_training_row
 from gradlab.render.chart import chart
+from gradlab.render.prediction import theory_lines
 from gradlab.render.style import SEVERITY_STYLE, finite, num, pct, status_style
 
 FAR_BELOW = 1e-3  # a gradient this far below the layer with the largest one is highlighted
@@ -60,8 +61,12 @@ def header(record: Record) -> RenderableType:
                  + (f"   ({shown})" if shown else "") + "\n")
     lines.append(f"grad ratio first/last layer: {num(s.get('grad_ratio_init'))} at init, "
                  f"{num(s.get('grad_ratio_final'))} at the end\n")
+    for line in theory_lines(s):  # the mean-field prediction, and how step 0 agrees with it
+        lines.append(line + "\n", style="dim")
     if s.get("flush_denormal"):
-        lines.append("denormal floats flushed to zero (flush_denormal: false to keep them)\n",
+        zeroed = s.get("flushed_zero_layers")
+        lines.append("flush_denormal: values below 1.2e-38 were set to 0"
+                     + (f"; {zeroed} layers' gradients are exactly 0" if zeroed else "") + "\n",
                      style="dim")
     if s.get("error"):
         lines.append(f"error: {s['error']}\n", style="red")
@@ -175,21 +180,29 @@ def verdict_panel(record: Record) -> RenderableType:
     verdicts = (record.summary or {}).get("verdicts") or []
     if not verdicts:
         return Text("no verdict (the run has no summary)", style="yellow")
-    body = Text()
+    # one grid: a remedy that wraps keeps its indent under the arrow
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
     for i, v in enumerate(verdicts):
         if i:
-            body.append("\n")
-        # Messages name their kind ("vanishing gradients at init: ..."): colour that lead-in.
+            grid.add_row("", "")
+        # Messages name their kind ("vanishing gradients: ..."): colour that lead-in.
         style = SEVERITY_STYLE.get(v["severity"], "")
+        line = Text()
         if v["severity"] == "error":
-            body.append(f"{v['kind']}: ", style=style)
+            line.append(f"{v['kind']}: ", style=style)
         lead, sep, rest = v["message"].partition(": ")
-        body.append(lead + sep, style=style if sep else "")
-        body.append(rest + "\n")
+        line.append(lead + sep, style=style if sep else "")
+        line.append(rest)
+        grid.add_row(Text("•", style=style), line)
         for remedy in v.get("remedies", []):
-            body.append(f"  → {remedy}\n", style="dim" if v["severity"] == "info" else "")
-    body.rstrip()
-    return Panel(body, title="verdict", title_align="left", expand=False)
+            grid.add_row(Text("  →"), Text(remedy, style="dim" if v["severity"] == "info" else ""))
+    if any(v.get("fixes") for v in verdicts if v["severity"] != "info"):
+        grid.add_row("", "")
+        grid.add_row("", Text(f"gradlab fix {record.path / 'config.yaml'} runs each remedy and "
+                              "ranks them by what the net then learns", style="dim"))
+    return Panel(grid, title="verdict", title_align="left", expand=False)
 
 
 def pretrain_table(pretrain: dict[str, Any]) -> RenderableType:

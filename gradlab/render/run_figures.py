@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
+from gradlab.analyse.theory import predicted_layer_norms  # noqa: E402
 from gradlab.config.schema import RECURRENT_KINDS, SATURATING  # noqa: E402
 from gradlab.record.reader import Record, is_training_row, read_record  # noqa: E402
 from gradlab.render.figures import (  # noqa: E402
@@ -169,6 +170,7 @@ def grad_flow_figure(record: Record) -> Figure:
             ax.plot(x[nonfinite], np.full(int(nonfinite.sum()), top), ls="none", marker="x",
                     ms=8, color="red")
     ax.set_yscale("log")
+    draw_prediction(ax, record, x, g[0])
     handles, _ = ax.get_legend_handles_labels()
     if zeros:
         ax.axhline(floor, color="grey", ls=":", lw=1)
@@ -184,6 +186,27 @@ def grad_flow_figure(record: Record) -> Figure:
     ax.grid(alpha=0.3, which="major")
     ax.legend(handles=handles, loc="best", fontsize="small")
     return fig
+
+
+def draw_prediction(ax: Any, record: Record, x: np.ndarray, first: np.ndarray) -> None:
+    """The mean-field decay of summary.json's `prediction` (χ₁^((L−l)/2) over the hidden
+    layers) as a dashed grey line, anchored at the last hidden layer's norm at the first logged
+    step; the y range stays the measured one. Nothing when there is no prediction."""
+    p = (record.summary or {}).get("prediction") or {}
+    chi, depth = p.get("chi1"), p.get("depth")
+    if (not p.get("predictable") or not isinstance(chi, (int, float)) or not math.isfinite(chi)
+            or not isinstance(depth, int) or not 0 < depth < len(first)):
+        return
+    anchor = first[depth - 1]
+    if not (np.isfinite(anchor) and anchor > 0):
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = anchor * np.asarray(predicted_layer_norms(float(chi), depth))
+    low, high = ax.get_ylim()
+    ax.plot(x[:depth], np.where((y > 0) & np.isfinite(y), y, np.nan), color="grey",
+            ls=(0, (5, 3)), lw=2.2, alpha=0.9, zorder=4,  # on top: it often lies on the data
+            label=f"mean-field prediction (χ₁ = {float(chi):.3g})")
+    ax.set_ylim(low, high)
 
 
 def grad_heatmap_figure(record: Record) -> Figure:

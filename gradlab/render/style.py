@@ -11,7 +11,8 @@ from typing import Any
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "green"}
 # A status's colour in every table: finished well, broke, or neither (interrupted, killed).
-STATUS_STYLE = {"completed": "green", "diverged": "red", "failed": "red", "invalid": "red"}
+STATUS_STYLE = {"completed": "green", "diverged": "red", "failed": "red", "invalid": "red",
+                "corrupt": "red"}
 
 
 def status_style(status: str) -> str:

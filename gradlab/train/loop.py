@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,17 @@ from gradlab.build.optim import Loss, build_optimizer, loss_function, lr_at
 from gradlab.build.probed import Built, ProbedLayer
 from gradlab.config import ClipConfig, Config
 from gradlab.train.events import Evaluated, Logged, Observers, StepEnd
-from gradlab.train.probe import Probe
+from gradlab.train.probe import F64, Probe
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss,
-             task: str) -> dict[str, float]:
-    """Loss (and accuracy for classification) over a whole split, in eval mode."""
+             task: str, keep_mode: bool = False) -> dict[str, float]:
+    """Loss (and accuracy for classification) over a whole split, in eval mode (or in the
+    modes the modules are in, with `keep_mode`)."""
     was_training = model.training
-    model.eval()
+    if not keep_mode:
+        model.eval()
     total, correct, count = 0.0, 0.0, 0
     for i in range(0, len(x), 4096):
         out, target = model(x[i:i + 4096]), y[i:i + 4096]
@@ -39,7 +41,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss,
         if task == "classification":
             correct += float((out.argmax(dim=-1) == target).float().mean()) * len(target)
         count += len(target)
-    model.train(was_training)
+    if not keep_mode:
+        model.train(was_training)
     metrics = {"loss": total / count}
     if task == "classification":
         metrics["accuracy"] = correct / count
@@ -62,7 +65,7 @@ class Measured:
 
     loss: float
     grad_norm: float
-    clipped: bool
+    clipped: bool  # clipping will fire (it runs only if the step is finite)
     clip_norm: torch.Tensor  # on the device, for clip_grads_with_norm_
 
     @property
@@ -70,24 +73,53 @@ class Measured:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
+# A float32 total norm below this may have lost entries whose squares underflowed (entries
+# under ~1e-19 square to below the smallest float32); it is recomputed in float64.
+TINY_NORM = 1e-10
+
+
+def total_norm(grads: Sequence[torch.Tensor], norm_type: float = 2.0,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The norm of all gradients together, as `clip_grad_norm_` measures it."""
+    if norm_type == math.inf:
+        return torch.stack([g.abs().max() for g in grads]).max().to(dtype or grads[0].dtype)
+    per_tensor = torch._foreach_norm(list(grads), norm_type, dtype=dtype)
+    return torch.linalg.vector_norm(torch.stack(per_tensor), norm_type)
+
+
 def measure_step(loss: torch.Tensor, params: Sequence[torch.Tensor],
                  clip: ClipConfig | None) -> Measured:
     """The step's loss, total gradient 2-norm and whether clipping will fire, gradients untouched.
 
-    note: the one CPU sync of an unlogged step; it is also where divergence is detected.
+    note: the one CPU sync of an unlogged step; it is also where divergence is detected. The
+    float32 norm is exact enough unless it overflowed with every entry finite, or is so small
+    that squares may have underflowed: then it is measured again in float64 (a second sync, on
+    such steps only), so a huge but finite gradient is not taken for a divergence.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    total = nn.utils.get_total_norm(grads)
+    if not grads:
+        zero = loss.detach().new_zeros(())
+        return Measured(float(loss.detach()), 0.0, False, zero)
+    total = total_norm(grads)
+    p = 2.0 if clip is None or clip.by == "value" else clip.norm_type
+    measured = total if p == 2.0 else total_norm(grads, p)
     if clip is None:
-        measured, fires = total, torch.zeros((), device=total.device)
+        fires = torch.zeros((), device=total.device)
     elif clip.by == "norm":
-        measured = total if clip.norm_type == 2 else nn.utils.get_total_norm(grads, clip.norm_type)
         fires = (measured > clip.max_norm).float()
     else:
-        measured = nn.utils.get_total_norm(grads, math.inf)
+        measured = total_norm(grads, math.inf)
         fires = (measured > clip.max_value).float()
-    loss_v, norm_v, clipped_v = torch.stack([loss.detach(), total, fires]).tolist()
-    return Measured(loss_v, norm_v, bool(clipped_v), measured)
+    loss_v, norm_v, clipped_v, measured_v = torch.stack(
+        [loss.detach().float(), total.float(), fires, measured.float()]).tolist()
+    if math.isfinite(loss_v) and not (math.isfinite(norm_v) and math.isfinite(measured_v)
+                                      and norm_v >= TINY_NORM):
+        total = total_norm(grads, 2.0, F64)
+        measured = total if p == 2.0 else total_norm(grads, p, F64)
+        if clip is not None and clip.by == "norm":
+            fires = (measured > clip.max_norm).float()
+        norm_v, clipped_v = torch.stack([total, fires.to(F64)]).tolist()
+    return Measured(loss_v, norm_v, bool(clipped_v) and math.isfinite(norm_v), measured)
 
 
 def clip_gradients(params: Sequence[torch.Tensor], clip: ClipConfig | None,
@@ -133,7 +165,7 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
     started = time.perf_counter()
     try:
         # a model that does not fit its data fails here, and that is a result too
-        result.initial = evaluate_splits(model, data, loss_fn)
+        result.initial = initial_evaluation(model, data, loss_fn)
         tell.on_eval_end(Evaluated(None, result.initial))
         started = time.perf_counter()  # seconds count training steps, not the first evaluation
         model.train()
@@ -160,13 +192,18 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
             if not m.finite:
                 result.status = "diverged"
                 # weights the previous update overflowed show here first, as a NaN/Inf loss
-                result.first_nonfinite = (_where_nonfinite_weights(step - 1, layers)
-                                          or _where_nonfinite(step, m.loss, layers))
+                result.first_nonfinite = (
+                    _where_nonfinite_weights(step - 1, layers)
+                    or where_nonfinite(step, m.loss, model, layers,
+                                       (data.x_train[idx], data.y_train[idx]), loss_fn))
                 tell.on_log(_logged(step, lr, m, probe.flush(step), None, probe.time_grads))
                 break
 
             # clip, optimiser step, then update-to-weight ratios
             clip_gradients(params, t.clip, m)
+            if t.clip is not None:  # the norm the step used, fetched with the probe's rows
+                probe.fetch_with("grad_norm_clipped", total_norm(
+                    [p.grad for p in params if p.grad is not None], 2.0, F64))
             optimizer.step()
             result.steps_done += 1
             result.clipped_steps += int(m.clipped)
@@ -180,12 +217,14 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                 tell.on_eval_end(Evaluated(step, evaluated))
             if rows is not None or evaluated is not None:
                 tell.on_log(_logged(step, lr, m, rows, evaluated,
-                                    probe.time_grads if rows is not None else None))
+                                    probe.time_grads if rows is not None else None,
+                                    probe.scalars if rows is not None else {}))
             tell.on_step_end(StepEnd(step, steps, m.loss, m.grad_norm))
 
             # weights that overflowed in the step show as a non-finite update ratio
-            if rows is not None and not all(math.isfinite(r["update_ratio"]) for r in rows):
-                bad = next(r for r in rows if not math.isfinite(r["update_ratio"]))
+            bad = next((r for r in rows or [] if r["update_ratio"] is not None
+                        and not math.isfinite(r["update_ratio"])), None)
+            if bad is not None:
                 result.status = "diverged"
                 result.first_nonfinite = {"step": step, "layer": bad["name"], "what": "weights"}
                 break
@@ -210,32 +249,96 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
     return result
 
 
-def evaluate_splits(model: nn.Module, data: Dataset, loss_fn: Loss) -> dict[str, float]:
+def evaluate_splits(model: nn.Module, data: Dataset, loss_fn: Loss,
+                    keep_mode: bool = False) -> dict[str, float]:
     """Both splits evaluated: train_loss, train_accuracy, test_loss, test_accuracy."""
-    train = evaluate(model, data.x_train, data.y_train, loss_fn, data.task)
-    test = evaluate(model, data.x_test, data.y_test, loss_fn, data.task)
+    train = evaluate(model, data.x_train, data.y_train, loss_fn, data.task, keep_mode)
+    test = evaluate(model, data.x_test, data.y_test, loss_fn, data.task, keep_mode)
     return {**{f"train_{k}": v for k, v in train.items()},
             **{f"test_{k}": v for k, v in test.items()}}
 
 
 def _logged(step: int, lr: float, m: Measured, rows: list[dict[str, Any]] | None,
-            evaluated: dict[str, float] | None, time_grads: list[float] | None) -> Logged:
+            evaluated: dict[str, float] | None, time_grads: list[float] | None,
+            scalars: dict[str, float] | None = None) -> Logged:
     metrics: dict[str, Any] = {"step": step, "loss": m.loss, "lr": lr, "grad_norm": m.grad_norm,
-                               "clipped": int(m.clipped), **(evaluated or {})}
+                               "clipped": int(m.clipped), **(scalars or {}), **(evaluated or {})}
     return Logged(step, metrics, rows or [], time_grads)
 
 
-def _where_nonfinite(step: int, loss: float, layers: list[ProbedLayer]) -> dict[str, Any]:
-    """Where NaN/Inf appeared: the loss or a gradient, and the first probed layer whose gradient
-    went non-finite in backprop order (the one nearest the output), if any did."""
+def initial_evaluation(model: nn.Module, data: Dataset, loss_fn: Loss) -> dict[str, float]:
+    """Both splits before the first step. Batch norm has no running statistics yet (mean 0,
+    variance 1: a deep net's eval-mode loss can read 1e18), so it normalises with each
+    evaluated batch's own statistics, and its buffers are restored afterwards."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return evaluate_splits(model, data, loss_fn)
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    was_training = model.training
+    try:
+        model.eval()
+        for m in norms:
+            m.train()
+        return evaluate_splits(model, data, loss_fn, keep_mode=True)
+    finally:
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state)
+        model.train(was_training)
+
+
+def where_nonfinite(step: int, loss: float, model: nn.Module, layers: list[ProbedLayer],
+                    batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Loss) -> dict[str, Any]:
+    """Where NaN/Inf appeared first, in `direction` forward or backward.
+
+    Forward: the step's batch is run once more, watching each probed layer's output z_l and
+    activation in the order they are computed; the first non-finite one *produced* it (the
+    layers after it only passed it on). Failing that, the loss itself (say, a log of 0).
+    Backward: the probed layer nearest the output whose gradient entries are non-finite.
+    """
+    forward = _first_nonfinite_forward(model, layers, lambda: loss_fn(model(batch[0]), batch[1]))
+    if forward is not None:
+        layer, what = forward
+        return {"step": step, "layer": layer, "what": what, "direction": "forward"}
+    if not math.isfinite(loss):
+        return {"step": step, "layer": None, "what": "loss", "direction": "forward"}
     grads = [p.weight.grad for p in layers]
     yes = torch.tensor(True, device=layers[0].weight.device)
     finite = torch.stack([g.isfinite().all() if g is not None else yes
                           for g in grads]).tolist()  # note: one sync, once per run
     bad = [p.name for p, ok in zip(layers, finite) if not ok]
-    # finite gradients whose total norm overflows float32 are reported as the norm
-    what = "loss" if not math.isfinite(loss) else ("gradient" if bad else "gradient norm")
-    return {"step": step, "layer": bad[-1] if bad else None, "what": what}
+    return {"step": step, "layer": bad[-1] if bad else None, "what": "gradient",
+            "direction": "backward"}
+
+
+@torch.no_grad()
+def _first_nonfinite_forward(model: nn.Module, layers: list[ProbedLayer],
+                             replay: Callable[[], torch.Tensor]) -> tuple[str, str] | None:
+    """(layer, "output" or "activations") of the first probed module whose forward output is
+    NaN/Inf when the batch is replayed, in the order the modules ran; None if all are finite."""
+    seen: list[tuple[str, str, torch.Tensor]] = []
+
+    def watch(name: str, what: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                seen.append((name, what, output.isfinite().all()))
+        return hook
+
+    handles = []
+    for layer in layers:
+        if layer.module is not None:
+            handles.append(layer.module.register_forward_hook(watch(layer.name, "output")))
+        if layer.activation is not None:
+            handles.append(layer.activation.register_forward_hook(watch(layer.name,
+                                                                        "activations")))
+    try:
+        replay()
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        return None
+    finite = torch.stack([ok for _, _, ok in seen]).tolist()  # note: one sync, once per run
+    return next(((name, what) for (name, what, _), ok in zip(seen, finite) if not ok), None)
 
 
 def _where_nonfinite_weights(step: int, layers: list[ProbedLayer]) -> dict[str, Any] | None:

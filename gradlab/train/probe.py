@@ -1,11 +1,17 @@
-"""Per-layer statistics of gradients, weights, updates and activations, batched on the device.
+"""Per-layer statistics of gradients, weights, updates, the backward signal and activations,
+batched on the device.
 
-A `Probe` watches the layers a builder declares (`build.probed`): forward hooks on each
-layer's activation module (and a recurrent model's time-step tap) keep what they see on
-logged training steps only. The loop calls `before_forward(step)`, then `after_backward(step)`
-between backward and the optimiser step, and `after_step(step)` after it; on logged steps the
-last returns one row per layer. All statistics for all layers are computed on the device and
-fetched in a single transfer per logged step: never an `.item()` per layer.
+A `Probe` watches the layers a builder declares (`build.probed`): forward hooks on each layer's
+module (whose output z_l gets a tensor hook for ∂L/∂z_l) and activation module, and on a
+recurrent model's time-step tap, keep what they see on logged training steps only. The loop
+calls `before_forward(step)`, then `after_backward(step)` between backward and the optimiser
+step, and `after_step(step)` after it; on logged steps the last returns one row per layer.
+
+Every statistic for every layer is computed on the device and fetched in a single transfer per
+logged step: never an `.item()` per layer. Norms accumulate in float64, so a gradient of
+float32 entries near 1e-40 or 1e30 has its true norm (a float32 sum of squares would underflow
+to 0 or overflow to Inf). A statistic the probe did not measure is None; a measured one that is
+NaN or Inf stays NaN or Inf.
 """
 
 from __future__ import annotations
@@ -18,14 +24,24 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from gradlab.build.probed import ProbedLayer, TimeSteps
-from gradlab.config.schema import RELU_FAMILY
+from gradlab.config.schema import DYING, SATURATING
 
 # The statistics of one layer row, in the order they are stacked on the device.
 STATS = (
-    "grad_norm", "grad_rms", "grad_absmax", "weight_norm", "update_ratio",
+    "grad_norm", "grad_rms", "grad_absmax", "weight_norm", "update_ratio", "delta_norm",
     "act_mean", "act_std", "act_saturated", "act_dead",
 )
 COLUMN = {name: i for i, name in enumerate(STATS)}
+ACTIVATION_STATS = ("act_mean", "act_std", "act_saturated", "act_dead")
+F64 = torch.float64
+
+Hook = Callable[[torch.nn.Module, Any, Any], None]
+
+
+def norms64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of each tensor, accumulated in float64: exact where float32 squares would
+    underflow (entries below ~1e-19) or overflow (above ~1e19). (n,) float64."""
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=F64))
 
 
 class Probe:
@@ -40,22 +56,31 @@ class Probe:
         self.last_step = last_step
         self.activation = activation
         self.time = time
+        device = layers[0].weight.device
         self._weights = [p.weight.detach() for p in layers]  # views: they follow the steps
-        self._numel = torch.tensor([float(p.weight.numel()) for p in layers],
-                                   device=layers[0].weight.device)
+        self._numel = torch.tensor([float(p.weight.numel()) for p in layers], dtype=F64,
+                                   device=device)
+        self._nan = torch.full((len(layers),), math.nan, dtype=F64, device=device)
         self._armed = False  # capture in the forward pass now under way
         self._pending: torch.Tensor | None = None
+        self._measured: dict[str, list[bool]] = {}
         self._before: list[torch.Tensor] = []
         self._time_norms: torch.Tensor | None = None
         self._outputs: dict[int, torch.Tensor] = {}  # layer index → its activation (detached)
-        self._state_grads: list[torch.Tensor | None] = []
-        self._states = 0
+        self._deltas: dict[int, torch.Tensor] = {}  # layer index → ‖∂L/∂z_l‖ (0-d, float64)
+        self._state_norms: list[torch.Tensor | None] = []
+        self._extra: dict[str, torch.Tensor] = {}
+        self.scalars: dict[str, float] = {}  # the extra scalars fetched with the last rows
         self.time_grads: list[float] | None = None  # ‖∂L/∂h_t‖ at the last logged step
         self._hooks: list[RemovableHandle] = []
-        if enabled and activations:
-            self._hooks += [layer.activation.register_forward_hook(self._keep_output(i))
-                            for i, layer in enumerate(layers) if layer.activation is not None]
-        if enabled and time is not None:
+        if not enabled:
+            return
+        for i, layer in enumerate(layers):
+            if activations and layer.activation is not None:
+                self._hooks.append(layer.activation.register_forward_hook(self._keep_output(i)))
+            if layer.module is not None:
+                self._hooks.append(layer.module.register_forward_hook(self._watch_z(i)))
+        if time is not None:
             self._hooks.append(time.tap.register_forward_hook(self._watch_state))
 
     def wants(self, step: int) -> bool:
@@ -65,9 +90,14 @@ class Probe:
     def before_forward(self, step: int) -> None:
         """Capture in the coming forward pass if `step` is logged (unrolling a recurrent top)."""
         self._armed = self.wants(step)
-        self._outputs, self._state_grads, self._states = {}, [], 0
+        self._outputs, self._deltas, self._state_norms = {}, {}, []
         if self.time is not None and self.enabled:
             self.time.unroll(self._armed)
+
+    def fetch_with(self, name: str, value: torch.Tensor) -> None:
+        """Fetch a scalar of this logged step (e.g. the norm after clipping) with its rows."""
+        if self._pending is not None:
+            self._extra[name] = value.detach().to(F64).reshape(())
 
     def close(self) -> None:
         """Remove every hook and leave a recurrent model fused: the model is as it was given."""
@@ -75,56 +105,81 @@ class Probe:
             handle.remove()
         self._hooks = []
         self._armed = False
-        self._outputs, self._state_grads = {}, []
+        self._outputs, self._deltas, self._state_norms = {}, {}, []
         if self.time is not None:
             self.time.unroll(False)
+
+    # ------------------------------------------------------------ hooks
 
     def _capturing(self) -> bool:
         # evaluation runs under no_grad: it never overwrites a training step's capture
         return self._armed and torch.is_grad_enabled()
 
-    def _keep_output(self, i: int) -> Callable[[torch.nn.Module, Any, torch.Tensor], None]:
-        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            if self._capturing():
+    def _keep_output(self, i: int) -> Hook:
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if self._capturing() and isinstance(output, torch.Tensor):
                 self._outputs[i] = output.detach()
 
         return hook
 
+    def _watch_z(self, i: int) -> Hook:
+        """z_l passed its module: keep ‖∂L/∂z_l‖ when backward reaches it."""
+
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if not (self._capturing() and isinstance(output, torch.Tensor)
+                    and output.requires_grad):
+                return
+
+            def keep(grad: torch.Tensor) -> None:
+                # the norm now, on the device: autograd may reuse the buffer after the hook
+                self._deltas[i] = torch.linalg.vector_norm(grad, dtype=F64)
+
+            output.register_hook(keep)
+
+        return hook
+
     def _watch_state(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        """h_t passed the tap: keep ‖∂L/∂h_t‖'s tensor when backward reaches it."""
+        """h_t passed the tap: keep ‖∂L/∂h_t‖ when backward reaches it."""
         if not self._capturing() or not output.requires_grad:
             return
-        t = self._states
-        self._states += 1
-        self._state_grads.append(None)
+        t = len(self._state_norms)
+        self._state_norms.append(None)
 
         def keep(grad: torch.Tensor) -> None:
-            # a copy: autograd may reuse the buffer it hands a hook once the hook returns
-            self._state_grads[t] = grad.detach().clone()
+            self._state_norms[t] = torch.linalg.vector_norm(grad, dtype=F64)
 
         output.register_hook(keep)
 
+    # ------------------------------------------------------------ statistics
+
     def after_backward(self, step: int) -> None:
-        """Gradient and weight statistics for every layer, kept on the device."""
+        """Gradient, weight, backward-signal and activation statistics, kept on the device."""
         if not self.wants(step):
             return
         self._armed = False
-        weights = self._weights
         grads = [p.weight.grad if p.weight.grad is not None else torch.zeros_like(p.weight)
                  for p in self.layers]
-        grad_norm = torch.stack(torch._foreach_norm(grads))
+        grad_norm = norms64(grads)
         # max |g| from one aminmax pass per layer: _foreach_norm(·, inf) is ~10x slower on the
         # CPU, and |g| materialised first costs two more passes over every gradient
         low, high = zip(*(torch.aminmax(g) for g in grads))
-        grad_absmax = torch.maximum(torch.stack(high), -torch.stack(low))
-        weight_norm = torch.stack(torch._foreach_norm(weights))
-        grad_rms = grad_norm / self._numel.sqrt()
-        self._before = [w.clone() for w in weights]  # for the update ratio
-        columns = {"grad_norm": grad_norm, "grad_rms": grad_rms, "grad_absmax": grad_absmax,
-                   "weight_norm": weight_norm, "update_ratio": grad_norm * math.nan,
-                   **self._activation_stats()}
+        grad_absmax = torch.maximum(torch.stack(high), -torch.stack(low)).to(F64)
+        self._before = [w.clone() for w in self._weights]  # for the update ratio
+        acts, measured_acts = self._activation_stats()
+        columns = {"grad_norm": grad_norm, "grad_rms": grad_norm / self._numel.sqrt(),
+                   "grad_absmax": grad_absmax, "weight_norm": norms64(self._weights),
+                   "update_ratio": self._nan, "delta_norm": self._delta_column(), **acts}
+        none = [False] * len(self.layers)
+        self._measured = {
+            "update_ratio": none,
+            "delta_norm": [i in self._deltas for i in range(len(self.layers))],
+            "act_mean": measured_acts, "act_std": measured_acts,
+            # saturation is defined for sigmoid and tanh, dead units for ReLU
+            "act_saturated": measured_acts if self.activation in SATURATING else none,
+            "act_dead": measured_acts if self.activation in DYING else none,
+        }
         self._time_norms = self._time_grad_norms()
-        self._outputs = {}
+        self._outputs, self._deltas, self._extra = {}, {}, {}
         self._pending = torch.stack([columns[name] for name in STATS], dim=1)  # (layers, stats)
 
     def after_step(self, step: int) -> list[dict[str, Any]] | None:
@@ -132,10 +187,10 @@ class Probe:
         if self._pending is None:
             return None
         torch._foreach_sub_(self._before, self._weights)  # in place: the copies are not needed again
-        update = torch.stack(torch._foreach_norm(self._before))
+        update = norms64(self._before)
         stats = self._pending
-        weight_norm = stats[:, COLUMN["weight_norm"]]
-        stats[:, COLUMN["update_ratio"]] = update / weight_norm.clamp_min(1e-30)
+        stats[:, COLUMN["update_ratio"]] = update / stats[:, COLUMN["weight_norm"]]
+        self._measured["update_ratio"] = [True] * len(self.layers)
         return self._fetch(step, stats)
 
     def flush(self, step: int) -> list[dict[str, Any]] | None:
@@ -145,62 +200,80 @@ class Probe:
         return self._fetch(step, self._pending)
 
     def _fetch(self, step: int, stats: torch.Tensor) -> list[dict[str, Any]]:
-        flat = stats.flatten()
+        parts = [stats.flatten()]
         if self._time_norms is not None:
-            flat = torch.cat([flat, self._time_norms])
-        fetched = flat.cpu().tolist()  # note: the one CPU-GPU sync point of a logged step
-        n = stats.numel()
-        values = [fetched[i:i + stats.shape[1]] for i in range(0, n, stats.shape[1])]
-        self.time_grads = fetched[n:] if self._time_norms is not None else None
+            parts.append(self._time_norms)
+        names = list(self._extra)
+        if names:
+            parts.append(torch.stack([self._extra[n] for n in names]))
+        fetched = torch.cat(parts).cpu().tolist()  # note: the one CPU-GPU sync of a logged step
+        n, width = stats.numel(), stats.shape[1]
+        n_time = 0 if self._time_norms is None else len(self._time_norms)
+        self.time_grads = fetched[n:n + n_time] if self._time_norms is not None else None
+        self.scalars = dict(zip(names, fetched[n + n_time:]))
+        rows = []
+        for i, layer in enumerate(self.layers):
+            values = dict(zip(STATS, fetched[i * width:(i + 1) * width]))
+            for name, measured in self._measured.items():
+                if not measured[i]:
+                    values[name] = None
+            if values["weight_norm"] == 0:  # a ratio to a zero weight is not defined
+                values["update_ratio"] = None
+            rows.append({"step": step, "layer": i, "name": layer.name, **values})
         self._pending, self._before, self._time_norms = None, [], None
-        self._state_grads = []
-        return [
-            {"step": step, "layer": i, "name": layer.name, **dict(zip(STATS, row))}
-            for i, (layer, row) in enumerate(zip(self.layers, values))
-        ]
+        self._state_norms, self._extra = [], {}
+        return rows
+
+    def _delta_column(self) -> torch.Tensor:
+        if not self._deltas:
+            return self._nan
+        column = self._nan.clone()
+        index = sorted(self._deltas)
+        column[torch.tensor(index, device=column.device)] = torch.stack(
+            [self._deltas[i] for i in index])
+        return column
 
     def _time_grad_norms(self) -> torch.Tensor | None:
         """‖∂L/∂h_t‖ for every time step the tap saw in this step's forward pass."""
-        if not self._state_grads:
+        if not self._state_norms:
             return None
-        zero = torch.zeros((), device=self._numel.device)
-        grads = [g if g is not None else zero for g in self._state_grads]
-        return torch.stack(torch._foreach_norm(grads))  # (time,)
+        zero = torch.zeros((), dtype=F64, device=self._numel.device)
+        return torch.stack([g if g is not None else zero for g in self._state_norms])  # (time,)
 
-    def _activation_stats(self) -> dict[str, torch.Tensor]:
-        """Mean, std, saturated and dead fractions of each watched layer's output (NaN where
-        a layer has no activation of its own, such as the head, or none was captured)."""
+    def _activation_stats(self) -> tuple[dict[str, torch.Tensor], list[bool]]:
+        """Mean, std, saturated and dead fractions of each watched layer's output, and which
+        layers have them (not the head, which has no activation of its own)."""
         n = len(self.layers)
-        nan = torch.full((n,), math.nan, device=self._numel.device)
-        names = ("act_mean", "act_std", "act_saturated", "act_dead")
-        empty = {name: nan for name in names}
         watched = sorted(self._outputs)
         captured = [self._outputs[i] for i in watched]
         if not captured or any(h.shape != captured[0].shape for h in captured):
-            return empty
+            return {name: self._nan for name in ACTIVATION_STATS}, [False] * n
         h = torch.stack(captured)  # (watched layers, batch, width)
         h = h.reshape(h.shape[0], h.shape[1], -1)
         # Reductions run over one contiguous dimension: on the CPU, reducing over (1, 2) and
-        # torch.std are several times slower, and this runs on every logged step.
-        flat = h.reshape(h.shape[0], -1)  # (watched layers, batch · width)
+        # torch.std are several times slower, and this runs on every logged step. Moments in
+        # float64: a collapsed forward signal (std ~1e-25) must not square to 0.
+        flat = h.reshape(h.shape[0], -1).to(F64)  # (watched layers, batch · width)
         count = h.shape[0]
         mean = flat.mean(dim=1)
         std = ((flat - mean[:, None]).pow(2).sum(dim=1) / max(1, flat.shape[1] - 1)).sqrt()
+        nan = self._nan[:count]
         if self.activation == "sigmoid":
-            saturated = ((flat < 0.01) | (flat > 0.99)).float().mean(dim=1)
+            saturated = ((flat < 0.01) | (flat > 0.99)).to(F64).mean(dim=1)
         elif self.activation == "tanh":
-            saturated = (flat.abs() > 0.99).float().mean(dim=1)
+            saturated = (flat.abs() > 0.99).to(F64).mean(dim=1)
         else:
-            saturated = nan[:count]
-        if self.activation in RELU_FAMILY:
+            saturated = nan
+        if self.activation in DYING:
             # units off for the whole batch; max ≤ 0 is (h ≤ 0).all() at a tenth of the cost
-            dead = (h.amax(dim=1) <= 0).float().mean(dim=1)
+            dead = (h.amax(dim=1) <= 0).to(F64).mean(dim=1)
         else:
-            dead = nan[:count]
-        index = torch.tensor(watched, device=nan.device)
+            dead = nan
+        index = torch.tensor(watched, device=self._nan.device)
         out = {}
-        for name, column in zip(names, (mean, std, saturated, dead)):
-            full = nan.clone()
+        for name, column in zip(ACTIVATION_STATS, (mean, std, saturated, dead)):
+            full = self._nan.clone()
             full[index] = column
             out[name] = full
-        return out
+        measured = [i in self._outputs for i in range(n)]
+        return out, measured

@@ -1,0 +1,100 @@
+"""gradlab fix: remedies derived from the verdicts, each run as a variant, ranked by what the
+net learns; every patch is a runnable config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny
+from typer.testing import CliRunner
+
+from gradlab.cli import app
+from gradlab.config import load_config
+from gradlab.fix import fix, rank, remedies_of
+
+
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch):
+    monkeypatch.setattr("gradlab.compare.EXECUTOR", "thread")
+
+
+# A deep sigmoid net on a small teacher task: vanishing, and stuck at the baseline.
+STUCK = tiny(name="stuck", model={"depth": 12, "width": 16, "activation": "sigmoid"},
+             data={"kind": "teacher", "n_samples": 256, "n_features": 8},
+             train={"steps": 60, "batch_size": 32, "lr": 0.05}, probe={"every": 20})
+
+
+def test_remedies_come_from_warnings_once_each_in_order() -> None:
+    summary = {"verdicts": [
+        {"severity": "warning", "fixes": [{"set": ["a=1"], "why": "x"}, {"set": ["b=2"], "why": "y"}]},
+        {"severity": "info", "fixes": [{"set": ["c=3"], "why": "z"}]},
+        {"severity": "error", "fixes": [{"set": ["a=1"], "why": "x"}, {"set": ["d=4"], "why": "w"}]},
+    ]}
+    assert [f["set"] for f in remedies_of(summary)] == [["a=1"], ["b=2"], ["d=4"]]
+
+
+def test_ranking_puts_learning_first_and_failures_last() -> None:
+    rows = [
+        {"status": "completed", "metric": "test_loss", "test_metric": 0.5, "grad_ratio_final": 1.0},
+        {"status": "diverged", "metric": "test_loss", "test_metric": None, "grad_ratio_final": None},
+        {"status": "completed", "metric": "test_loss", "test_metric": 0.1, "grad_ratio_final": 1e-9},
+        {"status": "completed", "metric": "test_loss", "test_metric": 0.5, "grad_ratio_final": 1e-4},
+    ]
+    ranked = rank(rows)
+    assert [r["test_metric"] for r in ranked] == [0.1, 0.5, 0.5, None]
+    assert ranked[1]["grad_ratio_final"] == 1.0  # a tie goes to the healthier gradients
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4]
+    accuracy = rank([{"status": "completed", "metric": "test_accuracy", "test_metric": a,
+                      "grad_ratio_final": 1.0} for a in (0.3, 0.9)])
+    assert [r["test_metric"] for r in accuracy] == [0.9, 0.3]
+
+
+def test_fix_runs_each_remedy_and_saves_it_as_a_runnable_config(write_yaml, tmp_path) -> None:
+    path = write_yaml(STUCK, "stuck.yaml")
+    outcome = fix(path, tmp_path / "runs", jobs=1)
+    assert outcome.original["overrides"] == "(as given)"
+    assert "not_learning" in outcome.original["verdict"].split(", ")
+    assert len(outcome.rows) >= 3
+    top = outcome.rows[0]
+    assert top["rank"] == 1 and top["status"] == "completed"
+    assert all(a["test_metric"] <= b["test_metric"] for a, b in zip(outcome.rows, outcome.rows[1:])
+               if a["status"] == b["status"] == "completed")
+    # every patch loads, names its overrides, and trains what the row says it trained
+    for row in outcome.rows:
+        patch = Path(row["patch"])
+        assert patch.parent == outcome.record / "patches"
+        cfg = load_config(patch)
+        assert cfg.name == row["variant"] and not cfg.expect
+        assert patch.read_text().startswith(f"# stuck with: --set {row['overrides'].split()[0]}")
+        for setting in row["overrides"].split():
+            key, _, value = setting.partition("=")
+            node = yaml.safe_load(patch.read_text())
+            for part in key.split("."):
+                node = node[part]
+            assert str(node).lower() == value.lower(), setting
+    assert (outcome.record / "fixes.csv").read_text().count("\n") == len(outcome.rows) + 2
+    assert sorted(p.name for p in (outcome.record / "variants").iterdir()) == sorted(
+        [r["variant"] for r in outcome.rows] + ["stuck"])
+
+
+def test_the_cli_prints_the_ranking_and_the_command_of_the_best(write_yaml, tmp_path) -> None:
+    path = write_yaml(STUCK, "stuck.yaml")
+    result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp_path / "runs"), "-q"],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "remedies, best first" in result.output
+    assert "(as given)" in result.output
+    assert "fix record:" in result.output
+    best = next(line for line in result.output.splitlines() if line.startswith("best: "))
+    assert best.startswith(f"best: gradlab run {path} --set ")
+    # only the copyable command and path lines may run past the terminal's width
+    assert max(len(line) for line in result.stdout.splitlines()
+               if not line.startswith(("best: ", "fix record: "))) <= 80
+
+
+def test_a_bad_config_exits_2(write_yaml, tmp_path) -> None:
+    path = write_yaml({**STUCK, "model": {"depth": -1}}, "bad.yaml")
+    result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "model.depth" in result.output
