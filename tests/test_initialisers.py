@@ -174,3 +174,25 @@ def test_bias_init_reaches_every_layer_of_a_model() -> None:
     net: Any = build_model(cfg, 4, 2).model
     biases = [lin.bias for lin in [*net.linears, net.head]]
     assert all(torch.equal(b.detach(), torch.full_like(b, -0.4)) for b in biases)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu",
+                                        "selu", "gelu", "identity"])
+def test_the_theory_implies_the_variance_the_initialiser_draws(activation: str) -> None:
+    """analyse.theory computes σw² from a config without torch; it must match what
+    build.initialisers actually draws, activation by activation."""
+    from gradlab.analyse import theory
+    from gradlab.build.initialisers import gain
+    from gradlab.config.schema import GAIN_NAME
+
+    param = {"leaky_relu": 0.01, "prelu": 0.25, "elu": 1.0}.get(activation, 0.0)
+    name = GAIN_NAME[activation]
+    assert theory.calculate_gain(name, param) == pytest.approx(gain(name, param), rel=1e-6)
+    torch.manual_seed(0)
+    W = torch.empty(400, 400)
+    init_weight(W, InitConfig(scheme="kaiming_normal"), activation, param)
+    model = {"kind": "mlp", "depth": 3, "width": 400, "activation": activation,
+             "negative_slope": 0.01, "prelu_init": 0.25, "elu_alpha": 1.0,
+             "init": {"scheme": "kaiming_normal"}}
+    sigma_w2, _, _, _ = theory.implied_variances(model)
+    assert W.var().item() * 400 == pytest.approx(sigma_w2, rel=0.02)

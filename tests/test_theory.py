@@ -177,10 +177,10 @@ def test_default_init_matches_pytorch_linear() -> None:
     ({"scheme": "xavier_uniform", "gain": 2.0}, "relu", 4.0),
     ({"scheme": "xavier_normal", "nonlinearity": "tanh"}, "relu", 25 / 9),
     ({"scheme": "kaiming_normal"}, "relu", 2.0),
-    ({"scheme": "kaiming_normal", "gain": 3.0}, "relu", 2.0),  # kaiming ignores init.gain
+    ({"scheme": "kaiming_normal", "gain": 3.0}, "relu", 18.0),  # kaiming multiplies init.gain
     ({"scheme": "kaiming_uniform"}, "tanh", 25 / 9),
-    ({"scheme": "kaiming_normal"}, "selu", 9 / 16),
-    ({"scheme": "kaiming_normal"}, "gelu", 2.0),
+    ({"scheme": "kaiming_normal"}, "selu", 1.0),  # the linear gain, as PyTorch's docs advise
+    ({"scheme": "kaiming_normal"}, "gelu", 1.5335304411955353 ** 2),  # 1/E[gelu(z)²]
     ({"scheme": "kaiming_normal", "nonlinearity": "linear"}, "relu", 1.0),
     ({"scheme": "normal", "std": 0.05}, "tanh", 0.25),
     ({"scheme": "uniform", "low": -0.1, "high": 0.1}, "tanh", 0.04 / 12 * 100),

@@ -14,16 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from gradlab.config.schema import GAIN_NAME
+
 Array = np.ndarray
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "identity")
 # Activations with φ(αx) = αφ(x) for α > 0: χ₁ and E[φ²]/q do not depend on q.
 HOMOGENEOUS = ("relu", "leaky_relu", "prelu", "identity")
-# The nonlinearity name torch's gain tables use for each activation (kaiming, and xavier when
-# `init.nonlinearity` is set). The one place to change when ELU/GELU get gains of their own.
-GAIN_NAME: dict[str, str] = {
-    "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "leaky_relu": "leaky_relu",
-    "prelu": "leaky_relu", "elu": "relu", "selu": "selu", "gelu": "relu", "identity": "linear",
-}
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 PHASE_TOL = 0.02  # |χ₁ − 1| ≤ PHASE_TOL is 'critical': over 50 layers ‖δ‖ changes by ≤ e^{±0.5}
@@ -255,11 +251,21 @@ def predicted_grad_ratio(chi: float, depth: int) -> float:
 
 
 def calculate_gain(name: str, param: float | None = None) -> float:
-    """torch.nn.init.calculate_gain for the names gradlab uses (leaky_relu's slope defaults to 0.01)."""
+    """The gain gradlab's init uses for a `config.schema.GAIN_NAME` name: torch.nn.init's
+    calculate_gain (leaky_relu's slope defaults to 0.01), and for ELU (param: alpha) and GELU
+    the variance-preserving 1/√E[φ(z)²], z ~ N(0, 1), as `build.initialisers.gain`."""
     if name == "leaky_relu":
         slope = 0.01 if param is None else float(param)
         return math.sqrt(2.0 / (1.0 + slope**2))
+    if name in ("elu", "gelu"):
+        act = Activation(name, elu_alpha=1.0 if param is None or name == "gelu" else float(param))
+        return 1.0 / math.sqrt(gaussian_expectation(lambda z: act.phi(z) ** 2, 1.0))
     return {"linear": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0), "selu": 0.75}[name]
+
+
+def _gain_param(act: str, model: Mapping[str, Any], slope: float) -> float:
+    """The activation parameter its gain depends on: a negative slope, or ELU's alpha."""
+    return float(model.get("elu_alpha", 1.0)) if act == "elu" else slope
 
 
 def _section(value: Any) -> dict[str, Any]:
@@ -290,8 +296,9 @@ def implied_variances(model: Mapping[str, Any]) -> tuple[float | None, float | N
         sw2, mean = (high - low) ** 2 / 12.0 * width, (low + high) / 2
     elif scheme.startswith("xavier"):  # gradlab: plain Glorot (gain 1) unless nonlinearity is set
         sw2 = (gain * (calculate_gain(str(nonlinearity), slope) if nonlinearity else 1.0)) ** 2
-    elif scheme.startswith("kaiming"):  # init.gain is not applied by gradlab's kaiming
-        sw2 = calculate_gain(str(nonlinearity or GAIN_NAME.get(act, "linear")), slope) ** 2
+    elif scheme.startswith("kaiming"):  # the activation's gain times init.gain
+        sw2 = (gain * calculate_gain(str(nonlinearity or GAIN_NAME.get(act, "linear")),
+                                     _gain_param(act, model, slope))) ** 2
     elif scheme == "orthogonal":
         sw2 = gain**2
         notes.append("orthogonal weights: q* and χ₁ as for Gaussian ones; the Jacobian's spectrum "
