@@ -23,7 +23,6 @@ from gradlab.train.probe import Probe
 
 def measure(activation: str, steps: int) -> dict[str, float]:
     torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     built = build_model(ModelConfig(depth=50, width=100, activation=activation), 100, 1)
     model, layers = built.model, built.layers
@@ -31,6 +30,9 @@ def measure(activation: str, steps: int) -> dict[str, float]:
     x, y = torch.randn(64, 100), torch.randn(64, 1)
     probe = Probe(layers, every=1, last_step=10**9, activation=activation, activations=True)
     weights = [p.weight.detach() for p in layers]
+    hidden: list[torch.Tensor] = []  # the hidden activations, kept by a hook of our own
+    for act in model.acts:  # type: ignore[union-attr]
+        act.register_forward_hook(lambda m, i, out: hidden.append(out.detach()))
     parts: dict[str, list[float]] = defaultdict(list)
     for step in range(steps + 5):
         clock = [time.process_time()]
@@ -41,6 +43,7 @@ def measure(activation: str, steps: int) -> dict[str, float]:
                 parts[name].append((clock[-1] - clock[-2]) * 1e3)
 
         probe.before_forward(step)
+        hidden.clear()
         loss = F.mse_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,12 +51,16 @@ def measure(activation: str, steps: int) -> dict[str, float]:
         grads = [p.weight.grad for p in layers]
         torch._foreach_norm(grads)
         lap("  one pass: norm of every gradient")
+        torch._foreach_norm(grads, 2, dtype=torch.float64)
+        lap("  the same in float64")
         torch._foreach_norm(weights)
         lap("  one pass: norm of every weight")
         copies = [w.clone() for w in weights]
         lap("  copy of every weight")
-        torch.stack([h.detach() for h in model.captured])  # type: ignore[union-attr]
+        stacked = torch.stack(hidden)
         lap("  stack the hidden activations")
+        stacked.to(torch.float64)
+        lap("  ... and copy them to float64")
         probe.after_backward(step)
         lap("probe.after_backward")
         opt.step()

@@ -232,9 +232,10 @@ def compare(
         with uninterrupted():  # a stop signal now would leave half a compare record
             record_dir = comparing.write_record(rows, out)
     except RecordWriteError as failure:
-        out_console.print(comparison_table(rows))
+        out_console.print(comparison_table(rows, show_claims=check))
+        _write_failures(variants)
         raise _fail(str(failure), WRITE_FAILED) from None
-    out_console.print(comparison_table(rows))
+    out_console.print(comparison_table(rows, show_claims=check))
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False,
                       soft_wrap=True)
     if stopped and not no_plots:  # stopping should be quick: the figures can wait
@@ -253,10 +254,7 @@ def compare(
         else:
             held = sum(len(v.expectations) for v in variants)
             out_console.print(f"all {held} expectations held", style="green")
-    for v in variants:
-        if v.write_failed:
-            err_console.print(f"{v.name}: {v.error}", style="red", markup=False,
-                              highlight=False, soft_wrap=True)
+    _write_failures(variants)
     if stopped:
         err_console.print("interrupted: the comparison covers the variants that finished",
                           style="yellow")
@@ -351,6 +349,7 @@ def report(
             out_console.print(render_comparison_dir(run_dir))
         except CorruptRecord as e:
             raise _fail(str(e)) from None
+        out_console.print(str(run_dir), style="dim", highlight=False, soft_wrap=True)
         _draw_comparison(run_dir, draw=not no_plots)
         return
     if not is_run_dir(run_dir):
@@ -456,6 +455,14 @@ def _draw_comparison(record_dir: Path, draw: bool) -> None:
     except Exception as e:
         err_console.print(f"comparison figures failed: {type(e).__name__}: {e}", style="yellow",
                           markup=False)
+
+
+def _write_failures(variants: list[Any]) -> None:
+    """One line per variant whose run record could not be written."""
+    for v in variants:
+        if v.write_failed:
+            err_console.print(f"{v.name}: {v.error}", style="red", markup=False,
+                              highlight=False, soft_wrap=True)
 
 
 def _stopped_by(error: BaseException) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -65,13 +65,14 @@ def _lines(f: TextIO, path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _row(fields: list[str], columns: list[str], step_at: int, path: Path,
-         line: int) -> dict[str, Any]:
+         line: int | None) -> dict[str, Any]:
+    where = f"line {line}" if line is not None else "a line near the end"
     if len(fields) != len(columns):
-        raise CorruptRecord(path, f"line {line}: {len(fields)} fields, the header has "
+        raise CorruptRecord(path, f"{where}: {len(fields)} fields, the header has "
                                   f"{len(columns)}")
     row = {k: number(v) for k, v in zip(columns, fields)}
     if not isinstance(row[columns[step_at]], int):
-        raise CorruptRecord(path, f"line {line}: step {fields[step_at]!r} is not a whole number")
+        raise CorruptRecord(path, f"{where}: step {fields[step_at]!r} is not a whole number")
     return row
 
 
@@ -105,33 +106,33 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
 class _Lane:
     """The steps kept of one lane: every `stride`-th group, and the last two groups."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int) -> None:
+        self.most = most
         self.stride = 1
         self.count = -1  # groups seen
         self.kept: dict[int, tuple[int, list[str]]] = {}
-        self.rows = 0
+        self.rows = 0  # lines in the kept groups
         self.tail: deque[tuple[int, tuple[int, list[str]]]] = deque(maxlen=2)
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # the group being read
         self.keeping = False
 
-    def start(self, first_line: int) -> None:
+    def start(self, first_line: int) -> list[str]:
+        """A new group begins at `first_line`; returns the list its lines go into."""
         self.count += 1
         self.lines = []
         self.tail.append((self.count, (first_line, self.lines)))
         self.keeping = self.count % self.stride == 0
         if self.keeping:
             self.kept[self.count] = (first_line, self.lines)
+        return self.lines
 
-    def add(self, line: str, most: int) -> None:
-        self.lines.append(line)
-        if not self.keeping:
-            return
-        self.rows += 1
-        while self.rows > most and len(self.kept) > 2:
+    def thin(self) -> None:
+        """Too many rows kept: keep every other kept group (the stride doubles)."""
+        while self.rows > self.most and len(self.kept) > 2:
             self.stride *= 2
             self.kept = {k: g for k, g in self.kept.items() if k % self.stride == 0}
             self.rows = sum(len(lines) for _, lines in self.kept.values())
-            self.keeping = self.count in self.kept
+        self.keeping = self.count in self.kept
 
     def groups(self) -> list[tuple[int, list[str]]]:
         return list({**self.kept, **dict(self.tail)}.values())
@@ -153,34 +154,98 @@ def read_rows(path: Path, most: int | None = MOST_ROWS,
             if columns is None:
                 return []
             step_at = columns.index("step")
-            phase_at = columns.index("phase") if "phase" in columns else None
+            phase_at = columns.index("phase") if "phase" in columns else step_at
             lane_at = columns.index(lane_column) if lane_column in columns else None
-            fast = step_at == 0 and phase_at == 1 and lane_at is None
-            previous: tuple[str, ...] | None = None
-            lane = lanes.setdefault(False, _Lane())
-            for n, line in _lines(f, path):
-                if fast:  # the group key is the text up to the second comma
-                    key: tuple[str, ...] = (line[:line.find(",", line.find(",") + 1)],)
+            # the group key is the text up to the end of the later of step and phase
+            cut = max(step_at, phase_at) + 1
+            previous = None
+            lane = lanes.setdefault(False, _Lane(most))
+            lines: list[str] = []
+            for n, line in enumerate(f, start=2):
+                if "\0" in line:
+                    check_text(line, path, n)
+                if line[-1:] != "\n":
+                    continue  # a killed run's last line, cut short
+                if lane_at is None and cut == 2:  # step, phase: the usual layout
+                    key = line[:line.find(",", line.find(",") + 1)]
+                elif lane_at is None:
+                    key = ",".join(line.split(",", cut)[:cut])
                 else:
-                    fields = line.split(",")
-                    key = tuple(fields[i] for i in (step_at, phase_at) if i is not None
-                                and i < len(fields))
-                    if lane_at is not None:
-                        filled = lane_at < len(fields) and fields[lane_at].strip() != ""
-                        lane = lanes.setdefault(filled, _Lane())
-                        key += (str(filled),)
+                    fields = line.split(",", lane_at + 1)
+                    filled = lane_at < len(fields) and fields[lane_at].strip() not in ("", "\r\n")
+                    lane = lanes.setdefault(filled, _Lane(most))
+                    key = ",".join(fields[:cut]) + ("+" if filled else "-")
                 if key != previous:
-                    lane.start(n)
+                    lines = lane.start(n)
                     previous = key
-                lane.add(line, most)
+                lines.append(line)
+                if lane.keeping:
+                    lane.rows += 1
+                    if lane.rows > most:
+                        lane.thin()
         except UnicodeDecodeError as e:
             raise not_text(path, e) from None
     groups = sorted(g for kept in lanes.values() for g in kept.groups())
     rows = []
     try:
-        for first, lines in groups:
-            for i, fields in enumerate(csv.reader(lines)):
+        for first, group in groups:
+            for i, fields in enumerate(csv.reader(group)):
                 rows.append(_row(fields, columns, step_at, path, first + i))
     except csv.Error as e:
         raise CorruptRecord(path, f"not CSV: {e}") from None
     return rows
+
+
+def first_and_last(path: Path, keep: Callable[[dict[str, Any]], bool]
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the first and of the last logged step that `keep` takes (training rows).
+
+    The first step is read from the start; the last from the end of the file, backwards a
+    block at a time until the step before it shows: a run's summary costs the same for a
+    long record as for a short one.
+    """
+    path = Path(path)
+    first: list[dict[str, Any]] = []
+    for row in iter_rows(path):
+        if not keep(row):
+            continue
+        if first and row["step"] != first[0]["step"]:
+            break
+        first.append(row)
+    if not first:
+        return [], []
+    return first, _last_step(path, keep)
+
+
+def _last_step(path: Path, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    with path.open("rb") as f:
+        header = f.readline()
+        columns = next(csv.reader([header.decode("utf-8")]))
+        step_at = columns.index("step")
+        size = f.seek(0, 2)
+        block = 1 << 16
+        while True:
+            start = max(len(header), size - block)
+            f.seek(start)
+            data = f.read(size - start)
+            if start > len(header):  # begins inside a line: from the next one
+                data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+            try:
+                lines = data.decode("utf-8").splitlines(keepends=True)
+            except UnicodeDecodeError as e:
+                raise not_text(path, e) from None
+            if lines and not lines[-1].endswith("\n"):
+                lines.pop()  # a killed run's last line, cut short
+            for line in lines:
+                check_text(line, path, 0)
+            try:
+                rows = [r for r in (_row(fields, columns, step_at, path, None)
+                                    for fields in csv.reader(lines)) if keep(r)]
+            except csv.Error as e:
+                raise CorruptRecord(path, f"not CSV: {e}") from None
+            i = len(rows) - 1
+            while i >= 0 and rows[i]["step"] == rows[-1]["step"]:
+                i -= 1
+            if i >= 0 or start == len(header):  # the step before it is in view, or all is
+                return rows[i + 1:]
+            block *= 4

@@ -10,18 +10,19 @@ listing shows such a run as `corrupt`. `read_record` reads the CSVs bounded
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gradlab.record.bounded import MOST_ROWS, iter_rows, read_rows
+from gradlab.record.bounded import MOST_ROWS, first_and_last, iter_rows, read_rows
 from gradlab.record.files import decode
 from gradlab.record.validate import CorruptRecord, check_config, check_summary
 
@@ -72,13 +73,39 @@ def is_run_dir(path: Path) -> bool:
 def read_record(path: Path, most: int | None = MOST_ROWS) -> Record:
     """Load a run directory; missing or partial files read as empty rather than failing, a
     corrupt one raises CorruptRecord. Each CSV is thinned to about `most` rows (every row
-    with `most` None): reports and figures of a huge record stay fast and small."""
+    with `most` None): reports and figures of a huge record stay fast and small. Reading the
+    same record again while its files are unchanged (the report, then its figures) reuses
+    the rows read (each caller gets its own lists and summary)."""
     path = Path(path)
     if not path.is_dir() or not is_run_dir(path):
         raise FileNotFoundError(f"{path}: not a gradlab run directory")
-    return Record(path, read_summary(path), read_config(path),
-                  read_rows(path / "metrics.csv", most, lane_column="test_loss"),
-                  read_rows(path / "layers.csv", most), read_rows(path / "time_grads.csv", most))
+    key = (path.resolve(), most, _file_stamps(path))
+    if _last_read and _last_read[0] == key:  # the report, then its figures: one read
+        record = _last_read[1]
+        return replace(record, summary=copy.deepcopy(record.summary),
+                       config=copy.deepcopy(record.config), metrics=list(record.metrics),
+                       layers=list(record.layers), time_grads=list(record.time_grads))
+    record = Record(path, read_summary(path), read_config(path),
+                    read_rows(path / "metrics.csv", most, lane_column="test_loss"),
+                    read_rows(path / "layers.csv", most), read_rows(path / "time_grads.csv", most))
+    _last_read[:] = [key, record]
+    return replace(record, metrics=list(record.metrics), layers=list(record.layers),
+                   time_grads=list(record.time_grads), summary=copy.deepcopy(record.summary),
+                   config=copy.deepcopy(record.config))
+
+
+_last_read: list[Any] = []  # [key, Record]: the last record read, while its files are unchanged
+
+
+def _file_stamps(path: Path) -> tuple[Any, ...]:
+    stamps: list[tuple[int, int, int] | None] = []
+    for name in ("summary.json", "config.yaml", "metrics.csv", "layers.csv", "time_grads.csv"):
+        try:
+            st = (path / name).stat()
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -133,18 +160,10 @@ def iter_csv(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def edge_steps(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows of the first and of the last training step logged in a CSV, read streaming."""
-    first: list[dict[str, Any]] = []
-    last: list[dict[str, Any]] = []
-    for row in iter_csv(path):
-        if not is_training_row(row):
-            continue
-        if not first or row["step"] == first[0]["step"]:
-            first.append(row)
-        if last and row["step"] != last[0]["step"]:
-            last = []
-        last.append(row)
-    return first, last
+    """The rows of the first and of the last training step logged in a CSV: the first read
+    from the start, the last from the end (`bounded.first_and_last`), so the cost does not
+    grow with the record."""
+    return first_and_last(path, is_training_row)
 
 
 def _alive(pid: Any) -> bool:

@@ -16,10 +16,12 @@ MARKS = {0: ("•", "cyan"), 1: ("x", "magenta"), 2: ("+", "green"), 3: ("o", "y
 
 
 def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
-          height: int = 12, log: bool | None = None, xlabel: str = "step") -> Text:
+          height: int = 12, log: bool | None = None, xlabel: str = "step",
+          fit: int | None = None) -> Text:
     """A small scatter chart in text; log y-scale when the values span over a decade.
 
-    The x axis is labelled `xlabel` at its left end: training steps, or time steps t.
+    The x axis is labelled `xlabel` at its left end: training steps, or time steps t. With
+    `fit`, the plotting area is as wide as makes each line, labels included, `fit` columns.
     """
     points = [p for s in series.values() for p in s]
     points = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
@@ -36,6 +38,10 @@ def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
     x0, x1 = min(xs), max(xs)
     if not x1 - x0 > 0:
         x1 = x0 + 1
+    top, bottom = num(10 ** hi if log else hi), num(10 ** lo if log else lo)
+    pad = max(len(top), len(bottom))
+    if fit is not None:
+        width = max(fit - pad - 2, 16)
     grid = [[(" ", "")] * width for _ in range(height)]
     for k, (_, pts) in enumerate(series.items()):
         mark = MARKS[k % len(MARKS)]
@@ -46,8 +52,6 @@ def chart(series: Mapping[str, Sequence[tuple[float, float]]], width: int = 64,
             row = height - 1 - round((f(y) - lo) / (hi - lo) * (height - 1))
             grid[row][col] = mark
     out = Text()
-    top, bottom = num(10 ** hi if log else hi), num(10 ** lo if log else lo)
-    pad = max(len(top), len(bottom))
     for r, line in enumerate(grid):
         label = top if r == 0 else bottom if r == height - 1 else ""
         out.append(f"{label:>{pad}} │")

@@ -1,5 +1,6 @@
 """The comparison table, in the terminal and as comparison.md: one row per variant, numbers
-never cut, each row's problems below it. Takes the rows `compare.comparison_rows` makes (or
+never cut, names never made alike, each row's problems below it; in the terminal, laid out for
+the width it is printed at (`style.fit_table`). Takes the rows `compare.comparison_rows` makes (or
 comparison.csv read back); no torch.
 """
 
@@ -8,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from gradlab.record.comparison import read_comparison
-from gradlab.render.style import num, short, status_style
+from gradlab.render.style import Column, Fitted, fit_table, num, short, status_style
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
@@ -35,48 +34,86 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
                                        if problems else "")
 
 
-def comparison_table(rows: list[dict[str, Any]]) -> RenderableType:
-    """The side-by-side table, readable at 100 columns, with each row's problems below."""
-    # SIMPLE_HEAD already puts a space between columns: no padding, so 11 columns fit in 100
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=0, show_edge=False,
-                  title="comparison", title_justify="left")
-    for col, justify in (("variant", "left"), ("status", "left"), ("steps", "right"),
-                         ("final\nloss", "right"), ("test", "right"), ("ratio\ninit", "right"),
-                         ("ratio\nend", "right"), ("min\n|grad|", "right"),
-                         ("verdict", "left"), ("steps\n/s", "right"), ("claims", "left")):
-        # when a row is too wide, only the names shrink (with an ellipsis), never a number
-        shrinks = col in ("variant", "verdict")
-        table.add_column(col, justify=justify, no_wrap=not shrinks,  # type: ignore[arg-type]
-                         overflow="ellipsis")
-    for r in rows:
-        status = r["status"]
-        style = status_style(status)
-        expect = {"held": Text("held", "green"), "FAILED": Text("FAILED", "bold red")}.get(
-            r["expect"], Text("–", "dim"))
-        table.add_row(
-            r["variant"], Text(status, style), num(r["steps"]), short(r["final_loss"]),
-            short(r["test_metric"]), short(r["grad_ratio_init"]),
-            short(r["grad_ratio_final"]), short(r["weakest_grad"]), r["verdict"],
-            _rate(r["steps_per_second"]), expect,
-        )
+def comparison_table(rows: list[dict[str, Any]], show_claims: bool = False) -> RenderableType:
+    """The side-by-side table, with each row's problems below; laid out for the width it is
+    printed at. `show_claims`: a column saying whether each config's `expect:` block held (the
+    caller asked for the claims to be checked).
+
+    Where every column does not fit, the status column goes first (a run that did not complete
+    shows its status in the verdict column instead), then steps/s, then the names are shortened
+    in the middle, kept distinct. Numbers are never cut."""
+    return Fitted(lambda width: _comparison(rows, show_claims, width))
+
+
+def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> RenderableType:
+    statuses = [Text(r["status"], status_style(r["status"])) for r in rows]
+    merged = [_outcome(r) for r in rows]
+
+    def columns(status: bool, rate_drops: bool) -> list[Column]:
+        cols = [Column("variant", [r["variant"] for r in rows], "left", name=True)]
+        if status:
+            cols.append(Column("status", statuses, "left"))
+        cols += [
+            Column("steps", [num(r["steps"]) for r in rows]),
+            Column("final\nloss", [short(r["final_loss"]) for r in rows]),
+            Column("test", [short(r["test_metric"]) for r in rows]),
+            Column("ratio\ninit", [short(r["grad_ratio_init"]) for r in rows]),
+            Column("ratio\nend", [short(r["grad_ratio_final"]) for r in rows]),
+            Column("min\n|grad|", [short(r["weakest_grad"]) for r in rows]),
+            Column("verdict", [Text(r["verdict"] or "–") for r in rows] if status else merged,
+                   "left"),
+            Column("steps\n/s", [_rate(r["steps_per_second"]) for r in rows],
+                   drop=1 if rate_drops else 0),
+        ]
+        if show_claims:
+            cols.append(Column("claims", [_claims(r["expect"]) for r in rows], "left"))
+        return cols
+
+    # the names whole, every column; then the status folded into the verdict; then without
+    # steps/s; last, the names shortened
+    table = (fit_table(columns(True, False), width, shorten=False)
+             or fit_table(columns(False, True), width, air_first=False))
+    assert table is not None
+    shown = {str(c.header) for c in table.columns}
+    legend = ["ratio: first layer's gradient norm / last layer's, at init and at the end",
+              "min |grad|: the weakest layer's gradient norm at the end",
+              "test: accuracy for classification, loss otherwise"]
+    if "status" not in shown:
+        legend.append("verdict: the run's first verdict, or its status if it did not complete")
+    if show_claims:
+        legend.append("claims: whether the config's expect: block held")
     # the legend sits below the table rather than in its caption, which wraps at the table's width
-    notes = Text("ratio: first layer's gradient norm / last layer's; min |grad|: the weakest "
-                 "layer's at the end;\ntest: accuracy for classification, loss otherwise; "
-                 "claims: the config's expect: block\n", style="dim")
+    notes = Text("\n".join(legend) + "\n", style="dim")
     for r in rows:
         if r["problems"]:
             notes.append(f"{r['variant']}: ", style="bold")
             notes.append(f"{r['problems']}\n")
-    return Group(table, notes)
+    return Group(Text("comparison", style="italic"), table, notes)
 
 
+def _outcome(row: dict[str, Any]) -> Text:
+    """The verdict of a completed run; the status (in its colour) of any other, with its
+    verdict below when that says something else."""
+    status, verdict = row["status"], row["verdict"] or ""
+    if status == "completed":
+        return Text(verdict or "–")
+    text = Text(status, status_style(status))
+    if verdict and verdict != status:
+        text.append(f"\n{verdict}")
+    return text
+
+
+def _claims(expect: str) -> Text:
+    return {"held": Text("held", "green"), "FAILED": Text("FAILED", "bold red")}.get(
+        expect, Text("–", "dim"))
 
 
 def _rate(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f}"
 
 
-def render_comparison_dir(path: Path) -> RenderableType:
-    """Re-render a compare record's table from its comparison.csv (no training)."""
-    return Group(comparison_table(read_comparison(path)), Text(str(path), style="dim"))
+def render_comparison_dir(path: Path, show_claims: bool = False) -> RenderableType:
+    """Re-render a compare record's table from its comparison.csv (no training); the caller
+    prints the record's path, unwrapped, below it."""
+    return comparison_table(read_comparison(path), show_claims)
 

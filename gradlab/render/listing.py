@@ -1,18 +1,22 @@
 """`gradlab runs`: every run under a directory, newest first, as one table; a run whose files
-are not what gradlab wrote is listed as `corrupt`, with the file and what is wrong. No torch."""
+are not what gradlab wrote is listed as `corrupt`, with the file and what is wrong. No torch.
+
+The table is laid out for the width it is printed at (`style.fit_table`): the verdicts wrap
+between words; when the width is short the start time, which the run's directory name already
+spells (`YYYYmmddTHHMMSSZ`, UTC), is the column that goes first, and then each run's path is
+stacked, its name over its stamp. A run's path is never shortened: `gradlab report` takes it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rich import box
-from rich.console import RenderableType
-from rich.table import Table
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from gradlab.record.reader import find_runs, listing_record, run_started
 from gradlab.render.report import logged_progress
-from gradlab.render.style import num, status_style
+from gradlab.render.style import Column, Fitted, fit_table, short, status_style
 
 
 def run_list(root: Path) -> RenderableType:
@@ -20,21 +24,14 @@ def run_list(root: Path) -> RenderableType:
     paths = sorted(find_runs(root), key=run_started, reverse=True)
     if not paths:
         return Text(f"no runs under {root}", style="yellow")
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True,
-                  title=f"runs under {root}, newest first", title_justify="left",
-                  caption=f"gradlab report {root}/RUN re-prints one", caption_justify="left")
-    for col, justify in (("run", "left"), ("status", "left"),
-                         ("started (UTC)", "left"), ("steps", "right"), ("final loss", "right"),
-                         ("verdict", "left")):
-        table.add_column(col, justify=justify, no_wrap=col != "verdict")  # type: ignore[arg-type]
+    runs, statuses, started, steps_done, losses, verdicts = [], [], [], [], [], []
     for path in paths:
         record = listing_record(path)
         s = record.summary or {}
         status = record.status
-        style = status_style(status)
         if status == "corrupt":  # a file that is not what gradlab wrote: say which, and what
             steps, loss = "–", None
-            verdicts = record.problem or ""
+            verdict = record.problem or ""
         elif status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
             done, _, loss = logged_progress(record)
             steps = f"{done}" + (f"/{s['steps_planned']}" if s.get("steps_planned") else "")
@@ -42,9 +39,32 @@ def run_list(root: Path) -> RenderableType:
             steps = f"{s.get('steps_done', '?')}/{s.get('steps_planned', '?')}"
             loss = s.get("final_loss")
         if status != "corrupt":
-            verdicts = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
-        run = path.name if path == root else path.relative_to(root).as_posix()
-        table.add_row(run, Text(status, style), run_started(path)[0].strftime("%Y-%m-%d %H:%M"),
-                      steps, num(loss), verdicts)
-    return table
+            verdict = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
+        runs.append(path.name if path == root else path.relative_to(root).as_posix())
+        statuses.append(Text(status, status_style(status)))
+        started.append(run_started(path)[0].strftime("%Y-%m-%d %H:%M"))
+        steps_done.append(steps)
+        losses.append(short(loss, 3))
+        verdicts.append(verdict)
+    def columns(run: list[str]) -> list[Column]:
+        return [
+            Column("run", run, "left"),
+            Column("status", statuses, "left"),
+            Column("started (UTC)", started, "left", drop=1),
+            Column("steps", steps_done),
+            Column("final\nloss", losses),
+            Column("verdict", verdicts, "left", wrap=True),
+        ]
 
+    def build(width: int) -> RenderableType:
+        table = fit_table(columns(runs), width, shorten=False)
+        if table is None:  # each run over two lines: its name, then its stamp
+            stacked = [r.replace("/", "/\n", 1) if r.count("/") == 1 else r for r in runs]
+            table = fit_table([c for c in columns(stacked) if c.header != "started (UTC)"], width)
+        assert table is not None
+        notes = f"gradlab report {root}/RUN re-prints one"
+        if len(table.columns) < 6:
+            notes = f"a run's directory name is the time it started (UTC)\n{notes}"
+        return Group(Text(f"runs under {root}, newest first"), table, Text(notes, style="dim"))
+
+    return Fitted(build)

@@ -3,11 +3,16 @@ pretraining and through-time tables where the run has them.
 
 Every function takes a record (`record.reader.read_record`) and *returns* a rich renderable;
 only the CLI prints. Nothing here imports the trainer or torch.
+
+Each part is laid out for the width it is printed at (`style.Fitted`): at 80 columns the layer
+table keeps the gradients and drops its extra columns, at 120 it shows them too; the three
+boxes (header, loss, verdict) all span the terminal, up to `style.MAX_WIDTH`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -20,7 +25,18 @@ from gradlab.config.schema import SATURATING
 from gradlab.record.reader import Record, is_training_row
 from gradlab.render.chart import chart
 from gradlab.render.prediction import theory_lines
-from gradlab.render.style import SEVERITY_STYLE, finite, num, pct, status_style
+from gradlab.render.style import (
+    SEVERITY_STYLE,
+    Column,
+    Fitted,
+    box_width,
+    finite,
+    fit_table,
+    num,
+    pct,
+    short,
+    status_style,
+)
 
 FAR_BELOW = 1e-3  # a gradient this far below the layer with the largest one is highlighted
 
@@ -39,11 +55,17 @@ def run_report(record: Record, all_layers: bool = False) -> RenderableType:
 
 
 def header(record: Record) -> RenderableType:
+    return Fitted(lambda width: _header(record, width))
+
+
+def _header(record: Record, width: int) -> RenderableType:
     s = record.summary or {}
     status = record.status
     style = status_style(status)
+    inner = box_width(width) - 4  # the panel's border and padding
+    name = f"{s.get('name', record.path.parent.name)}"
     lines = Text()
-    lines.append(f"{s.get('name', record.path.parent.name)}", style="bold")
+    lines.append(name, style="bold")
     lines.append("  ")
     lines.append(status, style=style)
     done: int | None
@@ -53,20 +75,26 @@ def header(record: Record) -> RenderableType:
         done, initial, final = s.get("steps_done"), s.get("initial_loss"), s.get("final_loss")
     steps = f"{done}/{s.get('steps_planned', '?')} steps"
     speed = s.get("steps_per_second")
-    lines.append(f"  {steps} in {num(s.get('seconds'))} s ({num(speed)} steps/s) on "
-                 f"{s.get('device', '?')}\n")
+    lead = f"{name}  {status}"  # already in `lines`, in its styles
+    lines.append(_packed(lead + "  ", [f"{steps} in {num(s.get('seconds'))} s",
+                                       f"({num(speed)} steps/s)", f"on {s.get('device', '?')}"],
+                         inner, sep="", indent=2)[len(lead):] + "\n")
     metrics = s.get("final_metrics") or {}
-    shown = ", ".join(f"{k} {num(v)}" for k, v in metrics.items())
-    lines.append(f"loss {num(initial)} → {num(final)}"
-                 + (f"   ({shown})" if shown else "") + "\n")
+    loss = f"loss {num(initial)} → {num(final)}"
+    lines.append(_packed(loss + "   (", [f"{k} {num(v)}" for k, v in metrics.items()], inner,
+                         end=")") if metrics else loss)
+    lines.append("\n")
     lines.append(f"grad ratio first/last layer: {num(s.get('grad_ratio_init'))} at init, "
                  f"{num(s.get('grad_ratio_final'))} at the end\n")
     for line in theory_lines(s):  # the mean-field prediction, and how step 0 agrees with it
         lines.append(line + "\n", style="dim")
     if s.get("flush_denormal"):
         zeroed = s.get("flushed_zero_layers")
-        lines.append("flush_denormal: values below 1.2e-38 were set to 0"
-                     + (f"; {zeroed} layers' gradients are exactly 0" if zeroed else "") + "\n",
+        which = (f"{zeroed} layer's gradient was" if zeroed == 1
+                 else f"{zeroed} layers' gradients were")
+        lines.append("flush_denormal is on: numbers smaller than 1.2e-38 were rounded to 0, so a "
+                     "gradient that small shows as exactly 0"
+                     + (f"; at the first step {which} exactly 0" if zeroed else "") + "\n",
                      style="dim")
     if s.get("error"):
         lines.append(f"error: {s['error']}\n", style="red")
@@ -74,7 +102,26 @@ def header(record: Record) -> RenderableType:
         lines.append("this run stopped without finishing its record (killed?): "
                      "showing what it logged\n", style="yellow")
     lines.append(str(record.path), style="dim")
-    return Panel(lines, title="gradlab run", title_align="left", expand=False)
+    return Panel(lines, title="gradlab run", title_align="left", width=box_width(width))
+
+
+def _packed(lead: str, items: list[str], width: int, sep: str = ",", end: str = "",
+            indent: int | None = None) -> str:
+    """`lead` then the items, each but the last followed by `sep`, wrapped between items (a
+    name is never parted from its number) at `width`; the lines after the first indented by
+    `indent`, by default aligned under the first item where that leaves room."""
+    if indent is None:
+        indent = len(lead) if width - len(lead) >= 30 else 2
+    lines, line = [], lead
+    for i, item in enumerate(items):
+        item += end if i == len(items) - 1 else sep
+        piece = item if i == 0 else " " + item
+        if len(line) + len(piece) > width and line.strip():
+            lines.append(line.rstrip())
+            line = " " * indent + item
+        else:
+            line += piece
+    return "\n".join([*lines, line])
 
 
 def select_layers(n: int, all_layers: bool, most: int = 14) -> list[int]:
@@ -86,45 +133,80 @@ def select_layers(n: int, all_layers: bool, most: int = 14) -> list[int]:
     return sorted(i for i in keep if 0 <= i < n)
 
 
+# The layer table's columns: (header, when, statistic, drop). `drop` 0 is always shown; the
+# others go, highest first, when the width is short: the gradient norms stay.
+TABLE_STATS: list[tuple[str, str, str, int]] = [
+    ("grad\ninit", "init", "grad_norm", 0),
+    ("grad\nend", "final", "grad_norm", 0),
+    ("‖∂L/∂z‖\ninit", "init", "delta_norm", 6),
+    ("‖∂L/∂z‖\nend", "final", "delta_norm", 6),
+    ("grad\nRMS", "final", "grad_rms", 4),
+    ("update\n/weight", "final", "update_ratio", 2),
+    ("weight\nnorm", "final", "weight_norm", 5),
+    ("act\nmean", "final", "act_mean", 5),
+    ("act\nstd", "final", "act_std", 3),
+]
+
+
 def layer_table(record: Record, all_layers: bool = False) -> RenderableType:
     layers = (record.summary or {}).get("layers") or _layers_from_rows(record.layers)
     if not layers:
         return Text("no layer statistics were logged", style="yellow")
+    return Fitted(lambda width: _layer_table(record, layers, all_layers, width))
+
+
+def _layer_table(record: Record, layers: list[dict[str, Any]], all_layers: bool,
+                 width: int) -> RenderableType:
     act = (record.config.get("model") or {}).get("activation", "")
     unit_stat, unit_label = ("act_saturated", "saturated") if act in SATURATING \
         else ("act_dead", "dead")
-    table = Table(title="per-layer statistics (gradient norm at init and at the end)",
-                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-    for col in ("#", "layer", "shape", "grad\ninit", "grad\nend", "grad\nRMS", "update\n/weight",
-                "act\nstd", unit_label):
-        table.add_column(col, justify="left" if col in ("layer", "shape") else "right",
-                         no_wrap=True)
     biggest = {w: max((_stat(layer, w, "grad_norm") or 0.0) for layer in layers)
                for w in ("init", "final")}
     shown = select_layers(len(layers), all_layers)
+    rows: list[dict[str, Any] | None] = []  # None: the "⋮" of layers left out
     previous = -1
     for i in shown:
         if i != previous + 1:
-            table.add_row("⋮", "", "", "", "", "", "", "", "")
+            rows.append(None)
         previous = i
-        layer = layers[i]
-        shape = "×".join(str(d) for d in layer.get("shape") or [])
-        table.add_row(
-            str(i), layer["name"], shape,
-            _grad_cell(_stat(layer, "init", "grad_norm"), biggest["init"]),
-            _grad_cell(_stat(layer, "final", "grad_norm"), biggest["final"]),
-            num(_stat(layer, "final", "grad_rms"), 2),
-            num(_stat(layer, "final", "update_ratio"), 2),
-            num(_stat(layer, "final", "act_std"), 2),
-            pct(_stat(layer, "final", unit_stat)),
-        )
-    if len(shown) < len(layers):
-        table.caption = f"{len(shown)} of {len(layers)} layers shown; --all-layers for every one"
-    return table
+        rows.append({"i": i, **layers[i]})
+
+    def cells(make: Any) -> list[Any]:
+        return [make(r) if r is not None else "" for r in rows]
+
+    columns = [
+        Column("#", [str(r["i"]) if r is not None else "⋮" for r in rows]),
+        Column("layer", cells(lambda r: r["name"]), justify="left", name=True),
+        Column("shape", cells(lambda r: "×".join(str(d) for d in r.get("shape") or [])),
+               justify="left", drop=1),
+    ]
+    for head, when, key, drop in TABLE_STATS:
+        if all(_stat(layers[i], when, key) is None for i in shown):
+            continue  # measured for no layer shown (the cells of a recurrent net: no δ, no act)
+        if key == "grad_norm":
+            columns.append(Column(head, cells(
+                lambda r, when=when, key=key: _grad_cell(_stat(r, when, key), biggest[when]))))
+        else:
+            columns.append(Column(head, cells(
+                lambda r, when=when, key=key: short(_stat(r, when, key))), drop=drop))
+    if any(_stat(layers[i], "final", unit_stat) is not None for i in shown):
+        columns.append(Column(unit_label, cells(lambda r: pct(_stat(r, "final", unit_stat)))))
+    caption = (f"{len(shown)} of {len(layers)} layers shown; --all-layers for every one"
+               if len(shown) < len(layers) else None)
+    table = fit_table(columns, width, caption=caption)
+    assert table is not None  # fit_table shortens names rather than give up
+    # the title on a line of its own: a narrow table would wrap it
+    parts: list[RenderableType] = [
+        Text("per-layer statistics (gradient norm at init and at the end)", style="italic"),
+        table]
+    if "‖∂L/∂z‖\ninit" in {c.header for c in table.columns}:
+        parts.append(Text("‖∂L/∂z‖: the backward signal at the layer's output (its "
+                          "pre-activation); grad: the weight's gradient", style="dim"))
+    return Group(*parts)
 
 
 def _grad_cell(value: float | None, biggest: float) -> Text:
-    text = num(value, 2)
+    text = short(value)
     if value is None:
         return Text(text)
     if value == 0 or (biggest > 0 and value < FAR_BELOW * biggest):
@@ -165,7 +247,8 @@ def logged_progress(record: Record) -> tuple[int, float | None, float | None]:
             losses[-1] if losses else None)
 
 
-def loss_curve(metrics: list[dict[str, Any]], width: int = 64, height: int = 12) -> RenderableType:
+def loss_curve(metrics: list[dict[str, Any]], height: int = 12) -> RenderableType:
+    """The training and test loss in a box as wide as the report's others."""
     rows = [m for m in metrics if is_training_row(m)]
     series = {
         "train": [(m["step"], m["loss"]) for m in rows if finite(m.get("loss"))],
@@ -173,17 +256,31 @@ def loss_curve(metrics: list[dict[str, Any]], width: int = 64, height: int = 12)
     }
     if not series["train"]:
         return Text("no loss logged", style="yellow")
-    return Panel(chart(series, width, height), title="loss", title_align="left", expand=False)
+    return chart_box(series, "loss", height)
+
+
+def chart_box(series: Mapping[str, Sequence[tuple[float, float]]], title: str, height: int,
+              xlabel: str = "step") -> RenderableType:
+    """A text chart filling a box of the report's width (border and padding: 4 columns)."""
+    def build(width: int) -> RenderableType:
+        wide = box_width(width)
+        return Panel(chart(series, height=height, xlabel=xlabel, fit=wide - 4), title=title,
+                     title_align="left", width=wide)
+    return Fitted(build)
 
 
 def verdict_panel(record: Record) -> RenderableType:
     verdicts = (record.summary or {}).get("verdicts") or []
     if not verdicts:
         return Text("no verdict (the run has no summary)", style="yellow")
+    return Fitted(lambda width: _verdict_panel(record, verdicts, width))
+
+
+def _verdict_panel(record: Record, verdicts: list[dict[str, Any]], width: int) -> RenderableType:
     # one grid: a remedy that wraps keeps its indent under the arrow
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a path longer than the line folds, never cut: it is copied
     for i, v in enumerate(verdicts):
         if i:
             grid.add_row("", "")
@@ -202,7 +299,7 @@ def verdict_panel(record: Record) -> RenderableType:
         grid.add_row("", "")
         grid.add_row("", Text(f"gradlab fix {record.path / 'config.yaml'} runs each remedy and "
                               "ranks them by what the net then learns", style="dim"))
-    return Panel(grid, title="verdict", title_align="left", expand=False)
+    return Panel(grid, title="verdict", title_align="left", width=box_width(width))
 
 
 def pretrain_table(pretrain: dict[str, Any]) -> RenderableType:
@@ -211,25 +308,42 @@ def pretrain_table(pretrain: dict[str, Any]) -> RenderableType:
            "tied decoder" if pretrain.get("tied", True) else "untied decoder"]
     if pretrain.get("denoising"):
         how.append(f"denoising {pct(pretrain['denoising'])}")
-    table = Table(title="layer-wise pretraining, before fine-tuning", title_justify="left",
-                  title_style="bold", header_style="bold", box=box.SIMPLE_HEAD,
-                  caption_justify="left",
-                  caption=f"{', '.join(how)}; {pretrain.get('optimizer')} lr "
-                          f"{num(pretrain.get('lr'))}, {pretrain.get('steps_per_layer')} steps "
-                          f"per layer; {num(pretrain.get('seconds'))} s")
-    for col in ("layer", "steps", "reconstruction\nloss start", "reconstruction\nloss end",
-                "input\nvariance", "unexplained\n(end/var)", "seconds", "status"):
-        table.add_column(col, justify="left" if col in ("layer", "status") else "right",
-                         no_wrap=True)
-    for row in pretrain.get("layers", []):
-        status = row.get("status", "completed")
+    caption = (f"{', '.join(how)}; {pretrain.get('optimizer')} lr {num(pretrain.get('lr'))}, "
+               f"{pretrain.get('steps_per_layer')} steps per layer; "
+               f"{num(pretrain.get('seconds'))} s")
+    rows = pretrain.get("layers", [])
+    unexplained = []
+    for row in rows:
         end, var = row.get("loss_end"), row.get("input_variance")
-        unexplained = end / var if finite(end) and finite(var) and var else None
-        table.add_row(row.get("name", str(row["layer"])), str(row.get("steps", "–")),
-                      num(row.get("loss_start")), num(end), num(var), pct(unexplained),
-                      num(row.get("seconds")),
-                      Text(status, style="" if status == "completed" else "bold red"))
-    return table
+        unexplained.append(end / var if finite(end) and finite(var) and var else None)
+    statuses = [row.get("status", "completed") for row in rows]
+
+    def columns(wide: bool) -> list[Column]:
+        loss = "reconstruction\nloss " if wide else "loss\n"
+        return [
+            Column("layer", [row.get("name", str(row["layer"])) for row in rows], "left",
+                   name=True),
+            Column("steps", [str(row.get("steps", "–")) for row in rows]),
+            Column(loss + "start", [short(row.get("loss_start"), 3) for row in rows]),
+            Column(loss + "end", [short(row.get("loss_end"), 3) for row in rows]),
+            Column("input\nvariance", [short(row.get("input_variance"), 3) for row in rows]),
+            Column("unexplained\n(end/var)", [pct(u) for u in unexplained]),
+            Column("seconds", [num(row.get("seconds")) for row in rows]),
+            Column("status", [Text(st, style="" if st == "completed" else "bold red")
+                              for st in statuses], "left"),
+        ]
+
+    def build(width: int) -> RenderableType:
+        # the headers say "reconstruction loss" where there is room, else the title does
+        table = fit_table(columns(True), width, gaps=(2,), shorten=False)
+        title = "layer-wise pretraining, before fine-tuning"
+        if table is None:
+            table = fit_table(columns(False), width)
+            title += ": each layer's reconstruction loss"
+        assert table is not None
+        return Group(Text(title, style="bold"), table, Text(caption, style="dim"))
+
+    return Fitted(build)
 
 
 def time_table(summary: dict[str, Any]) -> RenderableType:
@@ -249,8 +363,7 @@ def time_table(summary: dict[str, Any]) -> RenderableType:
               "end": [(t + 1, g) for t, g in enumerate(final) if finite(g) and g > 0]}
     parts: list[RenderableType] = [title, table, ratio]
     if series["init"]:
-        parts.append(Panel(chart(series, 64, 10, xlabel="t"), title="‖∂L/∂h_t‖ by time step t",
-                           title_align="left", expand=False))
+        parts.append(chart_box(series, "‖∂L/∂h_t‖ by time step t", 10, xlabel="t"))
     zeros = sum(g == 0 for g in [*init, *final])
     if zeros:
         parts.append(Text(f"{zeros} values of exactly 0 (underflowed) are not drawn on the "
