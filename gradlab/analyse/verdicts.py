@@ -113,7 +113,7 @@ def _fix(why: str, *settings: str) -> Fix:
 
 
 def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2g}" if 1e-3 <= abs(x) < 1e4 or x == 0 else f"{x:.1e}"
+    return "–" if x is None else f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 or x == 0 else f"{x:.1e}"
 
 
 def _num(x: Any) -> float | None:
