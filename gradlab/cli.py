@@ -318,7 +318,9 @@ def validate(
         try:
             cfg = load_config(path, set_ or [])
             from gradlab.build.budget import preflight  # torch, only for a config the schema took
+            from gradlab.build.data import check_data
 
+            check_data(cfg.data, str(path))  # a data file is read, as `run` reads it
             preflight(cfg, str(path))
             out_console.print(f"{path}: ok", markup=False, highlight=False, soft_wrap=True)
         except ConfigError as e:

@@ -129,3 +129,31 @@ def test_no_problem_when_it_fits_or_memory_is_unknown(monkeypatch: pytest.Monkey
     assert [key for key, _ in memory_problems(cfg)] == ["model"]
     monkeypatch.setattr(budget, "available_memory", lambda: None)
     assert memory_problems(cfg) == []
+
+
+def test_a_cgroup_limit_caps_the_memory_available(tmp_path) -> None:
+    from gradlab.build.budget import cgroup_headroom
+
+    (tmp_path / "memory.max").write_text("1073741824\n")  # cgroup v2: 1 GiB
+    (tmp_path / "memory.current").write_text("268435456\n")
+    assert cgroup_headroom(tmp_path) == 3 << 28  # 768 MiB left
+    (tmp_path / "memory.max").write_text("max\n")
+    assert cgroup_headroom(tmp_path) is None  # unlimited
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(512 << 20))
+    (v1 / "memory.usage_in_bytes").write_text(str(128 << 20))
+    assert cgroup_headroom(tmp_path / "v1") == 384 << 20
+    assert cgroup_headroom(tmp_path / "none") is None
+
+
+def test_the_budget_counts_the_evaluation_of_a_large_split() -> None:
+    from conftest import tiny_config
+
+    from gradlab.build.budget import memory_estimate
+
+    cfg = tiny_config(data={"kind": "teacher", "n_samples": 100_000, "n_features": 8},
+                      model={"depth": 4, "width": 4096}, train={"batch_size": 2})
+    est = memory_estimate(cfg)
+    assert est["evaluation"] == 4 * 4096 * (2 * 4096 + 1)  # a 4096-example chunk, two layers
+    assert est["evaluation"] > est["activations"]  # here evaluation, not the batch, dominates

@@ -120,7 +120,7 @@ RUN_CASES: list[tuple[str, Any, list[str], list[str]]] = [
     ("file-without-target-column", lambda tmp: csv_data(tmp, GOOD_TABLE, target="z"), [],
      ["data.target: no column named 'z'", "columns: a, b, y"]),
     ("file-non-numeric", lambda tmp: csv_data(tmp, GOOD_TABLE.replace("3,0,6", "3,oops,6")), [],
-     ["data.path:", "holds non-numeric values", "oops"]),
+     ["data.path:", "column 'b' holds a non-numeric value in data row 4"]),
     ("file-unreadable-bytes", lambda tmp: csv_data(tmp, b"a,b,y\n\xff\xfe,1,2\n"), [],
      ["data.path: cannot read", "table.csv"]),
     ("file-ragged-rows", lambda tmp: csv_data(tmp, GOOD_TABLE + "1,2\n"), [],

@@ -57,16 +57,31 @@ def memory_estimate(cfg: Config, n_in: int | None = None, n_out: int | None = No
     per_unit = 4 if m.kind == "mlp" else 2 * gates + 2
     activations = t.batch_size * steps_in_time * m.depth * m.width * per_unit
     n_samples = getattr(cfg.data, "n_samples", DIGITS_SAMPLES)
+    # evaluation runs the splits in chunks of up to 4096 examples without gradients: each
+    # layer's output lives until the next one is computed (two layers' worth at a time), plus
+    # the chunk's outputs
+    chunk = min(4096, n_samples)
+    evaluation = chunk * steps_in_time * (2 * m.width * max(1, gates) + n_out)
     return {
         "n_params": n_params,
         "parameters": 4 * n_params * (3 + slots),  # weights, gradients, probe copy, state
         "activations": 4 * activations,
+        "evaluation": 4 * evaluation,
         "data": 12 * n_samples * steps_in_time * (n_in + n_out),  # float64 table + float32 copy
     }
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available now (MemAvailable), or None where that cannot be read."""
+    """Bytes of memory available now: MemAvailable, or less where a cgroup limits this process
+    (a container, a Slurm job), or None where neither can be read."""
+    have = _meminfo_available()
+    limit = cgroup_headroom()
+    if limit is not None:
+        have = limit if have is None else min(have, limit)
+    return have
+
+
+def _meminfo_available() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -79,11 +94,28 @@ def available_memory() -> int | None:
         return None
 
 
+def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The cgroup's memory limit less what it uses (v2 `memory.max`/`memory.current`, or v1
+    `memory.limit_in_bytes`/`memory.usage_in_bytes`); None when unlimited or unreadable."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes",
+                                    "memory/memory.usage_in_bytes")):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
 def memory_problems(cfg: Config, n_in: int | None = None,
                     n_out: int | None = None) -> list[tuple[str, str]]:
     """The `model` problem of a run that would not fit in the memory available now."""
     est = memory_estimate(cfg, n_in, n_out)
-    need = est["parameters"] + est["activations"] + est["data"]
+    need = est["parameters"] + max(est["activations"], est["evaluation"]) + est["data"]
     have = available_memory()
     if have is None or need <= have:
         return []
@@ -94,7 +126,8 @@ def memory_problems(cfg: Config, n_in: int | None = None,
     return [("model",
              f"width {m.width} × depth {m.depth} needs about {_bytes(need)} to train "
              f"({est['n_params']:.3g} parameters: {_bytes(est['parameters'])} with gradients and "
-             f"{cfg.train.optimizer} state; activations {_bytes(est['activations'])}; data "
+             f"{cfg.train.optimizer} state; activations {_bytes(est['activations'])}; "
+             f"evaluation {_bytes(est['evaluation'])}; data "
              f"{_bytes(est['data'])}), more than the {_bytes(have)} available: {advice}")]
 
 

@@ -53,6 +53,17 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
     return split(x, y, "classification", cfg.test_fraction, rng, "sequence", n_out=10)
 
 
+def check_data(cfg: DataConfig, source: str) -> None:
+    """Read a file dataset as a run would, raising its problems as `source`'s ConfigError
+    (`gradlab validate`); the datasets gradlab makes need no check beyond the schema."""
+    if cfg.kind != "file":
+        return
+    try:
+        load_data(cfg, 0)
+    except ConfigError as e:
+        raise ConfigError(source, e.problems) from None
+
+
 def _given_split(path: str, test_path: str, target: str, task: str,
                  rng: np.random.Generator) -> Dataset:
     """A file dataset with its own test file: the same columns, classes encoded together."""

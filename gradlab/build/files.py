@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import csv
+import math
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +28,17 @@ def read_table(path: Path, target: str, task: str, where: str = "data.path",
         raise ConfigError(str(path), [(where, f"no such file '{path}'")])
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                names = list(arrays.files)
-                if target not in names:
-                    raise ConfigError(str(path), [("data.target", _no_column(target, names, path))])
-                y = np.asarray(arrays[target])
-                x = np.column_stack([np.asarray(arrays[n]).reshape(len(y), -1)
-                                     for n in names if n != target])
+            x, y = _read_npz(path, target, where)
         elif path.suffix == ".csv":
-            x, y = _read_csv(path, target)
+            x, y = _read_csv(path, target, where)
         else:
             raise ConfigError(str(path), [(where, f"{path} must be a .csv or .npz file")])
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(str(path), [(where, f"cannot read {path}: {e}")]) from None
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error, EOFError, zipfile.BadZipFile,
+            MemoryError) as e:
+        # the error's class, not its text: the text can quote the file's content
+        raise ConfigError(str(path), [(where, f"cannot read {path} as a "
+                                              f"{path.suffix[1:]} file ({type(e).__name__})")]) \
+            from None
     if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
         raise ConfigError(str(path), [(where, f"{path} holds non-numeric values")])
     if len(y) < 4 or x.size == 0:
@@ -59,26 +60,91 @@ def encode_classes(*labels: np.ndarray) -> list[np.ndarray]:
     return np.split(codes, np.cumsum([len(y) for y in labels])[:-1])
 
 
-def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="", encoding="utf-8") as f:
+MAX_FIELD = 1 << 16  # characters in one CSV cell: far beyond any number
+
+
+def _read_npz(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The target array and every other array as feature columns. Each array's leading
+    dimension must be the target's: folding mismatched arrays together would pair examples
+    with the wrong targets."""
+    _check_npz_sizes(path)
+    with np.load(path, allow_pickle=False) as arrays:
+        names = list(arrays.files)
+        if target not in names:
+            raise ConfigError(str(path), [("data.target", _no_column(target, names, path))])
+        y = np.asarray(arrays[target])
+        if y.ndim == 0:
+            raise ConfigError(str(path), [(where, f"{path}: '{target}' is a single number, "
+                                                  "not one target per example")])
+        features = []
+        for n in names:
+            if n == target:
+                continue
+            a = np.asarray(arrays[n])
+            if a.ndim == 0 or a.shape[0] != y.shape[0]:
+                raise ConfigError(str(path), [(where, f"{path}: array '{n}' has shape "
+                                                      f"{a.shape} but '{target}' has {y.shape}: "
+                                                      "their first dimensions (examples) must "
+                                                      "match")])
+            features.append(a.reshape(len(y), -1))
+    if not features:
+        raise ConfigError(str(path), [(where, f"{path} holds no array besides '{target}'")])
+    return np.column_stack(features), y
+
+
+def _read_csv(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    csv.field_size_limit(MAX_FIELD)
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a column name
         rows = list(csv.reader(f))
     if not rows:
-        raise ValueError("the file is empty")
+        raise ConfigError(str(path), [(where, f"{path} is empty")])
     header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
     if target not in header:
         raise ConfigError(str(path), [("data.target", _no_column(target, header, path))])
+    if not body:
+        raise ConfigError(str(path), [(where, f"{path} has a header row but no data rows")])
     ragged = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
     if ragged is not None:
-        raise ConfigError(str(path), [("data.path", f"{path}: data row {ragged + 1} has "
+        raise ConfigError(str(path), [(where, f"{path}: data row {ragged + 1} has "
                                        f"{len(body[ragged])} values for {len(header)} columns")])
-    try:
-        table = np.array([[float(v) for v in r] for r in body], dtype=np.float64)
-    except ValueError as e:
-        raise ConfigError(str(path), [("data.path", f"{path} holds non-numeric values ({e})")]) \
-            from None
+    table = np.empty((len(body), len(header)))
+    for i, r in enumerate(body):
+        for j, v in enumerate(r):
+            try:
+                table[i, j] = float(v)
+            except ValueError:  # name the place, never the content
+                raise ConfigError(str(path), [(where, f"{path}: column '{header[j]}' holds a "
+                                               f"non-numeric value in data row {i + 1}")]) \
+                    from None
     col = header.index(target)
     return np.delete(table, col, axis=1), table[:, col]
 
 
+PLAIN_NAME = re.compile(r"^[\w .\-()\[\]]{1,40}$")
+
+
 def _no_column(target: str, names: list[str], path: Path) -> str:
-    return f"no column named '{target}' in {path}; columns: {', '.join(names)}"
+    """Name the columns there are, if they look like column names: a file that is not a table
+    (a system file behind a symlink, say) must not have its first line echoed."""
+    if names and all(PLAIN_NAME.match(n) for n in names) and len(names) <= 50:
+        return f"no column named '{target}' in {path}; columns: {', '.join(names)}"
+    return (f"no column named '{target}' in {path}; its header has {len(names)} fields that do "
+            "not look like column names (not shown)")
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an .npz whose array headers claim more data than the file holds, before numpy
+    allocates what a forged header asks for."""
+    with zipfile.ZipFile(path) as z:
+        for member in z.infolist():
+            with z.open(member) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+            claimed = math.prod(shape) * dtype.itemsize
+            if claimed > member.file_size:
+                raise ConfigError(str(path), [("data.path", f"{path}: array "
+                                               f"'{member.filename.removesuffix('.npy')}' claims "
+                                               f"shape {shape} ({claimed} bytes) but holds "
+                                               f"{member.file_size} bytes")])

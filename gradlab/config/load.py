@@ -22,18 +22,32 @@ from gradlab.config.checks import cross_problems
 from gradlab.config.messages import ConfigError, translate
 from gradlab.config.schema import Config
 
+# A config is a page of YAML: bounds that no real config comes near, so that a hostile file
+# (a gigabyte of comments, an alias bomb, 10 000 levels of nesting) is refused before it costs
+# memory or a traceback.
+MAX_BYTES = 1 << 20  # 1 MiB
+MAX_NODES = 100_000  # nodes of the document with every alias expanded
+MAX_DEPTH = 64  # nesting of mappings and lists
+
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file, apply `key.path=value` overrides, and validate; raise ConfigError."""
     source = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(source, [("", f"the file is {size / 2**20:.1f} MiB; a config is "
+                                            f"at most {MAX_BYTES >> 20} MiB")])
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(source, [("", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(source, [("", f"cannot read: {e}")]) from None
     try:
+        _check_shape(yaml.compose(text), source)
         raw = yaml.safe_load(text)  # safe: tags never construct Python objects
+    except RecursionError:
+        raise ConfigError(source, [("", f"nested more than {MAX_DEPTH} levels deep")]) from None
     except yaml.constructor.ConstructorError as e:
         raise ConfigError(source, [_tag_problem(text, e)]) from None
     except yaml.YAMLError as e:
@@ -48,6 +62,31 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw.setdefault("name", default_name(Path(path)))
     apply_overrides(raw, overrides, source)
     return config_from_dict(raw, source)
+
+
+def _check_shape(root: yaml.Node | None, source: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH or larger than MAX_NODES once its
+    aliases are expanded (each alias counts the whole subtree it repeats)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise ConfigError(source, [("", f"nested more than {MAX_DEPTH} levels deep")])
+        if id(node) in sizes:  # an alias: the same node again
+            return sizes[id(node)]
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v, depth + 1) for v in node.value)
+        if total > MAX_NODES:
+            raise ConfigError(source, [("", f"more than {MAX_NODES} values once its aliases "
+                                            "are expanded (an alias bomb?)")])
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root, 0)
 
 
 def default_name(path: Path) -> str:

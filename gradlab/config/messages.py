@@ -49,6 +49,12 @@ def translate(error: ValidationError, root: type[BaseModel]) -> list[tuple[str, 
     return problems
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error quotes it: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _message(err: Any, fields: list[str]) -> str:
     kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
@@ -60,29 +66,29 @@ def _message(err: Any, fields: list[str]) -> str:
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         hint = did_you_mean(str(given), allowed)
-        return f"unknown value {given!r}{hint}; allowed: {', '.join(allowed)}"
+        return f"unknown value {shown(given)}{hint}; allowed: {', '.join(allowed)}"
     if kind == "union_tag_invalid":
         allowed = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
         hint = did_you_mean(str(given.get("kind") if isinstance(given, dict) else given), allowed)
-        return f"unknown kind {ctx.get('tag')!r}{hint}; allowed: {', '.join(allowed)}"
+        return f"unknown kind {shown(ctx.get('tag'))}{hint}; allowed: {', '.join(allowed)}"
     if kind == "union_tag_not_found":
         return "needs a 'kind' key"
     bounds = {"greater_than_equal": "≥ {ge}", "greater_than": "> {gt}",
               "less_than_equal": "≤ {le}", "less_than": "< {lt}"}
     if kind in bounds:
-        return f"must be {bounds[kind].format(**ctx)}, got {given!r}"
+        return f"must be {bounds[kind].format(**ctx)}, got {shown(given)}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be a whole number, got {given!r}"
+        return f"must be a whole number, got {shown(given)}"
     if kind in ("float_parsing", "float_type"):
-        return f"must be a number, got {given!r}"
+        return f"must be a number, got {shown(given)}"
     if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false, got {given!r}"
+        return f"must be true or false, got {shown(given)}"
     if kind in ("string_type",):
-        return f"must be a string, got {given!r}"
+        return f"must be a string, got {shown(given)}"
     if kind == "string_pattern_mismatch":
-        return f"must be letters, digits, '_', '.' or '-' (at most 100), got {given!r}"
+        return f"must be letters, digits, '_', '.' or '-' (at most 100), got {shown(given)}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"must be a mapping of keys, got {given!r}"
+        return f"must be a mapping of keys, got {shown(given)}"
     if kind == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
     return str(err["msg"])

@@ -70,7 +70,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every number finite: `lr: .inf` or `noise: .nan` is refused, not trained
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _shorthand(key: str) -> Any:
@@ -177,7 +178,7 @@ class _DataBase(_Section):
 
 class TeacherData(_DataBase):
     kind: Literal["teacher"]
-    n_samples: int = Field(2048, ge=4)
+    n_samples: int = Field(2048, ge=4, le=10_000_000)
     n_features: int = Field(100, ge=1)
     n_outputs: int = Field(1, ge=1)
     targets: Literal["teacher", "noise"] = "teacher"
@@ -188,7 +189,7 @@ class TeacherData(_DataBase):
 
 class BlobsData(_DataBase):
     kind: Literal["blobs"]
-    n_samples: int = Field(2048, ge=4)
+    n_samples: int = Field(2048, ge=4, le=10_000_000)
     n_features: int = Field(20, ge=1)
     n_classes: int = Field(4, ge=2)
     spread: float = Field(1.0, gt=0)
@@ -196,7 +197,7 @@ class BlobsData(_DataBase):
 
 class SpiralsData(_DataBase):
     kind: Literal["spirals"]
-    n_samples: int = Field(2048, ge=4)
+    n_samples: int = Field(2048, ge=4, le=10_000_000)
     n_classes: int = Field(3, ge=2)
     noise: float = Field(0.2, ge=0)
     turns: float = Field(1.5, gt=0)
@@ -216,13 +217,13 @@ class FileData(_DataBase):
 
 class AddingData(_DataBase):
     kind: Literal["adding"]
-    n_samples: int = Field(4096, ge=4)
+    n_samples: int = Field(4096, ge=4, le=10_000_000)
     length: int = Field(50, ge=2)
 
 
 class CopyData(_DataBase):
     kind: Literal["copy"]
-    n_samples: int = Field(4096, ge=4)
+    n_samples: int = Field(4096, ge=4, le=10_000_000)
     length: int = Field(20, ge=1)
     n_symbols: int = Field(4, ge=2)
     n_recall: int = Field(5, ge=1)
@@ -254,13 +255,13 @@ class ScheduleConfig(_Section):
 class ClipConfig(_Section):
     by: Literal["norm", "value"] = "norm"
     max_norm: float = Field(1.0, gt=0)
-    norm_type: float = Field(2.0, gt=0)
+    norm_type: float = Field(2.0, gt=0, allow_inf_nan=True)  # .inf: the largest |entry|
     max_value: float = Field(1.0, gt=0)
 
 
 class TrainConfig(_Section):
-    steps: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, le=100_000_000)
+    epochs: int | None = Field(None, ge=1, le=1_000_000)
     batch_size: int = Field(64, ge=1)
     loss: LossName = "auto"
     optimizer: OptimizerName = "sgd"
