@@ -73,15 +73,18 @@ class Probe:
         self.scalars: dict[str, float] = {}  # the extra scalars fetched with the last rows
         self.time_grads: list[float] | None = None  # ‖∂L/∂h_t‖ at the last logged step
         self._hooks: list[RemovableHandle] = []
+        # The hooks are attached for a logged step's forward pass only: an unlogged step runs
+        # the model without any, so probing every 10 steps costs nothing on the other nine.
+        self._plan: list[tuple[torch.nn.Module, Hook]] = []
         if not enabled:
             return
         for i, layer in enumerate(layers):
             if activations and layer.activation is not None:
-                self._hooks.append(layer.activation.register_forward_hook(self._keep_output(i)))
+                self._plan.append((layer.activation, self._keep_output(i)))
             if layer.module is not None:
-                self._hooks.append(layer.module.register_forward_hook(self._watch_z(i)))
+                self._plan.append((layer.module, self._watch_z(i)))
         if time is not None:
-            self._hooks.append(time.tap.register_forward_hook(self._watch_state))
+            self._plan.append((time.tap, self._watch_state))
 
     def wants(self, step: int) -> bool:
         """Whether `step` is a logged step."""
@@ -91,6 +94,10 @@ class Probe:
         """Capture in the coming forward pass if `step` is logged (unrolling a recurrent top)."""
         self._armed = self.wants(step)
         self._outputs, self._deltas, self._state_norms = {}, {}, []
+        if self._armed:
+            self._attach()
+        else:
+            self._detach()
         if self.time is not None and self.enabled:
             self.time.unroll(self._armed)
 
@@ -99,11 +106,18 @@ class Probe:
         if self._pending is not None:
             self._extra[name] = value.detach().to(F64).reshape(())
 
-    def close(self) -> None:
-        """Remove every hook and leave a recurrent model fused: the model is as it was given."""
+    def _attach(self) -> None:
+        if not self._hooks:
+            self._hooks = [module.register_forward_hook(hook) for module, hook in self._plan]
+
+    def _detach(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+
+    def close(self) -> None:
+        """Remove every hook and leave a recurrent model fused: the model is as it was given."""
+        self._detach()
         self._armed = False
         self._outputs, self._deltas, self._state_norms = {}, {}, []
         if self.time is not None:
@@ -157,6 +171,7 @@ class Probe:
         if not self.wants(step):
             return
         self._armed = False
+        self._detach()  # the tensor hooks on z_l and h_t have fired; the module hooks can go
         grads = [p.weight.grad if p.weight.grad is not None else torch.zeros_like(p.weight)
                  for p in self.layers]
         grad_norm = norms64(grads)
