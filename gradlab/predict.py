@@ -30,16 +30,12 @@ from torch import nn
 
 from gradlab.analyse.agreement import fit_log_slope, slope_agreement
 from gradlab.analyse.theory import predict_mlp
-from gradlab.build.budget import preflight
-from gradlab.build.data import load_data
 from gradlab.build.dataset import Dataset
-from gradlab.build.model import build_model
 from gradlab.build.optim import loss_function
 from gradlab.build.probed import Built
-from gradlab.config import Config, ConfigError, resolved
-from gradlab.config.checks import batch_size_problems
+from gradlab.config import Config, resolved
 from gradlab.record.files import clean
-from gradlab.runner import denormals_flushed, pick_device
+from gradlab.runner import build_run, denormals_flushed, pick_device
 from gradlab.train.loop import batches
 
 EXAMPLES = 8  # examples whose input–output Jacobian is taken
@@ -59,7 +55,7 @@ def predict(cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(1)
     try:
         with denormals_flushed(cfg.flush_denormal) as flushed:
-            data, built = build(cfg, device)
+            data, built = build_run(cfg, device)
             measured = measure(cfg, built, data)
             measured["jacobian"] = jacobian(built.model, data, cfg)
             recurrent = (recurrent_bounds(cfg, built, data, measured.get("time_grad_ratio"))
@@ -75,20 +71,6 @@ def predict(cfg: Config) -> dict[str, Any]:
         "recurrent": recurrent,
         "seconds": time.perf_counter() - started,
     })
-
-
-def build(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
-    """The data and the initialised model, seeded and checked exactly as `runner` does."""
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, cfg.seed).to(device)
-    problems = batch_size_problems(cfg.train.batch_size, len(data.x_train))
-    if problems:
-        raise ConfigError("<config>", problems)
-    preflight(cfg, "<config>", data.n_in, data.n_out)
-    torch.manual_seed(cfg.seed)
-    built = build_model(cfg.model, data.n_in, data.n_out)
-    built.model.to(device)
-    return data, built
 
 
 def measure(cfg: Config, built: Built, data: Dataset) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from gradlab.build.data import load_data
 from gradlab.build.dataset import Dataset
 from gradlab.build.model import build_model
 from gradlab.build.optim import trivial_baseline
+from gradlab.build.probed import Built
 from gradlab.config import Config, ConfigError, config_hash, resolved, total_steps
 from gradlab.config.checks import batch_size_problems
 from gradlab.record.files import uninterrupted
@@ -101,11 +102,12 @@ def run_config(cfg: Config, out: Path, observers: tuple[Observer, ...] = (),
         return _run(cfg, out, observers, device, flushed)
 
 
-def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.device,
-         flushed: bool) -> RunOutcome:
+def build_run(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
+    """The data and the initialised model of a run, seeded as every run seeds them (data, then
+    the model, from `cfg.seed`), with the checks only the real sizes allow: a file's batch size
+    and the memory pre-flight. `gradlab predict` builds through here too."""
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed).to(device)
-    # a file's size is known only now
     problems = batch_size_problems(cfg.train.batch_size, len(data.x_train))
     if problems:
         raise ConfigError("<config>", problems)
@@ -113,6 +115,12 @@ def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.
     torch.manual_seed(cfg.seed)
     built = build_model(cfg.model, data.n_in, data.n_out)
     built.model.to(device)
+    return data, built
+
+
+def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.device,
+         flushed: bool) -> RunOutcome:
+    data, built = build_run(cfg, device)
     steps = total_steps(cfg, len(data.x_train))
 
     writer = GuardedWriter(out, cfg.name)  # a failed write stops the run: RecordWriteError
