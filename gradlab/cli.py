@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from gradlab.config import ConfigError, load_config
+from gradlab.config.schema import MAX_SEEDS
 
 if TYPE_CHECKING:  # the events are only annotations here: the CLI starts without torch
     from gradlab.train.events import Evaluated, Logged, StepEnd
@@ -40,6 +41,10 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records go under.")]
 NoPlotsOpt = Annotated[bool, typer.Option("--no-plots", help="Draw no figures (RUN/plots/*.png).")]
+SeedsOpt = Annotated[str | None, typer.Option(
+    "--seeds", metavar="LIST|COUNT",
+    help="Several seeds: a list (0,1,2) or a count (3: seeds 0, 1, 2). One run per seed, in "
+         "parallel, and a group record over them (overrides the config's seeds).")]
 
 
 # Exit codes (README, "Errors, failures and interruptions"): 0 done; 1 a run failed or a claim
@@ -55,15 +60,34 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _overrides(sets: list[str] | None, steps: int | None, seed: int | None,
-               device: str | None) -> list[str]:
+               device: str | None, seeds: str | None = None) -> list[str]:
     items = list(sets or [])
     if steps is not None:
         items += [f"train.steps={steps}", "train.epochs=null"]
+    if seed is not None and seeds is not None:
+        raise _fail("--seed and --seeds: give one (--seed N runs one seed, --seeds a group)")
     if seed is not None:
-        items.append(f"seed={seed}")
+        items += [f"seed={seed}", "seeds=null"]
+    if seeds is not None:
+        items.append(f"seeds={parse_seeds(seeds)}")
     if device is not None:
         items.append(f"device={device}")
     return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` (a list) or `--seeds 3` (a count: 0, 1, 2); bad input exits 2."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise _fail(f"--seeds {text}: expected a list of seeds (0,1,2) or a count (3)")
+    values = [int(p) for p in parts]
+    if len(values) == 1:
+        if not 1 <= values[0] <= MAX_SEEDS:
+            raise _fail(f"--seeds {text}: a count is 1 to {MAX_SEEDS}")
+        return list(range(values[0]))
+    if len(set(values)) != len(values) or len(values) > MAX_SEEDS:
+        raise _fail(f"--seeds {text}: at most {MAX_SEEDS} distinct seeds")
+    return values
 
 
 class Progress:
@@ -110,6 +134,7 @@ def run(
     steps: Annotated[int | None, typer.Option(help="Training steps (overrides the config).")] = None,
     out: OutOpt = Path("runs"),
     set_: SetOpt = None,
+    seeds: SeedsOpt = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print summary.json to stdout instead of the report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -118,10 +143,14 @@ def run(
     no_plots: NoPlotsOpt = False,
 ) -> None:
     """Train one variant, probe every layer, write a run record and report it."""
+    overrides = _overrides(set_, steps, seed, device, seeds)
     try:
-        cfg = load_config(config, _overrides(set_, steps, seed, device))
+        cfg = load_config(config, overrides)
     except ConfigError as e:
         raise _fail(str(e)) from None
+    if cfg.seeds:
+        _run_group(config, out, overrides, as_json, quiet, no_plots)
+        return
     from gradlab.record import stopping
     from gradlab.record.guard import RecordWriteError
     from gradlab.record.reader import read_record
@@ -163,6 +192,52 @@ def run(
         raise typer.Exit(1)
 
 
+def _run_group(config: Path, out: Path, overrides: list[str], as_json: bool, quiet: bool,
+               no_plots: bool) -> None:
+    """`run` over several seeds: one run per seed through compare's worker pool, then the
+    group's report (or group.json with --json)."""
+    from gradlab import compare as comparing
+    from gradlab.record import stopping
+    from gradlab.render.group_report import group_report
+
+    unusable = _unwritable(out)
+    if unusable:
+        raise _fail(f"--out {out}: cannot create records there: {unusable}")
+
+    def done(v: comparing.Variant) -> None:
+        if not quiet and not as_json:
+            err_console.print(f"{_mark(v.status)} {v.label}: {v.status}{_took(v)}",
+                              highlight=False, markup=False)
+
+    [group] = comparing.compare([config], out, overrides=overrides, plots=not no_plots,
+                                on_done=done, pairs=False)
+    if group.config is None:
+        raise _fail(str(group.error))
+    if as_json:
+        sys.stdout.write(json.dumps(group.group or {}, indent=2) + "\n")
+    elif group.group is not None and group.run_dir is not None:
+        out_console.print(group_report(group.run_dir, group.group))
+        out_console.print(f"group record: {group.run_dir}", style="dim", highlight=False,
+                          soft_wrap=True)
+    _write_failures([group, *group.members])
+    if group.interrupted:
+        raise typer.Exit(stopping.exit_code())
+    if any(m.write_failed for m in group.members) or group.write_failed:
+        raise typer.Exit(WRITE_FAILED)
+    if any(m.status in ("failed", "incomplete", "not run") for m in group.members):
+        raise typer.Exit(1)
+
+
+def _mark(status: str) -> str:
+    return {"completed": "✓", "diverged": "✗"}.get(status, "!")
+
+
+def _took(v: Any) -> str:
+    secs = ((v.record.summary or {}).get("seconds") if v.record else None)
+    took = f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
+    return took + (" (reused)" if v.reused else "")
+
+
 @app.command()
 def compare(
     paths: Annotated[list[Path], typer.Argument(
@@ -178,6 +253,7 @@ def compare(
     set_: SetOpt = None,
     steps: Annotated[int | None, typer.Option(help="Training steps for every variant.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for every variant.")] = None,
+    seeds: SeedsOpt = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda for every variant.")] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no figures.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
@@ -209,20 +285,17 @@ def compare(
     task = bar.add_task("compare", total=len(config_files))
 
     def done(v: comparing.Variant) -> None:
-        mark = {"completed": "✓", "diverged": "✗"}.get(v.status, "!")
-        secs = ((v.record.summary or {}).get("seconds") if v.record else None)
-        took = f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
-        reused = " (reused)" if v.reused else ""
         if not quiet:
-            err_console.print(f"{mark} {v.name}: {v.status}{reused}{took}", highlight=False,
-                              markup=False)
+            err_console.print(f"{_mark(v.status)} {v.label}: {v.status}{_took(v)}",
+                              highlight=False, markup=False)
         bar.advance(task)
 
+    overrides = _overrides(set_, steps, seed, device, seeds)
     try:
         with bar:
-            variants = comparing.compare(config_files, out, jobs,
-                                         _overrides(set_, steps, seed, device), reuse,
-                                         not no_plots, done)
+            variants = comparing.compare(config_files, out, jobs, overrides, reuse,
+                                         not no_plots, done,
+                                         on_plan=lambda n: bar.update(task, total=n))
     except KeyboardInterrupt as stop:  # while the configs were checked: nothing ran
         raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
                     stopping.exit_code()) from None
@@ -246,6 +319,7 @@ def compare(
     for v in invalid:
         err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
     broken = [(v, e) for v in variants for e in v.expectations if not e.ok] if check else []
+    groups = sum(v.is_group for v in variants)
     if check:
         if broken:
             out_console.print(f"{len(broken)} expectation(s) failed:", style="bold red")
@@ -253,7 +327,10 @@ def compare(
                 out_console.print(f"  {v.name}: {e.describe()}", markup=False, highlight=False)
         else:
             held = sum(len(v.expectations) for v in variants)
-            out_console.print(f"all {held} expectations held", style="green")
+            paired = sum(e.partner is not None for v in variants for e in v.expectations)
+            over = f" ({paired} of them paired; over every seed of {groups} groups)" \
+                if groups else (f" ({paired} of them paired)" if paired else "")
+            out_console.print(f"all {held} expectations held{over}", style="green")
     _write_failures(variants)
     if stopped:
         err_console.print("interrupted: the comparison covers the variants that finished",
@@ -277,6 +354,7 @@ def fix(
     set_: SetOpt = None,
     steps: Annotated[int | None, typer.Option(help="Training steps (overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    seeds: SeedsOpt = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
@@ -285,7 +363,7 @@ def fix(
     from gradlab.fix import fix as run_fixes
     from gradlab.render.fix_table import best_command, fix_table
 
-    overrides = _overrides(set_, steps, seed, device)
+    overrides = _overrides(set_, steps, seed, device, seeds)
     try:
         load_config(config, overrides)
     except ConfigError as e:
@@ -293,7 +371,7 @@ def fix(
 
     def done(v: comparing.Variant) -> None:
         if not quiet:
-            err_console.print(f"{'✓' if v.status == 'completed' else '!'} {v.name}: {v.status}",
+            err_console.print(f"{_mark(v.status)} {v.label}: {v.status}{_took(v)}",
                               highlight=False, markup=False)
 
     outcome = run_fixes(config, out, jobs, overrides, on_done=done)
@@ -333,9 +411,11 @@ def validate(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(
-        help="A run directory (runs/NAME/STAMP), or a compare record (runs/compare-STAMP).",
+        help="A run directory (runs/NAME/STAMP), a group over several seeds (the same, with "
+             "seed-N inside), a compare record (runs/compare-STAMP), or runs/NAME (its latest).",
         file_okay=False)],
-    all_layers: Annotated[bool, typer.Option("--all-layers", help="Show every layer in the table.")] = False,
+    all_layers: Annotated[bool, typer.Option(
+        "--all-layers", help="Show every layer in the table (for a group: every field).")] = False,
     no_plots: NoPlotsOpt = False,
 ) -> None:
     """Re-print a run's report from its record and redraw its plots; no training."""
@@ -354,9 +434,30 @@ def report(
         out_console.print(str(run_dir), style="dim", highlight=False, soft_wrap=True)
         _draw_comparison(run_dir, draw=not no_plots)
         return
-    if not is_run_dir(run_dir):
-        raise _fail(f"{run_dir}: not a run directory (no summary.json or metrics.csv); "
-                    f"`gradlab runs` lists the runs")
+    from gradlab.record.group import is_group_dir, member_dirs, read_group
+    from gradlab.record.reader import find_runs, run_started
+
+    if not is_run_dir(run_dir) and not is_group_dir(run_dir):
+        entries = [p for p in find_runs(run_dir) if p.parent == run_dir] \
+            if run_dir.is_dir() else []
+        if not entries:
+            raise _fail(f"{run_dir}: not a run directory (no summary.json or metrics.csv); "
+                        f"`gradlab runs` lists the runs")
+        run_dir = max(entries, key=run_started)  # a name directory (runs/NAME): its latest
+        err_console.print(f"the latest of {len(entries)} under {run_dir.parent}: {run_dir}",
+                          style="dim", markup=False, highlight=False, soft_wrap=True)
+    if is_group_dir(run_dir):
+        from gradlab.render.group_report import group_report
+
+        try:
+            group = read_group(run_dir)
+        except CorruptRecord as e:
+            raise _fail(str(e)) from None
+        out_console.print(group_report(run_dir, group, every=all_layers))
+        first = next(iter(member_dirs(run_dir, group).values()), None)
+        if not no_plots and first is not None and is_run_dir(first):
+            _draw_plots(first)  # the first seed's figures; each seed's: report GROUP/seed-N
+        return
     try:
         record = read_record(run_dir)
     except CorruptRecord as e:

@@ -35,17 +35,25 @@ from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 from typing import Any, Literal
 
-from gradlab.analyse.expect import Expectation, check
+from gradlab.analyse.expect import Expectation, check, check_seeds, check_versus
 from gradlab.build.budget import preflight
 from gradlab.config import Config, ConfigError, config_hash, load_config
 from gradlab.record import stopping
 from gradlab.record.bounded import read_rows
 from gradlab.record.comparison import write_comparison
+from gradlab.record.group import (
+    group_summary,
+    is_group_dir,
+    link_seed,
+    new_group_dir,
+    read_group,
+    seed_stem,
+    write_group,
+)
 from gradlab.record.guard import RecordWriteError
 from gradlab.record.reader import Record, is_run_dir, is_training_row, read_summary, run_started
 from gradlab.record.validate import CorruptRecord
 from gradlab.render.compare_table import comparison_markdown
-from gradlab.render.run_figures import plot_run
 from gradlab.runner import run_config
 
 # Where variants run: worker processes (the default, in parallel), or threads of this
@@ -63,29 +71,65 @@ HURRY = getattr(signal, "SIGUSR2", signal.SIGTERM)  # parent → worker: stop it
 
 @dataclass
 class Variant:
-    """One config of a comparison and what became of it."""
+    """One config of a comparison and what became of it: one run, or, over several seeds, a
+    group (`members`: one Variant per seed, each an ordinary run; `group`: its group.json)."""
 
     path: Path
     config: Config | None = None
     error: str | None = None  # a config error, or why the run could not start or finish
-    run_dir: Path | None = None
+    run_dir: Path | None = None  # a group's directory, for a group
     reused: bool = False
     record: Record | None = None
     expectations: list[Expectation] = field(default_factory=list)
     interrupted: bool = False  # the comparison this variant belongs to was stopped by a signal
     write_failed: bool = False  # its run record could not be written (disk full, ...)
+    overrides: list[str] = field(default_factory=list)  # this variant's own (a seed's `seed=N`)
+    seed: int | None = None  # a group member's seed
+    place: tuple[Path, str] | None = None  # a group member's run directory: (group dir, seed-N)
+    members: list[Variant] = field(default_factory=list)
+    group: dict[str, Any] | None = None
+    plots: bool = True  # draw its figures (a group draws its first seed's)
 
     @property
     def name(self) -> str:
         return self.config.name if self.config else self.path.stem
 
     @property
+    def label(self) -> str:
+        """The name, with the seed for a group's member (progress lines)."""
+        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
+
+    @property
+    def is_group(self) -> bool:
+        return bool(self.members)
+
+    @property
     def status(self) -> str:
         if self.config is None:
             return "invalid"
+        if self.is_group:
+            if self.group is None:
+                return "not run" if self.error == NOT_STARTED else "failed"
+            return str(self.group.get("status"))
         if self.record is None:
             return "not run" if self.error == NOT_STARTED else "failed"
         return self.record.status
+
+    def summaries(self) -> dict[int, dict[str, Any] | None]:
+        """Each seed's summary.json (a single run: its own seed's)."""
+        if self.is_group:
+            return {m.seed if m.seed is not None else 0: m.record.summary if m.record else None
+                    for m in self.members}
+        seed = self.config.seed if self.config else 0
+        return {seed: self.record.summary if self.record else None}
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The summary a row shows: a run's own; for a group, every number the mean over its
+        seeds (`mean_summary`)."""
+        if self.is_group:
+            return mean_summary(self.group) if self.group else {}
+        return (self.record.summary if self.record else None) or {}
 
     @property
     def expect_ok(self) -> bool | None:
@@ -94,22 +138,30 @@ class Variant:
         return all(e.ok for e in self.expectations)
 
 
+REUSABLE = ("completed", "diverged")  # a divergence is a result: rerunning it changes nothing
+
+
 def find_reusable(out: Path, cfg: Config) -> Path | None:
-    """A completed run under `out` whose resolved config is identical (same config_hash).
-    Reads summary.json only; a run whose summary is corrupt is never reused."""
+    """A finished run (completed or diverged) under `out` whose resolved config is identical
+    (same config_hash): out/NAME/STAMP, or a group's out/NAME/STAMP/seed-N. Reads summary.json
+    only; a run whose summary is corrupt is never reused."""
     wanted = config_hash(cfg)
     parent = Path(out) / cfg.name
     if not parent.is_dir():
         return None
-    for run_dir in sorted(parent.iterdir(), reverse=True):
-        if not is_run_dir(run_dir):
-            continue
-        try:
-            summary = read_summary(run_dir) or {}
-        except CorruptRecord:
-            continue
-        if summary.get("status") == "completed" and summary.get("config_hash") == wanted:
-            return run_dir
+    for entry in sorted(parent.iterdir(), reverse=True):
+        candidates = [entry]
+        if is_group_dir(entry):
+            candidates = [entry / seed_stem(cfg.seed)]
+        for run_dir in candidates:
+            if not is_run_dir(run_dir):
+                continue
+            try:
+                summary = read_summary(run_dir) or {}
+            except CorruptRecord:
+                continue
+            if summary.get("status") in REUSABLE and summary.get("config_hash") == wanted:
+                return run_dir
     return None
 
 
@@ -185,8 +237,8 @@ def _serve(conn: Connection, parent: int) -> None:
         os._exit(0)
 
 
-def _run_task(path: str, overrides: list[str], out: str, threads: int,
-              plots: bool) -> dict[str, Any]:
+def _run_task(path: str, overrides: list[str], out: str, threads: int, plots: bool,
+              place: tuple[str, str] | None = None) -> dict[str, Any]:
     """Run one config in this worker: {"run_dir", "error", "write_failed"}."""
     global _state
     if _stop_asked:
@@ -196,12 +248,13 @@ def _run_task(path: str, overrides: list[str], out: str, threads: int,
     _state = "running"
     try:
         cfg = load_config(path, overrides)
-        outcome = run_config(cfg, Path(out), threads=threads)
+        outcome = run_config(cfg, Path(out), threads=threads,
+                             place=(Path(place[0]), place[1]) if place else None)
         _state = "idle"
     except KeyboardInterrupt:  # before its run directory existed, or just after it was done
         _state = "idle"
-        found = _record_of(Path(out), cfg.name, os.getpid(), started, finished=True) \
-            if cfg else None
+        found = _record_of(Path(place[0]) if place else Path(out) / cfg.name, os.getpid(),
+                           started, finished=True) if cfg else None
         return {"run_dir": str(found) if found else None, "error": None if found else NOT_STARTED}
     except RecordWriteError as e:
         _state = "idle"
@@ -213,6 +266,8 @@ def _run_task(path: str, overrides: list[str], out: str, threads: int,
     if plots and not _stop_asked:
         _state = "plotting"
         try:
+            from gradlab.render.run_figures import plot_run  # matplotlib: only when drawing
+
             plot_run(outcome.path)
         except KeyboardInterrupt:  # stopped: the figures can be drawn later with `report`
             pass
@@ -223,12 +278,11 @@ def _run_task(path: str, overrides: list[str], out: str, threads: int,
     return {"run_dir": str(outcome.path), "error": None}
 
 
-def _record_of(out: Path, name: str, pid: int | None, since: float,
+def _record_of(parent: Path, pid: int | None, since: float,
                finished: bool = False) -> Path | None:
-    """The run directory a given worker process made for `name` since `since` (its summary
-    holds the worker's pid): what a worker that died, or was stopped as it finished, left
-    (with `finished`, only a record whose summary is final)."""
-    parent = out / name
+    """The run directory a given worker process made under `parent` (out/NAME, or a group's
+    directory) since `since` (its summary holds the worker's pid): what a worker that died, or
+    was stopped as it finished, left (with `finished`, only a record whose summary is final)."""
     found = []
     try:
         dirs = [d for d in parent.iterdir() if d.is_dir()]
@@ -252,8 +306,14 @@ def _record_of(out: Path, name: str, pid: int | None, since: float,
 def compare(paths: list[Path], out: Path, jobs: int | None = None,
             overrides: list[str] | None = None, reuse: bool = False, plots: bool = True,
             on_done: Callable[[Variant], None] | None = None,
-            executor: ExecutorKind | None = None) -> list[Variant]:
-    """Validate and run every config; return one Variant per path, in input order."""
+            executor: ExecutorKind | None = None, pairs: bool = True,
+            on_plan: Callable[[int], None] | None = None) -> list[Variant]:
+    """Validate and run every config; return one Variant per path, in input order.
+
+    A config with `seeds` is a group: one run per seed (`on_done` is called for each, and
+    `on_plan` first with the number of runs). With `pairs`, a `versus:` claim's partner must
+    be among the configs (else that config is invalid), and the paired claims are checked once
+    every variant is done."""
     overrides = overrides or []
     stopping.reset()
     variants = []
@@ -261,27 +321,146 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
         try:
             cfg = load_config(path, overrides)
             preflight(cfg, str(path))
-            variants.append(Variant(path, config=cfg))
+            variants.append(Variant(path, config=cfg, overrides=overrides))
         except ConfigError as e:
             variants.append(Variant(path, error=str(e)))
+    _refuse_shared_names(variants)
+    if pairs:
+        _refuse_lost_partners(variants)
+    runs = [m for v in variants if v.config is not None for m in _plan(v)]
+    if on_plan is not None:
+        on_plan(len(runs) + sum(v.config is None for v in variants))
     todo = []
     for v in variants:
-        found = find_reusable(out, v.config) if (reuse and v.config) else None
-        if found is not None:
-            v.run_dir, v.reused = found, True
+        if v.config is None:
             _finish(v, on_done)
-        elif v.config is not None:
-            todo.append(v)
+        elif v.is_group:
+            todo += _start_group(v, out, reuse, on_done)
         else:
-            _finish(v, on_done)
+            found = find_reusable(out, v.config) if reuse else None
+            if found is not None:
+                v.run_dir, v.reused = found, True
+                _finish(v, on_done)
+            else:
+                todo.append(v)
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(todo) or 1))
     threads = worker_threads(cores, jobs)
     run = _run_processes if (executor or EXECUTOR) == "process" else _run_threads
-    if todo and run(todo, jobs, threads, overrides, out, plots, on_done):
-        for v in variants:
-            v.interrupted = True
+    stopped = bool(todo) and run(todo, jobs, threads, out, plots, on_done)
+    for v in variants:
+        v.interrupted = stopped
+        if v.is_group:
+            _finish_group(v)
+    if pairs:
+        _check_pairs(variants)
     return variants
+
+
+def _plan(v: Variant) -> list[Variant]:
+    """A variant's runs: itself, or one member per seed for a config with `seeds`."""
+    assert v.config is not None
+    if not v.config.seeds:
+        return [v]
+    v.members = [Variant(v.path, config=v.config.model_copy(update={"seed": s, "seeds": None}),
+                         overrides=[*v.overrides, f"seed={s}", "seeds=null"], seed=s)
+                 for s in v.config.seeds]
+    return v.members
+
+
+def _refuse_shared_names(variants: list[Variant]) -> None:
+    """Two configs with one name (a copied file) would share records and rows: refused."""
+    first: dict[str, Variant] = {}
+    for v in variants:
+        if v.config is None:
+            continue
+        if v.config.name in first:
+            other = first[v.config.name].path
+            v.error = str(ConfigError(str(v.path), [("name", f"'{v.config.name}' is also the "
+                                                              f"name of {other}: give each "
+                                                              "config its own name")]))
+            v.config = None
+        else:
+            first[v.config.name] = v
+
+
+def _refuse_lost_partners(variants: list[Variant]) -> None:
+    """A paired claim needs its partner among the configs, run over the same seeds."""
+    named = {v.config.name: v for v in variants if v.config is not None}
+    for v in variants:
+        spec = v.config.expect.get("versus") if v.config is not None else None
+        if v.config is None or not isinstance(spec, dict):
+            continue
+        partner = named.get(str(spec.get("partner")))
+        problem = None
+        if partner is None or partner.config is None:
+            problem = (f"the partner config '{spec.get('partner')}' is not among the configs "
+                       "compared: run them together")
+        elif (partner.config.seeds or [partner.config.seed]) != (v.config.seeds or [v.config.seed]):
+            problem = (f"the partner '{partner.name}' runs seeds "
+                       f"{partner.config.seeds or [partner.config.seed]}, this config "
+                       f"{v.config.seeds or [v.config.seed]}: a paired claim needs the same seeds")
+        if problem:
+            v.error = str(ConfigError(str(v.path), [("expect.versus.partner", problem)]))
+            v.config = None
+
+
+def _start_group(v: Variant, out: Path, reuse: bool,
+                 on_done: Callable[[Variant], None] | None) -> list[Variant]:
+    """Make a group's directory and hand out its seeds: each reused (with --reuse, a finished
+    run of the identical config and seed) or to be run; return those to run. A group whose
+    every seed is found in one earlier group of the same seeds is that group, reused."""
+    assert v.config is not None and v.config.seeds
+    found = {m.seed: find_reusable(out, m.config) for m in v.members if m.config} if reuse \
+        else {}
+    homes = {p.parent for p in found.values() if p is not None}
+    if reuse and all(found.values()) and len(homes) == 1:
+        home = homes.pop()
+        if is_group_dir(home) and read_group(home).get("seeds") == v.config.seeds:
+            v.run_dir, v.reused = home, True
+            for m in v.members:
+                m.run_dir, m.reused = found[m.seed], True
+                _finish(m, on_done)
+            return []
+    v.run_dir = new_group_dir(out, v.config.name)
+    write_group(v.run_dir, group_summary(v.run_dir, v.config.name, v.config.seeds, str(v.path),
+                                         final=False))
+    todo = []
+    first = v.config.seeds[0]
+    for m in v.members:
+        assert m.seed is not None
+        reusable = found.get(m.seed)
+        if reusable is not None:
+            m.run_dir, m.reused = link_seed(v.run_dir, m.seed, reusable), True
+            _finish(m, on_done)
+        else:
+            m.place = (v.run_dir, seed_stem(m.seed))
+            m.plots = m.seed == first  # figures for the first seed; `report` draws the others
+            todo.append(m)
+    return todo
+
+
+def _finish_group(v: Variant) -> None:
+    """group.json from the seeds' records on disk, and the claims checked over the seeds."""
+    assert v.config is not None and v.config.seeds and v.run_dir is not None
+    try:
+        v.group = group_summary(v.run_dir, v.config.name, v.config.seeds, str(v.path))
+        write_group(v.run_dir, v.group)
+    except OSError as e:
+        v.error, v.write_failed = f"{v.run_dir}: group.json cannot be written: {e}", True
+    v.reused = all(m.reused for m in v.members)
+    v.expectations = check_seeds(v.config.expect, v.summaries())
+
+
+def _check_pairs(variants: list[Variant]) -> None:
+    """Every `versus:` claim, seed by seed against its partner's runs."""
+    named = {v.config.name: v for v in variants if v.config is not None}
+    for v in variants:
+        spec = v.config.expect.get("versus") if v.config is not None else None
+        if v.config is None or not isinstance(spec, dict) or str(spec["partner"]) not in named:
+            continue
+        v.expectations += check_versus(v.config.expect, v.summaries(),
+                                       named[str(spec["partner"])].summaries())
 
 
 def worker_threads(cores: int, jobs: int) -> int:
@@ -358,8 +537,20 @@ def _death(exitcode: int | None) -> str:
     return f"its worker process exited with code {exitcode}"
 
 
-def _run_processes(todo: list[Variant], jobs: int, threads: int, overrides: list[str],
-                   out: Path, plots: bool, on_done: Callable[[Variant], None] | None) -> bool:
+def _home(v: Variant, out: Path) -> Path:
+    """Where a variant's run directory is made: out/NAME, or its group's directory."""
+    assert v.config is not None
+    return v.place[0] if v.place else out / v.config.name
+
+
+def _task(v: Variant, out: Path, threads: int, plots: bool) -> tuple[Any, ...]:
+    """What a worker is sent to run one variant (`_run_task`'s arguments)."""
+    place = (str(v.place[0]), v.place[1]) if v.place else None
+    return (str(v.path), v.overrides, str(out), threads, plots and v.plots, place)
+
+
+def _run_processes(todo: list[Variant], jobs: int, threads: int, out: Path, plots: bool,
+                   on_done: Callable[[Variant], None] | None) -> bool:
     """Run variants in up to `jobs` worker processes; return whether a signal stopped them."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
     queue = deque(todo)
@@ -382,7 +573,7 @@ def _run_processes(todo: list[Variant], jobs: int, threads: int, overrides: list
         assert v is not None and v.config is not None
         if result is None:  # the worker died with this variant: keep what its record says
             w.proc.join(1)
-            found = _record_of(out, v.config.name, w.proc.pid, w.sent_at)
+            found = _record_of(_home(v, out), w.proc.pid, w.sent_at)
             v.run_dir, v.error = found, _death(w.proc.exitcode)
         else:
             v.run_dir = Path(result["run_dir"]) if result["run_dir"] else None
@@ -424,7 +615,7 @@ def _run_processes(todo: list[Variant], jobs: int, threads: int, overrides: list
                     v = queue.popleft()
                     idle.variant, idle.sent_at = v, time.time()
                     try:
-                        idle.conn.send((str(v.path), overrides, str(out), threads, plots))
+                        idle.conn.send(_task(v, out, threads, plots))
                     except OSError:
                         pass  # it died already: collected below as a death
                 busy = [w for w in workers if w.variant is not None]
@@ -456,13 +647,13 @@ def _shut_down(workers: list[_Worker]) -> None:
         w.conn.close()
 
 
-def _run_threads(todo: list[Variant], jobs: int, threads: int, overrides: list[str], out: Path,
-                 plots: bool, on_done: Callable[[Variant], None] | None) -> bool:
+def _run_threads(todo: list[Variant], jobs: int, threads: int, out: Path, plots: bool,
+                 on_done: Callable[[Variant], None] | None) -> bool:
     """One variant at a time in a thread of this process, leaving its torch threads as they
     are (tests, embedding). A stop signal drops the queued variants; the running one ends."""
     pool = ThreadPoolExecutor(max_workers=1)
     futures: dict[Future[dict[str, Any]], Variant] = {
-        pool.submit(_run_in_thread, str(v.path), overrides, str(out), plots): v for v in todo}
+        pool.submit(_run_in_thread, *_task(v, out, threads, plots)): v for v in todo}
     pending = set(futures)
     with _Stop() as stop:
         try:
@@ -485,9 +676,11 @@ def _run_threads(todo: list[Variant], jobs: int, threads: int, overrides: list[s
     return stop.count > 0
 
 
-def _run_in_thread(path: str, overrides: list[str], out: str, plots: bool) -> dict[str, Any]:
+def _run_in_thread(path: str, overrides: list[str], out: str, threads: int, plots: bool,
+                   place: tuple[str, str] | None) -> dict[str, Any]:
     try:
-        outcome = run_config(load_config(path, overrides), Path(out))
+        outcome = run_config(load_config(path, overrides), Path(out),
+                             place=(Path(place[0]), place[1]) if place else None)
     except RecordWriteError as e:
         return {"run_dir": str(e.run_dir) if e.completed else None, "error": str(e),
                 "write_failed": True}
@@ -495,6 +688,8 @@ def _run_in_thread(path: str, overrides: list[str], out: str, plots: bool) -> di
         return {"run_dir": None, "error": f"{type(e).__name__}: {e}"}
     if plots:
         try:
+            from gradlab.render.run_figures import plot_run
+
             plot_run(outcome.path)
         except Exception as e:
             print(f"{outcome.path}: plots failed: {type(e).__name__}: {e}", file=sys.stderr)
@@ -510,8 +705,8 @@ def _finish(v: Variant, on_done: Callable[[Variant], None] | None) -> None:
                 v.record.metrics = read_rows(v.run_dir / "metrics.csv", lane_column="test_loss")
         except CorruptRecord as e:
             v.record, v.error = None, str(e)
-        if v.config is not None and v.record is not None:
-            v.expectations = check(v.config.expect, v.record.summary)
+        if v.config is not None and v.record is not None and v.seed is None:
+            v.expectations = check(v.config.expect, v.record.summary)  # a group checks its own
     if on_done is not None:
         on_done(v)
 
@@ -520,9 +715,10 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
     """One flat row per variant: what comparison.csv holds and the table shows."""
     rows = []
     for v in variants:
-        s = (v.record.summary if v.record else None) or {}
+        s = v.summary
         metrics = s.get("final_metrics") or {}
-        test = metrics.get("test_accuracy", metrics.get("test_loss"))
+        test_key = "test_accuracy" if "test_accuracy" in metrics else "test_loss"
+        test = metrics.get(test_key)
         verdicts = s.get("verdicts") or []
         steps = s.get("steps_done")
         if v.record is not None and v.record.status in ("incomplete", "running"):
@@ -549,11 +745,67 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "problems": "; ".join(failed + ([problem] if problem else [])),
             "run_dir": str(v.run_dir) if v.run_dir else "",
             "config": str(v.path),
+            "seeds": " ".join(str(m.seed) for m in v.members),
+            "final_loss_ci": _half_width(v, "final_loss"),
+            "test_metric_ci": _half_width(v, f"final_metrics.{test_key}"),
+            "verdict_seeds": _verdict_agreement(v),
         })
+    _mark_overlaps(rows, variants)
     return rows
+
+
+def _half_width(v: Variant, key: str) -> float | None:
+    """Half the width of a group's 95% interval of the mean of `key` (None for one run)."""
+    stats = ((v.group or {}).get("fields") or {}).get(key) or {}
+    lo, hi = (stats.get("ci95") or [None, None])
+    return (hi - lo) / 2 if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) \
+        else None
+
+
+def _verdict_agreement(v: Variant) -> str:
+    """For a group: how many of its seeds share the first seed's top verdict (`2/3`)."""
+    kinds = [(k or [""])[0] for k in ((v.group or {}).get("verdicts") or {}).values()]
+    if not kinds:
+        return ""
+    return f"{kinds.count(kinds[0])}/{len(kinds)}"
+
+
+def _mark_overlaps(rows: list[dict[str, Any]], variants: list[Variant]) -> None:
+    """`overlaps`: the variants of the same task whose 95% interval of the test metric overlaps
+    this one's (groups only): a difference between them is not established by these seeds."""
+    spans = {}
+    for row, v in zip(rows, variants):
+        ci = row["test_metric_ci"]
+        if ci is not None and isinstance(row["test_metric"], (int, float)):
+            spans[row["variant"]] = (v.summary.get("task"), row["test_metric"] - ci,
+                                     row["test_metric"] + ci)
+    for row in rows:
+        mine = spans.get(row["variant"])
+        row["overlaps"] = "" if mine is None else " ".join(
+            name for name, (task, lo, hi) in spans.items()
+            if name != row["variant"] and task == mine[0] and lo <= mine[2] and mine[1] <= hi)
 
 
 def write_record(rows: list[dict[str, Any]], out: Path) -> Path:
     """Store the comparison under `out` (comparison.csv, comparison.md, variants/);
     RecordWriteError if it cannot be written (nothing half-written is left)."""
     return write_comparison(rows, out, comparison_markdown(rows))
+
+
+def mean_summary(group: dict[str, Any]) -> dict[str, Any]:
+    """A group's summary as a run's looks: each numeric field the mean over the seeds (dotted
+    fields nested again), the group's status and task, and the first seed's verdicts."""
+    summary: dict[str, Any] = {"name": group.get("name"), "status": group.get("status"),
+                               "task": group.get("task")}
+    for key, stats in (group.get("fields") or {}).items():
+        if "mean" not in stats:
+            continue
+        node = summary
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = stats["mean"]
+    verdicts = group.get("verdicts") or {}
+    first: list[str] = next(iter(verdicts.values()), [])
+    summary["verdicts"] = [{"kind": k} for k in first]
+    return summary

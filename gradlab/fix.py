@@ -64,9 +64,11 @@ def fix(path: Path, out: Path, jobs: int | None = None, overrides: list[str] | N
     """Run the config, then every remedy its verdicts give; return the ranked fix record."""
     overrides = list(overrides or [])
     cfg = load_config(path, overrides)
-    [given] = comparing.compare([Path(path)], out, jobs=1, overrides=overrides, plots=plots,
-                                on_done=on_done)
-    summary = (given.record.summary if given.record else None) or {}
+    [given] = comparing.compare([Path(path)], out, jobs=jobs if cfg.seeds else 1,
+                                overrides=overrides, plots=plots, on_done=on_done, pairs=False)
+    # over several seeds, the remedies are those of the first seed's verdicts
+    first = given.members[0] if given.members else given
+    summary = (first.record.summary if first.record else None) or {}
     fixes = remedies_of(summary)[:max_fixes]
     record = unique_dir(Path(out), f"fix-{cfg.name}-{utc_stamp()}")
     patches = record / "patches"
@@ -83,6 +85,7 @@ def fix(path: Path, out: Path, jobs: int | None = None, overrides: list[str] | N
         target = patches / f"{k:02d}.yaml"
         write_atomic(target, header + yaml.safe_dump(raw, sort_keys=False))
         files.append(target)
+    # each patch is the config with the overrides applied (--seeds too)
     variants = comparing.compare(files, out, jobs=jobs, plots=plots, on_done=on_done) if files \
         else []
     rows = [_row(cfg, given, None, None)] + [
@@ -94,7 +97,7 @@ def fix(path: Path, out: Path, jobs: int | None = None, overrides: list[str] | N
 
 def _row(cfg: Config, v: comparing.Variant, f: dict[str, Any] | None,
          patch: Path | None) -> dict[str, Any]:
-    s = (v.record.summary if v.record else None) or {}
+    s = v.summary  # a group's: the means over its seeds
     metrics = s.get("final_metrics") or {}
     accuracy = metrics.get("test_accuracy")
     metric, value = ("test_accuracy", accuracy) if accuracy is not None else (

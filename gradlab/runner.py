@@ -92,14 +92,15 @@ def denormals_flushed(on: bool) -> Iterator[bool]:
 
 
 def run_config(cfg: Config, out: Path, observers: tuple[Observer, ...] = (),
-               threads: int | None = None) -> RunOutcome:
-    """Train one variant and write its complete run record under `out`."""
+               threads: int | None = None, place: tuple[Path, str] | None = None) -> RunOutcome:
+    """Train one variant and write its complete run record under `out` (out/NAME/STAMP), or at
+    `place` (parent, stem): a group's seed-N."""
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)
     # Off by default: flushing changes what the network computes where gradients vanish.
     with denormals_flushed(cfg.flush_denormal) as flushed:
-        return _run(cfg, out, observers, device, flushed)
+        return _run(cfg, out, observers, device, flushed, place)
 
 
 def build_run(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
@@ -119,11 +120,11 @@ def build_run(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
 
 
 def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.device,
-         flushed: bool) -> RunOutcome:
+         flushed: bool, place: tuple[Path, str] | None) -> RunOutcome:
     data, built = build_run(cfg, device)
     steps = total_steps(cfg, len(data.x_train))
 
-    writer = GuardedWriter(out, cfg.name)  # a failed write stops the run: RecordWriteError
+    writer = GuardedWriter(out, cfg.name, place)  # a failed write stops the run: RecordWriteError
     writer.write_config(resolved(cfg))
     base = {
         "name": cfg.name, "pid": os.getpid(), "device": str(device), "steps_planned": steps,

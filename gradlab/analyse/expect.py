@@ -1,14 +1,26 @@
-"""Checking a config's `expect:` block against its run's summary.
+"""Checking a config's `expect:` block against its runs' summaries.
 
 Keys are summary.json fields, dotted for nested ones (`final_metrics.test_accuracy`); a
 value is a literal (`status: diverged`) or a range (`{min: x}`, `{max: y}` or both).
 `check(expect, summary)` returns one `Expectation` per key; nothing is evaluated as code.
+
+Two keys are not summary fields:
+- `over: mean` checks the ranges against the mean over a group's seeds; by default (`over:
+  every`) a claim holds when it holds for every seed (`check_seeds`).
+- `versus: {partner: NAME, KEY: {less_by: x, ...}}` states a claim against another config run
+  with the same seeds, checked seed by seed (`check_versus`): `less_by` (partner − this ≥ x),
+  `more_by` (this − partner ≥ x), `factor_min` (this / partner ≥ x), `factor_max`
+  (this / partner ≤ x).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from gradlab.config.schema import RESERVED
+from gradlab.record.group import field_stats
 
 MISSING = object()  # what `lookup` returns for a key the summary does not have
 
@@ -19,11 +31,37 @@ class Expectation:
     wanted: Any
     measured: Any
     ok: bool
+    seed: int | None = None  # the seed a group's claim failed at (None: a single run, or the mean)
+    partner: str | None = None  # a paired claim's partner config
+    theirs: Any = None  # the partner's value, for a paired claim
 
     def describe(self) -> str:
-        """`grad_ratio_init: expected ≤ 1e-06, measured 0.52`"""
+        """`grad_ratio_init: expected ≤ 1e-06, measured 0.52 (seed 2)`"""
         measured = "missing" if self.measured is MISSING else _show(self.measured)
-        return f"{self.key}: expected {describe_wanted(self.wanted)}, measured {measured}"
+        at = f" (seed {self.seed})" if self.seed is not None else ""
+        if self.partner is None:
+            return f"{self.key}: expected {describe_wanted(self.wanted)}, measured {measured}{at}"
+        theirs = "missing" if self.theirs is MISSING else _show(self.theirs)
+        return (f"versus {self.partner}: {self.key}: expected {describe_paired(self.wanted)}, "
+                f"measured {measured} against {theirs}{_difference(self.measured, self.theirs)}"
+                f"{at}")
+
+
+def _difference(mine: Any, theirs: Any) -> str:
+    """`: 0.274 lower, 0.73×` — how the two values differ, where both are numbers."""
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (mine, theirs)):
+        return ""
+    diff = mine - theirs
+    text = f": {_show(abs(diff))} {'lower' if diff < 0 else 'higher'}"
+    if theirs != 0:
+        text += f", {_show(mine / theirs)}×"
+    return text
+
+
+def describe_paired(wanted: dict[str, Any]) -> str:
+    words = {"less_by": "≥ {} below the partner's", "more_by": "≥ {} above the partner's",
+             "factor_min": "≥ {}× the partner's", "factor_max": "≤ {}× the partner's"}
+    return " and ".join(words[k].format(_show(v)) for k, v in wanted.items())
 
 
 def describe_wanted(wanted: Any) -> str:
@@ -65,11 +103,97 @@ def holds(wanted: Any, measured: Any) -> bool:
     return bool(measured == wanted)
 
 
+def own_claims(expect: dict[str, Any]) -> dict[str, Any]:
+    """The claims about a config's own summary (without `over` and `versus`)."""
+    return {k: v for k, v in expect.items() if k not in RESERVED}
+
+
 def check(expect: dict[str, Any], summary: dict[str, Any] | None) -> list[Expectation]:
     """Every expectation with what was measured; a run with no summary fails them all."""
     summary = summary or {}
     results = []
-    for key, wanted in expect.items():
+    for key, wanted in own_claims(expect).items():
         measured = lookup(summary, key)
         results.append(Expectation(key, wanted, measured, holds(wanted, measured)))
+    return results
+
+
+def mean_of(summaries: dict[int, dict[str, Any] | None], key: str) -> Any:
+    """The mean over seeds of a numeric field as the group record takes it (geometric for
+    gradient ratios and norms: `record.group.field_stats`), or missing when a seed lacks it."""
+    values = [lookup(s or {}, key) for s in summaries.values()]
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return MISSING
+    return field_stats([float(v) for v in values], key).get("mean", MISSING)
+
+
+def check_seeds(expect: dict[str, Any],
+                summaries: dict[int, dict[str, Any] | None]) -> list[Expectation]:
+    """A group's claims: one Expectation per key, holding when it holds for every seed (the
+    first seed it fails at is named), or, with `over: mean`, a range checked on the mean over
+    the seeds (a literal, such as `status`, is always checked seed by seed)."""
+    over_mean = expect.get("over") == "mean"
+    results = []
+    for key, wanted in own_claims(expect).items():
+        if over_mean and isinstance(wanted, dict):
+            measured = mean_of(summaries, key)
+            results.append(Expectation(key, wanted, measured, holds(wanted, measured)))
+            continue
+        found = Expectation(key, wanted, None, True)
+        for seed, summary in summaries.items():
+            measured = lookup(summary or {}, key)
+            if not holds(wanted, measured):
+                found = Expectation(key, wanted, measured, False, seed=seed)
+                break
+        results.append(found)
+    return results
+
+
+def paired_holds(wanted: dict[str, Any], mine: Any, theirs: Any) -> bool:
+    numbers = [x for x in (mine, theirs)
+               if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if len(numbers) < 2 or any(math.isnan(x) for x in numbers):
+        return False
+    for how, bound in wanted.items():
+        if how == "less_by" and not theirs - mine >= bound:
+            return False
+        if how == "more_by" and not mine - theirs >= bound:
+            return False
+        if how in ("factor_min", "factor_max"):
+            if theirs == 0:
+                ratio = math.inf if mine > 0 else math.nan
+            else:
+                ratio = mine / theirs
+            if math.isnan(ratio) or (how == "factor_min" and not ratio >= bound) or \
+                    (how == "factor_max" and not ratio <= bound):
+                return False
+    return True
+
+
+def check_versus(expect: dict[str, Any], mine: dict[int, dict[str, Any] | None],
+                 theirs: dict[int, dict[str, Any] | None]) -> list[Expectation]:
+    """A paired claim (`versus:`), seed by seed against the partner's run of the same seed (or
+    on the means, with `over: mean`); a seed the partner lacks fails the claim."""
+    spec = expect.get("versus")
+    if not isinstance(spec, dict):
+        return []
+    partner = str(spec.get("partner"))
+    over_mean = expect.get("over") == "mean"
+    results = []
+    for key, wanted in spec.items():
+        if key == "partner":
+            continue
+        if over_mean:
+            a, b = mean_of(mine, key), mean_of(theirs, key)
+            results.append(Expectation(key, wanted, a, paired_holds(wanted, a, b),
+                                       partner=partner, theirs=b))
+            continue
+        found = Expectation(key, wanted, None, True, partner=partner)
+        for seed, summary in mine.items():
+            a = lookup(summary or {}, key)
+            b = lookup(theirs[seed] or {}, key) if seed in theirs else MISSING
+            if not paired_holds(wanted, a, b):
+                found = Expectation(key, wanted, a, False, seed=seed, partner=partner, theirs=b)
+                break
+        results.append(found)
     return results

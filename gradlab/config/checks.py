@@ -7,14 +7,19 @@ pre-flight in `gradlab.build.budget`) and nothing imports torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from gradlab.config.messages import did_you_mean
 from gradlab.config.schema import (
+    COMPARATORS,
     DIGITS_SAMPLES,
+    NAME_PATTERN,
+    OVER,
     PROBED_FIELDS,
     REGRESSION_DATA,
+    RESERVED,
     SEQUENCE_DATA,
     SUMMARY_FIELDS,
     Config,
@@ -95,9 +100,16 @@ def test_size(n: int, test_fraction: float) -> int:
 
 
 def expect_problems(expect: dict[str, Any]) -> list[tuple[str, str]]:
-    """Keys that are not summary fields, and values that are neither literals nor ranges."""
+    """Keys that are not summary fields, and values that are neither literals nor ranges;
+    an `over` other than every/mean; a `versus` block that is not a partner and comparisons."""
     problems = []
+    if "over" in expect and expect["over"] not in OVER:
+        problems.append(("over", f"must be one of {', '.join(OVER)}, got {expect['over']!r}"))
+    if "versus" in expect:
+        problems += versus_problems(expect["versus"])
     for key, want in expect.items():
+        if key in RESERVED:
+            continue
         head = key.split(".")[0]
         if head not in SUMMARY_FIELDS:
             hint = did_you_mean(head, SUMMARY_FIELDS)
@@ -113,6 +125,33 @@ def expect_problems(expect: dict[str, Any]) -> list[tuple[str, str]]:
                 problems.append((key, f"min must be ≤ max, got {want}"))
         elif not isinstance(want, (str, bool, int, float, type(None))):
             problems.append((key, f"must be a literal or a {{min, max}} range, got {want!r}"))
+    return problems
+
+
+def versus_problems(spec: Any) -> list[tuple[str, str]]:
+    """`versus: {partner: NAME, KEY: {less_by|more_by|factor_min|factor_max: number}}`."""
+    if not isinstance(spec, dict):
+        return [("versus", "must be a mapping: {partner: NAME, KEY: {less_by: x}, ...}")]
+    partner = spec.get("partner")
+    problems = []
+    if not isinstance(partner, str) or not re.fullmatch(NAME_PATTERN, partner):
+        problems.append(("versus.partner", "must name the partner config (its name:)"))
+    claims = {k: v for k, v in spec.items() if k != "partner"}
+    if not claims:
+        problems.append(("versus", "states no claim against the partner"))
+    for key, want in claims.items():
+        where = f"versus.{key}"
+        head = str(key).split(".")[0]
+        if head not in SUMMARY_FIELDS:
+            problems.append((where, f"not a summary.json field{did_you_mean(head, SUMMARY_FIELDS)}"))
+        if not isinstance(want, dict) or not want or set(want) - set(COMPARATORS):
+            problems.append((where, f"a paired claim is a mapping of {', '.join(COMPARATORS)}"))
+            continue
+        for how, bound in want.items():
+            if not _is_number(bound):
+                problems.append((f"{where}.{how}", f"must be a number, got {bound!r}"))
+            elif how.startswith("factor") and bound <= 0:
+                problems.append((f"{where}.{how}", f"a factor must be > 0, got {bound}"))
     return problems
 
 

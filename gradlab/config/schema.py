@@ -33,6 +33,8 @@ RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu")
 DYING = ("relu",)
 RECURRENT_KINDS = ("rnn", "lstm", "gru")
 
+MAX_SEEDS = 100  # seeds of one group
+
 # scikit-learn's digits: 1797 images of 8×8 pixels (also read row by row as sequences).
 DIGITS_SAMPLES = 1797
 
@@ -46,6 +48,12 @@ GAIN_NAME: dict[str, str] = {
     "prelu": "leaky_relu", "elu": "elu", "selu": "linear", "gelu": "gelu", "identity": "linear",
 }
 GainName = Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu", "elu", "gelu"]
+
+# Keys of an `expect:` block that are not summary fields (`analyse.expect`): how a group's claims
+# are checked over its seeds, and a claim paired with another config, with its comparators.
+RESERVED = ("over", "versus")
+OVER = ("every", "mean")
+COMPARATORS = ("less_by", "more_by", "factor_min", "factor_max")
 
 # Top-level summary.json fields an `expect:` key may start with (see DESIGN.md).
 SUMMARY_FIELDS = (
@@ -307,6 +315,10 @@ class PretrainConfig(_Section):
 class Config(_Section):
     name: str = Field(pattern=NAME_PATTERN)
     seed: int = Field(0, ge=0)
+    # several seeds: one run per seed, a group record over them (`record.group`); `seed` is then
+    # each run's own seed
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1,
+                                                            max_length=MAX_SEEDS)
     device: Device = "auto"
     # true: float32 results below 1.2e-38 become 0 (on the CPU): faster on some processors, but
     # it changes what the network computes exactly where gradients vanish
@@ -317,3 +329,9 @@ class Config(_Section):
     probe: ProbeConfig = ProbeConfig()
     pretrain: PretrainConfig | None = None
     expect: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> Config:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self

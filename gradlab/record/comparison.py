@@ -16,16 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from gradlab.record.files import unique_dir, utc_stamp, write_atomic
+from gradlab.record.group import is_group_dir, member_dirs, read_group
 from gradlab.record.guard import RecordWriteError, cause, remove
 from gradlab.record.reader import Record, is_run_dir, read_record
 from gradlab.record.validate import CorruptRecord, check_header, check_text, not_text
 
 COLUMNS = ("variant", "status", "steps", "final_loss", "test_metric", "grad_ratio_init",
            "grad_ratio_final", "weakest_grad", "verdict", "steps_per_second", "expect", "reused",
-           "problems", "run_dir", "config")
+           "problems", "run_dir", "config", "seeds", "final_loss_ci", "test_metric_ci",
+           "verdict_seeds", "overlaps")
+# A group's row: its numbers are the means over `seeds` (space-separated), `*_ci` half the
+# width of their 95% intervals, `overlaps` the variants whose test-metric interval meets its own.
 NUMBER_COLUMNS = ("steps", "final_loss", "test_metric", "grad_ratio_init", "grad_ratio_final",
-                  "weakest_grad", "steps_per_second")
-OPTIONAL_COLUMNS = ("reused", "run_dir", "config")  # read back as "" where a record lacks them
+                  "weakest_grad", "steps_per_second", "final_loss_ci", "test_metric_ci")
+# read back as "" where a record lacks them
+OPTIONAL_COLUMNS = ("reused", "run_dir", "config", "seeds", "final_loss_ci", "test_metric_ci",
+                    "verdict_seeds", "overlaps")
 
 
 def is_comparison_dir(path: Path) -> bool:
@@ -120,12 +126,19 @@ def write_report(path: Path, text: str) -> Path:
 def variant_records(path: Path) -> list[Record]:
     """The runs of a compare record, in the order of comparison.csv, read back through its own
     links (variants/NAME), so a record moved elsewhere still finds them; a run whose record
-    is corrupt is left out (its row in the table says what became of it)."""
+    is corrupt is left out (its row in the table says what became of it). A group stands for
+    itself by its first seed's run."""
     path = Path(path)
     records = []
     for row in read_comparison(path):
         link = path / "variants" / str(row.get("variant"))
         run_dir = link if link.is_dir() else Path(str(row.get("run_dir") or ""))
+        if row.get("run_dir") and is_group_dir(run_dir):
+            try:
+                members = member_dirs(run_dir, read_group(run_dir))
+            except CorruptRecord:
+                continue
+            run_dir = next(iter(members.values()), run_dir)
         if row.get("run_dir") and is_run_dir(run_dir):
             try:
                 records.append(read_record(run_dir))

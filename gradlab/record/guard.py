@@ -74,11 +74,11 @@ class GuardedWriter:
     """`RunWriter`'s interface (an observer; `path`, `write_config`, `write_summary`,
     `write_traceback`, `close`), every write checked; `check()` once the record is done."""
 
-    def __init__(self, out: Path, name: str):
+    def __init__(self, out: Path, name: str, place: tuple[Path, str] | None = None):
         self.failure: RecordWriteError | None = None
         self._closed = False
         try:
-            self._writer = _Writer(out, name)
+            self._writer = _Writer(out, name, place)
         except _OpenFailed as e:  # the run directory exists, its files cannot be written
             run_dir = e.path.parent
             error = RecordWriteError(e.path, cause(e), run_dir)

@@ -181,20 +181,26 @@ def _alive(pid: Any) -> bool:
 # ---------------------------------------------------------------- finding runs
 
 
+def is_entry(path: Path) -> bool:
+    """A run directory, or a group of runs over several seeds (its group.json)."""
+    return is_run_dir(path) or (path / "group.json").is_file()
+
+
 def find_runs(root: Path) -> list[Path]:
-    """Run directories at `root`, one level under it (runs/NAME) or two (runs/NAME/STAMP).
+    """Run directories and groups at `root`, one level under it (runs/NAME) or two
+    (runs/NAME/STAMP); a group is one entry (its seeds' runs are inside it).
 
     Symbolic links to directories are followed (an --out, or a config's directory, reached
     through one), each run listed once under the first name found for it; a compare record's
     variants/ links are not runs of their own.
     """
     root = Path(root)
-    if is_run_dir(root):
+    if is_entry(root):
         return [root]
     found: list[Path] = []
     seen: set[Path] = set()
     for child in _subdirs(root):
-        for run in [child] if is_run_dir(child) else [g for g in _subdirs(child) if is_run_dir(g)]:
+        for run in [child] if is_entry(child) else [g for g in _subdirs(child) if is_entry(g)]:
             real = run.resolve()
             if real not in seen:
                 seen.add(real)

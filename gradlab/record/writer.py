@@ -15,7 +15,7 @@ from typing import Any, Protocol, TextIO
 
 import yaml
 
-from gradlab.record.files import clean, new_run_dir, write_atomic
+from gradlab.record.files import clean, new_run_dir, unique_dir, write_atomic
 from gradlab.record.reader import LAYER_COLUMNS, METRIC_COLUMNS, TIME_COLUMNS
 
 
@@ -38,8 +38,10 @@ class LogEvent(Protocol):
 class RunWriter:
     """An observer of the training loop that writes the run record as it goes."""
 
-    def __init__(self, out: Path, name: str):
-        self.path = new_run_dir(out, name)
+    def __init__(self, out: Path, name: str, place: tuple[Path, str] | None = None):
+        # `place`: (parent, stem) for a run directory other than out/NAME/STAMP (a group's
+        # seed-N); `unique_dir` never reuses one
+        self.path = unique_dir(*place) if place else new_run_dir(out, name)
         self.phase = "train"
         self._files: list[TextIO] = []
         self._metrics = self._open("metrics.csv", METRIC_COLUMNS)

@@ -24,8 +24,11 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
-        cells = [r["variant"], r["status"], num(r["steps"]), num(r["final_loss"]),
-                 num(r["test_metric"]), num(r["grad_ratio_init"], 2),
+        cells = [r["variant"], r["status"], num(r["steps"]),
+                 _spread(r["final_loss"], r.get("final_loss_ci")).replace("\n", " "),
+                 _spread(r["test_metric"], r.get("test_metric_ci"),
+                         bool(r.get("overlaps"))).replace("\n", " "),
+                 num(r["grad_ratio_init"], 2),
                  num(r["grad_ratio_final"], 2), num(r["weakest_grad"], 2), r["verdict"],
                  num(r["steps_per_second"]), r["expect"] or "–"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -55,8 +58,10 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
             cols.append(Column("status", statuses, "left"))
         cols += [
             Column("steps", [num(r["steps"]) for r in rows]),
-            Column("final\nloss", [short(r["final_loss"]) for r in rows]),
-            Column("test", [short(r["test_metric"]) for r in rows]),
+            Column("final\nloss", [_spread(r["final_loss"], r.get("final_loss_ci"))
+                                    for r in rows]),
+            Column("test", [_spread(r["test_metric"], r.get("test_metric_ci"),
+                                    bool(r.get("overlaps"))) for r in rows]),
             Column("ratio\ninit", [short(r["grad_ratio_init"]) for r in rows]),
             Column("ratio\nend", [short(r["grad_ratio_final"]) for r in rows]),
             Column("min\n|grad|", [short(r["weakest_grad"]) for r in rows]),
@@ -78,6 +83,9 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
     legend = ["ratio: first layer's gradient norm / last layer's, at init and at the end",
               "min |grad|: the weakest layer's gradient norm at the end",
               "test: accuracy for classification, loss otherwise"]
+    if any(r.get("seeds") for r in rows):
+        legend.append("a config run over several seeds: the mean, ± half its 95% interval; "
+                      "≈ where that interval overlaps another variant's of the same task")
     if "status" not in shown:
         legend.append("verdict: the run's first verdict, or its status if it did not complete")
     if show_claims:
@@ -89,6 +97,13 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
             notes.append(f"{r['variant']}: ", style="bold")
             notes.append(f"{r['problems']}\n")
     return Group(Text("comparison", style="italic"), table, notes)
+
+
+def _spread(value: float | None, half: float | None, overlaps: bool = False) -> str:
+    """A run's number, or a group's mean with ± half its 95% interval below it."""
+    if half is None:
+        return short(value)
+    return f"{short(value)}\n±{short(half, 1)}" + (" ≈" if overlaps else "")
 
 
 def _outcome(row: dict[str, Any]) -> Text:

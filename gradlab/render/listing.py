@@ -14,9 +14,25 @@ from pathlib import Path
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from gradlab.record.group import is_group_dir, read_group
 from gradlab.record.reader import find_runs, listing_record, run_started
+from gradlab.record.validate import CorruptRecord
 from gradlab.render.report import logged_progress
 from gradlab.render.style import Column, Fitted, fit_table, short, status_style
+
+
+def _group_entry(path: Path) -> tuple[str, str, float | None, str]:
+    """A group's status, `N seeds`, mean final loss and its seeds' top verdicts (`kind 3/3`)."""
+    try:
+        group = read_group(path)
+    except CorruptRecord as e:
+        return "corrupt", "–", None, e.short
+    seeds = group.get("seeds") or []
+    loss = ((group.get("fields") or {}).get("final_loss") or {}).get("mean")
+    kinds = [(k or ["–"])[0] for k in (group.get("verdicts") or {}).values()]
+    verdict = ", ".join(f"{k} {kinds.count(k)}/{len(kinds)}" for k in dict.fromkeys(kinds))
+    return (str(group.get("status")), f"{len(seeds)} seeds ({' '.join(map(str, seeds))})",
+            loss, verdict or "–")
 
 
 def run_list(root: Path) -> RenderableType:
@@ -29,7 +45,9 @@ def run_list(root: Path) -> RenderableType:
         record = listing_record(path)
         s = record.summary or {}
         status = record.status
-        if status == "corrupt":  # a file that is not what gradlab wrote: say which, and what
+        if is_group_dir(path):  # one entry for a group: its seeds, the mean loss, the verdicts
+            status, steps, loss, verdict = _group_entry(path)
+        elif status == "corrupt":  # a file that is not what gradlab wrote: say which, and what
             steps, loss = "–", None
             verdict = record.problem or ""
         elif status in ("incomplete", "running"):  # what it logged before it stopped (or so far)
@@ -38,7 +56,7 @@ def run_list(root: Path) -> RenderableType:
         else:
             steps = f"{s.get('steps_done', '?')}/{s.get('steps_planned', '?')}"
             loss = s.get("final_loss")
-        if status != "corrupt":
+        if status != "corrupt" and not is_group_dir(path):
             verdict = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
         runs.append(path.name if path == root else path.relative_to(root).as_posix())
         statuses.append(Text(status, status_style(status)))

@@ -1,0 +1,229 @@
+"""Several seeds: group records, claims over seeds, paired claims (`versus:`), reuse of seeds."""
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from gradlab.analyse.expect import check_seeds, check_versus
+from gradlab.cli import app
+from gradlab.compare import compare, comparison_rows
+from gradlab.config import ConfigError, load_config
+from gradlab.record.group import field_stats, read_group
+from gradlab.record.reader import read_record, read_summary
+
+TINY = {"data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
+        "model": {"depth": 3, "width": 16}, "train": {"steps": 12, "batch_size": 32},
+        "probe": {"every": 4}}
+
+
+def write(d: Path, name: str, expect=None, **sections) -> Path:
+    cfg = {"name": name, **{k: dict(v) for k, v in TINY.items()}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    if expect is not None:
+        cfg["expect"] = expect
+    path = d / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch):
+    monkeypatch.setattr("gradlab.compare.EXECUTOR", "thread")
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "100"})
+
+
+# ---------------------------------------------------------------- the statistics
+
+
+def test_interval_is_students_t_of_the_mean():
+    values = [0.31, 0.52, 0.47]
+    stats = field_stats(values, "final_loss")
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    half = 4.303 * sd / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert stats["mean"] == pytest.approx(mean)
+    assert stats["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-3)
+    assert (stats["min"], stats["max"], stats["values"]) == (0.31, 0.52, values)
+
+
+def test_gradient_ratios_take_geometric_means():
+    values = [1e-42, 1e-40, 1e-44]
+    stats = field_stats(values, "grad_ratio_init")
+    assert stats["scale"] == "log"
+    assert stats["mean"] == pytest.approx(1e-42, rel=1e-6)  # an arithmetic mean says 3.4e-41
+    lo, hi = stats["ci95"]
+    assert 0 < lo < 1e-44 and hi > 1e-40
+
+
+def test_claims_over_seeds_name_the_seed_that_fails():
+    summaries = {0: {"final_loss": 0.2, "status": "completed"},
+                 1: {"final_loss": 0.7, "status": "completed"},
+                 2: {"final_loss": 0.3, "status": "completed"}}
+    [loss, status] = check_seeds({"final_loss": {"max": 0.5}, "status": "completed"}, summaries)
+    assert not loss.ok and loss.seed == 1 and loss.measured == 0.7
+    assert loss.describe() == "final_loss: expected ≤ 0.5, measured 0.7 (seed 1)"
+    assert status.ok
+    [mean] = check_seeds({"over": "mean", "final_loss": {"max": 0.5}}, summaries)
+    assert mean.ok and mean.measured == pytest.approx(0.4)
+
+
+def test_paired_claims_hold_seed_by_seed():
+    mine = {0: {"final_loss": 0.2, "grad_ratio_init": 0.5},
+            1: {"final_loss": 0.6, "grad_ratio_init": 0.4}}
+    theirs = {0: {"final_loss": 1.0, "grad_ratio_init": 1e-9},
+              1: {"final_loss": 1.0, "grad_ratio_init": 0.0}}
+    spec = {"versus": {"partner": "p", "final_loss": {"less_by": 0.5},
+                       "grad_ratio_init": {"factor_min": 1e6}}}
+    loss, ratio = check_versus(spec, mine, theirs)
+    assert not loss.ok and loss.seed == 1  # 1.0 − 0.6 = 0.4 < 0.5
+    assert "versus p: final_loss: expected ≥ 0.5 below the partner's, measured 0.6 against 1" \
+        in loss.describe() and "(seed 1)" in loss.describe()
+    assert ratio.ok  # a partner's exact 0 counts as an infinite factor
+    [more] = check_versus({"versus": {"partner": "p", "final_loss": {"more_by": 0.1}}},
+                          {0: {"final_loss": 0.2}}, {})
+    assert not more.ok  # a seed the partner lacks fails the claim
+
+
+def test_bad_seeds_and_bad_paired_claims_are_config_errors(tmp_path):
+    path = write(tmp_path, "x")
+    with pytest.raises(ConfigError, match="seeds must be distinct"):
+        load_config(path, ["seeds=[0, 0]"])
+    with pytest.raises(ConfigError, match="seeds"):
+        load_config(path, ["seeds=[]"])
+    bad = write(tmp_path, "y", expect={"status": "completed", "over": "median",
+                                       "versus": {"partner": "x", "final_loss": {"lower": 1}}})
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "over: must be one of every, mean" in str(e.value)
+    assert "expect.versus.final_loss: a paired claim is a mapping of less_by" in str(e.value)
+    for flags, message in ((["--seeds", "a,b"], "expected a list of seeds"),
+                           (["--seeds", "0"], "a count is 1 to"),
+                           (["--seed", "1", "--seeds", "2"], "give one")):
+        result = run_cli("run", str(path), "--out", str(tmp_path / "r"), *flags)
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+# ---------------------------------------------------------------- group records
+
+
+def test_a_group_is_ordinary_seed_records_and_a_summary_of_them(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    path = write(d, "g", expect={"status": "completed"})
+    [v] = compare([path], tmp_path / "runs", overrides=["seeds=[0, 1, 2]"], plots=False)
+    assert v.is_group and v.status == "completed" and v.expect_ok
+    group_dir = v.run_dir
+    assert group_dir.parent == tmp_path / "runs" / "g"
+    group = read_group(group_dir)
+    assert group["seeds"] == [0, 1, 2] and group["statuses"] == {"0": "completed",
+                                                                "1": "completed",
+                                                                "2": "completed"}
+    losses = []
+    for seed in (0, 1, 2):
+        record = read_record(group_dir / f"seed-{seed}")  # each seed: a normal run record
+        assert yaml.safe_load((group_dir / f"seed-{seed}" / "config.yaml").read_text())[
+            "seed"] == seed
+        losses.append(record.summary["final_loss"])
+    assert len(set(losses)) == 3, "three seeds, three different runs"
+    stats = group["fields"]["final_loss"]
+    assert stats["values"] == pytest.approx(losses)
+    assert stats["mean"] == pytest.approx(statistics.mean(losses))
+    # a seed's run is the run a single seed makes: the same numbers as `--seed 2`
+    [single] = compare([path], tmp_path / "single", overrides=["seed=2"], plots=False)
+    assert single.record.summary["final_loss"] == pytest.approx(losses[2], rel=1e-6)
+    row = comparison_rows([v])[0]
+    assert row["seeds"] == "0 1 2" and row["final_loss"] == pytest.approx(stats["mean"])
+    assert row["final_loss_ci"] == pytest.approx((stats["ci95"][1] - stats["ci95"][0]) / 2)
+
+
+def test_runs_lists_a_group_once_and_report_reads_it(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    path = write(d, "g")
+    out = tmp_path / "runs"
+    result = run_cli("run", str(path), "--out", str(out), "--seeds", "2", "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert "g  over seeds 0, 1: completed" in result.output
+    group_dir = next((out / "g").iterdir())
+    listing = run_cli("runs", str(out))
+    assert listing.output.count("g/") == 1 and "2 seeds (0 1)" in listing.output
+    report = run_cli("report", str(group_dir), "--no-plots")
+    assert report.exit_code == 0 and "final_loss" in report.output and "95% interval" in \
+        report.output
+    latest = run_cli("report", str(out / "g"), "--no-plots")  # a name directory: its latest
+    assert latest.exit_code == 0 and "over seeds 0, 1" in latest.output
+    as_json = run_cli("run", str(path), "--out", str(out), "--seeds", "0,3", "--json")
+    assert json.loads(as_json.stdout)["seeds"] == [0, 3]
+
+
+def test_reuse_takes_finished_seeds_and_runs_only_the_new_ones(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    path = write(d, "g")
+    out = tmp_path / "runs"
+    [first] = compare([path], out, overrides=["seeds=[0, 1]"], plots=False)
+    [again] = compare([path], out, overrides=["seeds=[0, 1]"], plots=False, reuse=True)
+    assert again.reused and again.run_dir == first.run_dir  # the whole group, as it was
+    [more] = compare([path], out, overrides=["seeds=[0, 1, 2]"], plots=False, reuse=True)
+    assert [m.reused for m in more.members] == [True, True, False]
+    assert (more.run_dir / "seed-0").is_symlink()
+    assert read_summary(more.run_dir / "seed-0") == read_summary(first.run_dir / "seed-0")
+    assert read_group(more.run_dir)["statuses"]["2"] == "completed"
+
+
+# ---------------------------------------------------------------- paired claims in compare
+
+
+def test_a_broken_pair_fails_with_the_paired_message(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    write(d, "vanish", model={"activation": "sigmoid", "depth": 12},
+          expect={"status": "completed"})
+    paired = {"status": "completed",
+              "versus": {"partner": "vanish", "grad_ratio_init": {"factor_min": 100}}}
+    remedy = write(d, "cure", model={"activation": "relu", "init": "kaiming_normal", "depth": 12},
+                   expect=paired)
+    out = tmp_path / "runs"
+    held = run_cli("compare", str(d), "--out", str(out), "--seeds", "0,1", "--check", "--no-plots")
+    assert held.exit_code == 0, held.output
+    assert "paired" in held.output
+    # the remedy given the problem's activation: the pair no longer holds
+    broken = yaml.safe_load(remedy.read_text())
+    broken["model"].update(activation="sigmoid", init="default")
+    remedy.write_text(yaml.safe_dump(broken))
+    failed = run_cli("compare", str(d), "--out", str(out), "--seeds", "0,1", "--check",
+                     "--no-plots")
+    assert failed.exit_code == 1
+    assert "cure: versus vanish: grad_ratio_init: expected ≥ 100× the partner's" in failed.output
+
+
+def test_a_missing_partner_or_other_seeds_is_a_config_error(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    write(d, "cure", expect={"status": "completed",
+                             "versus": {"partner": "nowhere", "final_loss": {"less_by": 0.1}}})
+    result = run_cli("compare", str(d), "--out", str(tmp_path / "r"), "--no-plots")
+    assert result.exit_code == 2
+    assert "expect.versus.partner: the partner config 'nowhere' is not among the configs" \
+        in result.output
+    write(d, "nowhere", seeds=[0, 1])
+    result = run_cli("compare", str(d), "--out", str(tmp_path / "r"), "--no-plots")
+    assert result.exit_code == 2 and "a paired claim needs the same seeds" in result.output
+
+
+def test_two_configs_with_one_name_are_refused(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    write(d, "same")
+    (d / "copy.yaml").write_text((d / "same.yaml").read_text())
+    result = run_cli("compare", str(d), "--out", str(tmp_path / "r"), "--no-plots")
+    assert result.exit_code == 2
+    assert "'same' is also the name of" in result.output
