@@ -38,6 +38,7 @@ from gradlab.record.summary import build_summary
 from gradlab.train.events import Observer, Observers
 from gradlab.train.loop import TrainResult, train
 from gradlab.train.pretrain import pretrain, unfinished
+from gradlab.train.probe import unit_spread
 
 
 def baseline_fields(cfg: Config, data: Dataset) -> dict[str, Any]:
@@ -135,6 +136,7 @@ def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.
         **baseline_fields(cfg, data),
         # mean-field theory at init (analyse.theory), MLPs only; `gradlab predict` adds the measurement
         "prediction": predict_mlp(resolved(cfg)) if cfg.model.kind == "mlp" else None,
+        "unit_spread_init": unit_spread(built.layers),
     }
     writer.write_summary({**base, "status": "running", "error": None, "steps_done": 0})
     tell = Observers((writer, *observers))
@@ -161,6 +163,7 @@ def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.
         summary = build_summary(writer.path, base, outcome,
                                 [list(layer.shape) for layer in built.layers])
         summary.update(extra)
+        summary["unit_spread_final"] = unit_spread(built.layers)
         summary["verdicts"] = diagnose(summary, resolved(cfg))
         writer.write_summary(summary)
     writer.check()  # a write that failed mid-run: the record says failed, the caller is told

@@ -37,6 +37,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
         "final_loss": final.get("train_loss"),
         "loss_ratio": _ratio(final.get("train_loss"), initial.get("train_loss")),
         "final_metrics": final,
+        "generalisation_gap": _gap(final),
         "grad_ratio_init": _grad_ratio(first),
         "grad_ratio_final": _grad_ratio(last),
         "delta_ratio_init": _grad_ratio(first, "delta_norm"),
@@ -70,6 +71,15 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
             "time_grad_ratio_final": _edge_ratio(end),
         })
     return summary
+
+
+def _gap(final: dict[str, Any]) -> float | None:
+    """Test loss − training loss at the end (how much the net overfits), where both are finite."""
+    test, train = final.get("test_loss"), final.get("train_loss")
+    if not isinstance(test, (int, float)) or not isinstance(train, (int, float)) or \
+            not (math.isfinite(test) and math.isfinite(train)):
+        return None
+    return float(test - train)
 
 
 def _stats(row: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,23 @@ def norms64(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors, 2, dtype=F64))
 
 
+def unit_spread(layers: list[ProbedLayer]) -> float | None:
+    """How different a layer's units are, at most over the hidden layers: for each hidden
+    weight matrix W (a row per unit), sqrt(mean_i ‖W_i − mean row‖²) / sqrt(mean_i ‖W_i‖²) in
+    float64. 0 when every unit of every hidden layer is identical (a constant init's symmetry,
+    which gradient descent never breaks); about 1 for a random init. None without a hidden
+    weight matrix (the read-out, the last layer, is left out: it may have one unit)."""
+    spreads = []
+    for layer in layers[:-1]:
+        w = layer.weight.detach().to(torch.float64)
+        if w.dim() != 2 or w.shape[0] < 2:
+            continue
+        scale = w.pow(2).sum(dim=1).mean().sqrt()
+        spread = (w - w.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean().sqrt()
+        spreads.append(float(spread / scale) if scale > 0 else 0.0)
+    return max(spreads) if spreads else None
+
+
 class Probe:
     """Watches `layers` every `every` steps (and on `last_step`)."""
 
