@@ -24,13 +24,49 @@ if TYPE_CHECKING:  # the events are only annotations here: the CLI starts withou
 app = typer.Typer(
     help="gradlab: a laboratory for vanishing and exploding gradients in deep networks.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 out_console = Console()
 err_console = Console(stderr=True)
 
 
+def _plain_help() -> None:
+    """--help in the usual notation: no type shown for an on/off flag (typer prints `<bool>`),
+    and arguments as CONFIG / [ROOT] rather than typer's `{config}`."""
+    core = typer.core
+    option_type = core.TyperOption.display_type_rich
+
+    def option_display(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else option_type(self, ctx)
+
+    def argument_usage(self: Any) -> str:
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    if hasattr(core.TyperOption, "display_type_rich"):
+        core.TyperOption.display_type_rich = option_display  # type: ignore[method-assign]
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        core.TyperArgument._usage_display_name = argument_usage  # type: ignore[method-assign]
+
+
+_plain_help()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gradlab import __version__
+
+        print(f"gradlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _consoles() -> None:
+def _consoles(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print gradlab's version and exit.")
+    ] = False,
+) -> None:
     """Fresh consoles for each invocation, sized by the terminal (or COLUMNS) it runs in."""
     global out_console, err_console
     # Piped output (CI, files) gets 100 columns rather than rich's 80, so tables stay whole.
@@ -38,8 +74,9 @@ def _consoles() -> None:
     out_console, err_console = Console(width=width), Console(stderr=True)
 
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Directory that run records go under.")]
+    "--set", metavar="KEY=VALUE", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
+OutOpt = Annotated[Path, typer.Option("--out", metavar="DIR",
+                                       help="Directory that run records go under.")]
 NoPlotsOpt = Annotated[bool, typer.Option("--no-plots", help="Draw no figures (RUN/plots/*.png).")]
 SeedsOpt = Annotated[str | None, typer.Option(
     "--seeds", metavar="LIST|COUNT",

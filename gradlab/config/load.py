@@ -60,8 +60,22 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
     raw.setdefault("name", default_name(Path(path)))
+    _beside(raw, Path(path))
     apply_overrides(raw, overrides, source)
     return config_from_dict(raw, source)
+
+
+def _beside(raw: dict[str, Any], path: Path) -> None:
+    """A data file named in a config by a relative path lies beside the config (not in the
+    current directory); `--set data.path=…` on the command line stays relative to where the
+    command runs. The resolved path is what the run's config.yaml records."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or data.get("kind") != "file":
+        return
+    for key in ("path", "test_path"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[key] = str((path.resolve().parent / value))
 
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:
