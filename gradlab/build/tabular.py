@@ -7,7 +7,6 @@ the digits ship with scikit-learn.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
 from gradlab.config.schema import TeacherData
 
@@ -54,5 +53,9 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
     """The digits as images (1797, 8, 8), float64, and their labels."""
+    # ships with scikit-learn: no download; imported here, as a second of start-up is not worth
+    # it for the runs that do not use it
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     return bunch.images.astype(np.float64), bunch.target.astype(np.int64)
