@@ -21,7 +21,8 @@ from gradlab.runner import run_config
 from gradlab.train.events import StepEnd
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_FIGURES = ["loss.png", "grad_flow.png", "grad_heatmap.png", "activations.png"]
+RUN_FIGURES = ["loss.png", "grad_norm.png", "grad_flow.png", "grad_band.png", "grad_heatmap.png",
+               "grad_distributions.png", "update_ratio.png", "activations.png"]
 
 
 class StopAt:
@@ -146,7 +147,8 @@ def test_comparison_of_20_variants_keeps_a_legend_inside_the_figure(runs, tmp_pa
     for make in (compare_figures.comparison_loss_figure, compare_figures.comparison_grad_flow_figure):
         fig = make(records)
         fig.draw_without_rendering()  # lays the figure out, as saving it does
-        [legend] = fig.legends
+        [ax] = fig.axes  # one task: one panel
+        legend = ax.get_legend()
         texts = [t.get_text() for t in legend.get_texts()]
         assert all(label in texts for label in labels)
         box = legend.get_window_extent()
@@ -155,6 +157,7 @@ def test_comparison_of_20_variants_keeps_a_legend_inside_the_figure(runs, tmp_pa
         styles = {(to_hex(h.get_color()), h.get_linestyle(), h.get_marker())
                   for h in legend.legend_handles[:20]}
         assert len(styles) == 20  # no two variants drawn alike
+        assert len({s[0] for s in styles}) == 20  # and no colour used twice
 
 
 def test_reading_a_record_imports_neither_torch_nor_the_trainer():

@@ -26,7 +26,8 @@ from gradlab.render.report import run_report
 from gradlab.render.style import num
 from gradlab.runner import run_config
 
-RUN_ORDER = ["loss.png", "grad_flow.png", "grad_heatmap.png", "activations.png"]
+RUN_ORDER = ["loss.png", "grad_norm.png", "grad_flow.png", "grad_band.png", "grad_heatmap.png",
+             "grad_distributions.png", "update_ratio.png", "activations.png"]
 FIGURES = sorted(RUN_ORDER)
 
 

@@ -1,4 +1,5 @@
-"""A comparison's figures, overlaid: every variant's loss and its gradient flow at init, and
+"""A comparison's figures: every variant's loss relative to its baseline and its gradient flow
+at init, in small multiples by task, the gradient ratio of every variant in one chart, and
 report.md, the comparison table with the figures embedded.
 
 `plot_compare_record(dir)` reads the compare record through `record.comparison`.
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import matplotlib
+import matplotlib.patches
 
 if "matplotlib.pyplot" not in sys.modules:  # no display needed; leave a user's own pyplot alone
     matplotlib.use("Agg")
@@ -23,29 +25,38 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from gradlab.analyse.verdicts import EXPLODING_RATIO, VANISHING_RATIO  # noqa: E402
+from gradlab.config.schema import RECURRENT_KINDS  # noqa: E402
 from gradlab.record.comparison import comparison_markdown_table, variant_records, write_report  # noqa: E402
-from gradlab.record.reader import Record, is_training_row  # noqa: E402
+from gradlab.record.reader import Record  # noqa: E402
 from gradlab.render.figures import (  # noqa: E402
+    DPI,
     LINESTYLES,
     MARKERS,
+    column,
     draw_norms,
     empty,
+    heading,
     layer_grid,
     log_floor,
+    log_scale,
     run_name,
     save,
-    spans_decades,
+    smooth,
+    training_rows,
     value,
     zero_legend,
 )
 
 
 def plot_comparison(records: list[Record], out_dir: Path) -> list[Path]:
-    """Overlay many runs: loss.png (every loss curve) and grad_flow.png (gradients at init)."""
+    """Many runs side by side: loss.png (loss ÷ baseline, by task), grad_flow.png (gradient
+    norms at init by depth, by task) and grad_ratio.png (first ÷ last layer, every variant)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return [save(comparison_loss_figure(records), out / "loss.png"),
-            save(comparison_grad_flow_figure(records), out / "grad_flow.png")]
+            save(comparison_grad_flow_figure(records), out / "grad_flow.png"),
+            save(comparison_grad_ratio_figure(records), out / "grad_ratio.png")]
 
 
 def plot_compare_record(path: Path, draw: bool = True) -> list[Path]:
@@ -74,90 +85,272 @@ def variant_labels(records: list[Record]) -> list[str]:
 
 
 def variant_style(i: int, n: int) -> dict[str, Any]:
-    """Colour, line style and marker of the i-th of n lines: neighbours differ in all three."""
-    colors = matplotlib.color_sequences["tab10"]
-    return {"color": colors[i % 10], "ls": LINESTYLES[(i // 10) % len(LINESTYLES)],
+    """Colour, line style and marker of the i-th of n lines: no two of n alike, neighbours
+    differing in colour and marker. Up to 10 lines take tab10's colours; more take tab20's
+    20 (its dark shades first), and the line style changes once the colours are used."""
+    if n <= 10:
+        colors = list(matplotlib.color_sequences["tab10"])
+    else:
+        tab20 = matplotlib.color_sequences["tab20"]
+        colors = list(tab20[0::2]) + list(tab20[1::2])
+    k = len(colors)
+    return {"color": colors[i % k], "ls": LINESTYLES[(i // k) % len(LINESTYLES)],
             "marker": MARKERS[i % len(MARKERS)], "ms": 4, "lw": 1.4}
 
 
-def _comparison_figure(n: int) -> tuple[Figure, Axes, int]:
-    """A figure with room on the right for a legend of n entries (up to 25 per column)."""
-    columns = max(1, math.ceil(n / 25))
-    fig = Figure(figsize=(8 + 2.6 * columns, max(5.0, 1.0 + 0.2 * min(n, 25))),
-                 layout="constrained")
-    return fig, fig.add_subplot(), columns
+def task_groups(records: list[Record]) -> dict[str, list[int]]:
+    """Indices of the records by task, in first-seen order: one panel each. A task is the
+    data kind and whether it is regression or classification (their losses differ)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        kind = str((r.config.get("data") or {}).get("kind") or "data")
+        task = str((r.summary or {}).get("task") or "")
+        groups.setdefault(f"{kind} ({task})" if task else kind, []).append(i)
+    return groups
 
 
-def _outside_legend(fig: Figure, ax: Axes, columns: int, extra: list[Line2D]) -> None:
-    handles, _ = ax.get_legend_handles_labels()
+LEGEND_ROWS = 25  # legend entries per column
+LEGEND_CHAR = 0.075  # inches per character of a small legend entry (generous: never cut)
+CAP = 10.0  # loss ÷ baseline drawn at most this high: a diverging run ends there in a marker
+
+
+def _panels(groups: dict[str, list[int]], labels: list[str], width: float = 8.0,
+            sharex: bool = False) -> tuple[Figure, list[Axes], list[int]]:
+    """One panel per group, stacked, each tall enough for its legend on its right, and the
+    figure wide enough for the longest legend entry (the margins are fixed, not laid out)."""
+    columns = [max(1, math.ceil(len(v) / LEGEND_ROWS)) for v in groups.values()]
+    heights = [max(2.8, 0.6 + 0.19 * min(len(v), LEGEND_ROWS)) for v in groups.values()]
+    longest = max((len(t) for t in labels), default=10)
+    legend = 0.3 + (0.75 + LEGEND_CHAR * longest) * max(columns, default=1)
+    total = sum(heights) + 0.75 * len(heights) + 1.0
+    fig = Figure(figsize=(width + legend, total), dpi=DPI)
+    axes = fig.subplots(len(heights) or 1, 1, squeeze=False, sharex=sharex,
+                        gridspec_kw={"height_ratios": heights or [1]})[:, 0]
+    fig.subplots_adjust(left=0.9 / (width + legend), right=width / (width + legend),
+                        top=1 - 0.95 / total, bottom=0.55 / total,
+                        hspace=0.75 * len(heights) / max(1.0, sum(heights)))
+    return fig, list(axes), columns
+
+
+def _legend(ax: Axes, columns: int, extra: list[Line2D]) -> None:
+    handles = ax.get_legend_handles_labels()[0] + extra
     if handles:
-        fig.legend(handles=handles + extra, loc="outside right upper", ncols=columns,
-                   fontsize="small", frameon=False)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=columns,
+                  fontsize="small", frameon=False, borderaxespad=0)
+
+
+def relative_loss(record: Record) -> tuple[np.ndarray, np.ndarray, str]:
+    """(steps, smoothed train loss ÷ baseline, what it was divided by) of one run; the
+    baseline is summary.json's `baseline_loss`, else the run's loss before training."""
+    rows = training_rows(record.metrics)
+    steps, loss = column(rows, "step"), column(rows, "loss")
+    s = record.summary or {}
+    base, by = value(s.get("baseline_loss")), "baseline"
+    if not (math.isfinite(base) and base > 0):
+        base, by = value((s.get("initial_metrics") or {}).get("train_loss")), "initial loss"
+    if not (math.isfinite(base) and base > 0):
+        return np.array([]), np.array([]), by
+    finite = np.isfinite(loss)
+    y = loss[finite] / base
+    window = max(1, (y.size // 6) | 1)  # the trend: a minibatch loss is noisy
+    return steps[finite], smooth(y, window) if window > 1 else y, by
 
 
 def comparison_loss_figure(records: list[Record]) -> Figure:
-    """Every variant's train loss over steps; a run that diverged ends in a large ×."""
-    fig, ax, columns = _comparison_figure(len(records))
-    ax.set_title("train loss of every variant")
-    values: list[float] = []
-    diverged = False
-    for i, (record, label) in enumerate(zip(records, variant_labels(records))):
-        points = [(m["step"], value(m.get("loss"))) for m in record.metrics if is_training_row(m)]
-        points = [(s, v) for s, v in points if math.isfinite(v)]
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        style = variant_style(i, len(records))
-        ax.plot(xs, ys, label=label, markevery=max(1, len(xs) // 8), **style)
-        values += ys
-        if record.status == "diverged":
-            diverged = True
-            ax.plot(xs[-1], ys[-1], marker="x", ms=12, mew=2.5, color=style["color"])
-    if not values:
-        empty(ax, "no losses were logged")
+    """Each task's variants in one panel: train loss ÷ the variant's baseline (1 = no better
+    than a predictor that ignores its inputs), smoothed; a curve past CAP × the baseline ends
+    there in ▲, a diverged run in ×."""
+    groups = task_groups(records)
+    labels = variant_labels(records)
+    fig, axes, columns = _panels(groups, [*labels, "1 = baseline (ignores its inputs)",
+                                          f"went past {CAP:g}× the baseline"])
+    fig.suptitle("train loss ÷ baseline loss, by task (smoothed; below 1 = learning)",
+                 y=1 - 0.3 / fig.get_figheight())
+    if not groups:
+        empty(axes[0], "no losses were logged")
         return fig
-    if spans_decades(values):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss (minibatch)")
-    ax.grid(alpha=0.3)
-    extra = [Line2D([], [], ls="none", marker="x", ms=10, mew=2, color="black",
-                    label="× diverged here")] if diverged else []
-    _outside_legend(fig, ax, columns, extra)
+    for ax, (task, members), cols in zip(axes, groups.items(), columns):
+        drawn, capped, diverged, initial = False, False, False, False
+        for j, i in enumerate(members):
+            record = records[i]
+            x, y, by = relative_loss(record)
+            style = variant_style(j, len(members))
+            label = labels[i] + (" (÷ initial loss)" if by != "baseline" else "")
+            if not x.size:
+                ax.plot([], [], label=label + ": no finite loss", **style)
+                continue
+            drawn = True
+            over = y > CAP
+            ax.plot(x, np.minimum(y, CAP), label=label, markevery=max(1, len(x) // 6), **style)
+            if over.any():
+                capped = True
+                k = int(np.argmax(over))
+                ax.plot(x[k], CAP, marker="^", ms=9, color=style["color"], ls="none")
+            where = (record.summary or {}).get("first_nonfinite") or {}
+            if record.status == "diverged":
+                diverged = True
+                step = value(where.get("step"))
+                ax.plot(step if math.isfinite(step) else x[-1], CAP if math.isfinite(step)
+                        else min(y[-1], CAP), marker="X", ms=11, mew=1, mec="black",
+                        color=style["color"], ls="none")
+            initial |= by != "baseline"
+        log_scale(ax)
+        ax.axhline(1.0, color="black", ls=":", lw=1.6)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, CAP * 1.6 if capped or diverged else high)
+        heading(ax, task, loc="left", fontsize="medium")
+        ax.set_ylabel("loss ÷ baseline (log)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3, which="major")
+        if not drawn:
+            empty(ax, "no losses were logged")
+        extra = [Line2D([], [], color="black", ls=":", lw=1.6,
+                        label="1 = baseline (ignores its inputs)")]
+        if capped:
+            extra.append(Line2D([], [], ls="none", marker="^", ms=9, color="grey",
+                                label=f"went past {CAP:g}× the baseline"))
+        if diverged:
+            extra.append(Line2D([], [], ls="none", marker="X", ms=11, mec="black", color="grey",
+                                label="diverged here (NaN/Inf)"))
+        _legend(ax, cols, extra)
     return fig
 
 
 def comparison_grad_flow_figure(records: list[Record]) -> Figure:
-    """Every variant's gradient norm by relative depth (0 = first layer, 1 = output) at init."""
-    fig, ax, columns = _comparison_figure(len(records))
-    ax.set_title("gradient norm by depth at init, every variant")
+    """Each task's variants in one panel: the gradient norm of every layer at init against
+    relative depth (0 = first layer, 1 = output)."""
+    groups = task_groups(records)
+    labels = variant_labels(records)
+    fig, axes, columns = _panels(groups, [*labels, str(zero_legend(1e-30).get_label())])
+    fig.suptitle("gradient norm by depth at init, by task", y=1 - 0.3 / fig.get_figheight())
     first_rows = []
     for record in records:
         steps, _, g, _ = layer_grid(record, "grad_norm")
         first_rows.append(g[0] if steps else np.array([]))
-    everything = np.concatenate(first_rows) if first_rows else np.array([])
-    if not np.isfinite(everything).any():
-        empty(ax, "no gradient norms were logged")
+    if not groups:
+        empty(axes[0], "no gradient norms were logged")
         return fig
-    floor = log_floor(everything)
-    zeros = False
-    for i, (row, label) in enumerate(zip(first_rows, variant_labels(records))):
-        if not np.isfinite(row).any():
+    for ax, (task, members), cols in zip(axes, groups.items(), columns):
+        rows = [first_rows[i] for i in members]
+        everything = np.concatenate(rows) if rows else np.array([])
+        if not np.isfinite(everything).any():
+            empty(ax, "no gradient norms were logged")
+            heading(ax, task, loc="left", fontsize="medium")
             continue
-        depth = np.linspace(0, 1, len(row)) if len(row) > 1 else np.zeros(1)
-        zeros |= draw_norms(ax, depth, row, floor, label=label,
-                             markevery=max(1, len(row) // 8), **variant_style(i, len(records)))
-    ax.set_yscale("log")
-    if zeros:
-        ax.axhline(floor, color="grey", ls=":", lw=1)
-    ax.set_xlabel("relative depth (0 = first layer, 1 = output layer)")
-    ax.set_ylabel("gradient norm at init (log scale)")
-    ax.grid(alpha=0.3)
-    _outside_legend(fig, ax, columns, [zero_legend(floor)] if zeros else [])
+        floor = log_floor(everything)
+        zeros = False
+        for j, (i, row) in enumerate(zip(members, rows)):
+            style = variant_style(j, len(members))
+            if not np.isfinite(row).any():
+                ax.plot([], [], label=labels[i] + ": nothing finite", **style)
+                continue
+            depth = np.linspace(0, 1, len(row)) if len(row) > 1 else np.zeros(1)
+            zeros |= draw_norms(ax, depth, row, floor, label=labels[i],
+                                markevery=max(1, len(row) // 8), **style)
+        log_scale(ax)
+        if zeros:
+            ax.axhline(floor, color="grey", ls=":", lw=1)
+        heading(ax, task, loc="left", fontsize="medium")
+        ax.set_xlabel("relative depth (0 = first layer, 1 = output layer)")
+        ax.set_ylabel("‖∂L/∂W‖ at init (log)")
+        ax.grid(alpha=0.3, which="major")
+        _legend(ax, cols, [zero_legend(floor)] if zeros else [])
     return fig
 
 
-FIGURE_TITLES = {"loss.png": "Loss", "grad_flow.png": "Gradient flow at init"}
+def grad_ratios(record: Record) -> tuple[float, float, str]:
+    """(at init, at the end, what): the gradient ratio the verdicts read. Feed-forward nets:
+    first layer ÷ last (summary.json `grad_ratio_*`); recurrent ones: ‖∂L/∂h_1‖ ÷ ‖∂L/∂h_T‖
+    (`time_grad_ratio_*`), the ratio that vanishes there."""
+    s = record.summary or {}
+    kind = (record.config.get("model") or {}).get("kind")
+    if kind in RECURRENT_KINDS or s.get("time_grad_ratio_init") is not None:
+        return (value(s.get("time_grad_ratio_init")), value(s.get("time_grad_ratio_final")),
+                "through time")
+    return value(s.get("grad_ratio_init")), value(s.get("grad_ratio_final")), "by depth"
+
+
+def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
+    """Every variant in one row: its gradient ratio at init (○) and at the end (●) on one log
+    axis, with the verdicts' vanishing and exploding zones; grouped by task."""
+    groups = task_groups(records)
+    labels = variant_labels(records)
+    order = [i for members in groups.values() for i in members]
+    n = max(1, len(order))
+    height = 1.4 + 0.28 * n + 0.36 * len(groups)
+    names = [labels[i] + (" (through time)" if grad_ratios(records[i])[2] == "through time"
+                          else "") for i in order]
+    left = 0.4 + LEGEND_CHAR * max((len(t) for t in names), default=10)  # the names fit
+    fig = Figure(figsize=(7.5 + left, height), dpi=DPI)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=left / (7.5 + left), right=1 - 0.3 / (7.5 + left),
+                        top=1 - 0.75 / height, bottom=0.95 / height)
+    heading(ax, "gradient ratio of every variant: first layer ÷ last (recurrent: "
+                 "‖∂L/∂h₁‖ ÷ ‖∂L/∂h_T‖)", fontsize="medium")
+    ratios = [grad_ratios(r) for r in records]
+    values = np.array([v for a, b, _ in ratios for v in (a, b)], dtype=float)
+    if not order or not np.isfinite(values).any():
+        empty(ax, "no gradient ratios were logged")
+        return fig
+    floor = log_floor(values)
+    positive = values[np.isfinite(values) & (values > 0)]
+    high = max(float(positive.max()) * 10 if positive.size else 10.0, EXPLODING_RATIO * 10)
+    low = min(floor / 10, VANISHING_RATIO / 10)
+    log_scale(ax, "x")
+    ax.set_xlim(low, high)
+    ax.axvspan(low, VANISHING_RATIO, color="C0", alpha=0.08, lw=0)
+    ax.axvspan(EXPLODING_RATIO, high, color="C3", alpha=0.08, lw=0)
+    ax.axvline(1.0, color="black", ls=":", lw=1.2)
+    ticks: list[float] = []
+    y = 0.0
+    zeros = bad = False
+    for task, members in groups.items():
+        ax.text(low, y, f" {task}", fontsize="small", fontweight="bold", va="center")
+        y += 1.0
+        for i in members:
+            a, b, what = ratios[i]
+            shown = [floor if v == 0 else v for v in (a, b)]
+            zeros |= a == 0 or b == 0
+            if all(math.isfinite(v) for v in shown):
+                ax.plot(shown, [y, y], color="grey", lw=1.5, zorder=1)
+            if math.isfinite(shown[0]):
+                ax.plot(shown[0], y, marker="o", ms=7, mfc="white", mec="C0", mew=1.5, ls="none")
+            if math.isfinite(shown[1]):
+                diverged = records[i].status == "diverged"
+                ax.plot(shown[1], y, marker="X" if diverged else "o", ms=8,
+                        color="red" if diverged else "C0", ls="none")
+            else:
+                bad = True
+                ax.plot(high / 3, y, marker="x", ms=8, mew=2, color="red", ls="none")
+            ticks.append(y)
+            y += 1.0
+        y += 0.3
+    ax.set_yticks(ticks, names, fontsize="small")
+    ax.set_ylim(y - 0.6, -0.7)  # the first variant at the top
+    ax.set_xlabel("gradient ratio (log scale; 1 = as strong at the input as at the output)")
+    ax.grid(alpha=0.3, axis="x", which="major")
+    handles = [Line2D([], [], marker="o", ms=7, mfc="white", mec="C0", mew=1.5, ls="none",
+                      label="at init"),
+               Line2D([], [], marker="o", ms=8, color="C0", ls="none", label="at the end"),
+               Line2D([], [], marker="X", ms=8, color="red", ls="none",
+                      label="at the end, diverged (last logged step)"),
+               matplotlib.patches.Patch(color="C0", alpha=0.2,
+                                        label=f"vanishing (< {VANISHING_RATIO:g})"),
+               matplotlib.patches.Patch(color="C3", alpha=0.2,
+                                        label=f"exploding (> {EXPLODING_RATIO:g})")]
+    if zeros:
+        handles.append(zero_legend(floor, "0: the first gradient underflowed"))
+    if bad:
+        handles.append(Line2D([], [], ls="none", marker="x", ms=8, mew=2, color="red",
+                              label="NaN/Inf or not measured at the end"))
+    fig.legend(handles=handles, loc="lower center", ncols=4, fontsize="small", frameon=False)
+    return fig
+
+
+
+FIGURE_TITLES = {"loss.png": "Loss",
+                 "grad_flow.png": "Gradient flow at init",
+                 "grad_ratio.png": "Gradient ratio, first layer ÷ last"}
 
 
 def comparison_markdown(table_markdown: str, figures: list[Path], base: Path | None = None) -> str:

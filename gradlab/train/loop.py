@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,10 @@ class Measured:
     grad_norm: float
     clipped: bool  # clipping will fire (it runs only if the step is finite)
     clip_norm: torch.Tensor  # on the device, for clip_grads_with_norm_
+    # each parameter's gradient 2-norm (the parts of the total norm), left on the device:
+    # fetched only if the run diverges soon after (`_before_divergence`); None when a
+    # parameter had no gradient
+    norms: torch.Tensor | None = None
 
     @property
     def finite(self) -> bool:
@@ -100,7 +105,8 @@ def measure_step(loss: torch.Tensor, params: Sequence[torch.Tensor],
     if not grads:
         zero = loss.detach().new_zeros(())
         return Measured(float(loss.detach()), 0.0, False, zero)
-    total = total_norm(grads)
+    parts = torch.stack(torch._foreach_norm(grads, 2.0))  # total_norm(grads), its parts kept
+    total = torch.linalg.vector_norm(parts, 2.0)
     p = 2.0 if clip is None or clip.by == "value" else clip.norm_type
     measured = total if p == 2.0 else total_norm(grads, p)
     if clip is None:
@@ -114,12 +120,14 @@ def measure_step(loss: torch.Tensor, params: Sequence[torch.Tensor],
         [loss.detach().float(), total.float(), fires, measured.float()]).tolist()
     if math.isfinite(loss_v) and not (math.isfinite(norm_v) and math.isfinite(measured_v)
                                       and norm_v >= TINY_NORM):
-        total = total_norm(grads, 2.0, F64)
+        parts = torch.stack(torch._foreach_norm(grads, 2.0, dtype=F64))
+        total = torch.linalg.vector_norm(parts, 2.0)
         measured = total if p == 2.0 else total_norm(grads, p, F64)
         if clip is not None and clip.by == "norm":
             fires = (measured > clip.max_norm).float()
         norm_v, clipped_v = torch.stack([total, fires.to(F64)]).tolist()
-    return Measured(loss_v, norm_v, bool(clipped_v) and math.isfinite(norm_v), measured)
+    return Measured(loss_v, norm_v, bool(clipped_v) and math.isfinite(norm_v), measured,
+                    parts if len(grads) == len(params) else None)
 
 
 def clip_gradients(params: Sequence[torch.Tensor], clip: ClipConfig | None,
@@ -159,6 +167,8 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                   activation=cfg.model.activation, activations=cfg.probe.activations,
                   time=built.time, enabled=cfg.probe.enabled)
     params = [p for p in model.parameters() if p.requires_grad]
+    # the steps since the last logged one: written out if the run diverges before the next
+    recent: deque[tuple[int, float, Measured]] = deque(maxlen=RECENT_STEPS)
     device = data.x_train.device
     order = batches(len(data.x_train), t.batch_size, cfg.seed, device)
     result = TrainResult()
@@ -196,6 +206,7 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                     _where_nonfinite_weights(step - 1, layers)
                     or where_nonfinite(step, m.loss, model, layers,
                                        (data.x_train[idx], data.y_train[idx]), loss_fn))
+                _before_divergence(recent, layers if probe.enabled else [], params, tell)
                 tell.on_log(_logged(step, lr, m, probe.flush(step), None, probe.time_grads))
                 break
 
@@ -215,15 +226,20 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                 test = evaluate(model, data.x_test, data.y_test, loss_fn, data.task)
                 evaluated = {f"test_{k}": v for k, v in test.items()}
                 tell.on_eval_end(Evaluated(step, evaluated))
-            if rows is not None or evaluated is not None:
-                tell.on_log(_logged(step, lr, m, rows, evaluated,
-                                    probe.time_grads if rows is not None else None,
-                                    probe.scalars if rows is not None else {}))
-            tell.on_step_end(StepEnd(step, steps, m.loss, m.grad_norm))
-
             # weights that overflowed in the step show as a non-finite update ratio
             bad = next((r for r in rows or [] if r["update_ratio"] is not None
                         and not math.isfinite(r["update_ratio"])), None)
+            if rows is not None or evaluated is not None:
+                if bad is not None:
+                    _before_divergence(recent, layers if probe.enabled else [], params, tell)
+                tell.on_log(_logged(step, lr, m, rows, evaluated,
+                                    probe.time_grads if rows is not None else None,
+                                    probe.scalars if rows is not None else {}))
+                recent.clear()
+            else:
+                recent.append((step, lr, m))
+            tell.on_step_end(StepEnd(step, steps, m.loss, m.grad_norm))
+
             if bad is not None:
                 result.status = "diverged"
                 result.first_nonfinite = {"step": step, "layer": bad["name"], "what": "weights"}
@@ -247,6 +263,42 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
     except KeyboardInterrupt:  # a second Ctrl-C skips the final evaluation, keeps the rest
         result.status = "interrupted"
     return result
+
+
+# Unlogged steps kept for a divergence: with `probe.every` up to this, every step since the
+# last logged one is written when the run diverges (else the last RECENT_STEPS of them).
+RECENT_STEPS = 100
+
+
+def _before_divergence(recent: deque[tuple[int, float, Measured]], layers: list[ProbedLayer],
+                       params: Sequence[torch.Tensor], tell: Observers) -> None:
+    """Log the unlogged steps that led to a divergence: their loss and total gradient norm,
+    and each probed layer's gradient norm (the parts of the total norm the loop measured on
+    every step anyway; so a run that does not diverge pays nothing for this).
+
+    The layer norms were summed in float32: below TINY_NORM (squares may have underflowed) or
+    infinite while the step's total was finite (a square overflowed), a norm is not
+    trustworthy and is written as not measured. Other statistics are not measured there.
+    With no `layers` (probing off) only the metrics rows are written.
+    """
+    at = {id(p): i for i, p in enumerate(params)}
+    index = [at.get(id(layer.weight)) for layer in layers]
+    kept = [(step, lr, m) for step, lr, m in recent if m.norms is not None]
+    recent.clear()
+    if not kept:
+        return
+    # note: one sync, once per run
+    fetched = torch.stack([m.norms.to(F64) for _, _, m in kept if m.norms is not None]).tolist()
+    for (step, lr, m), norms in zip(kept, fetched):
+        rows = []
+        for i, (layer, k) in enumerate(zip(layers, index)):
+            g = norms[k] if k is not None else None
+            if g is not None and not (TINY_NORM <= g < math.inf):
+                g = None
+            rows.append({"step": step, "layer": i, "name": layer.name, "grad_norm": g,
+                         "grad_rms": g / math.sqrt(layer.weight.numel()) if g is not None
+                         else None})
+        tell.on_log(_logged(step, lr, m, rows, None, None))
 
 
 def evaluate_splits(model: nn.Module, data: Dataset, loss_fn: Loss,
