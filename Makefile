@@ -23,6 +23,7 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/gradlab compare configs/ --check --jobs $(JOBS) --out runs
+	$(BIN)/gradlab sweep configs/sweeps/tanh_phase.yaml --check --jobs $(JOBS) --out runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check gradlab tests benchmarks

@@ -74,10 +74,22 @@ def _consoles(
     out_console, err_console = Console(width=width), Console(stderr=True)
 
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", metavar="KEY=VALUE", help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
+    "--set", metavar="KEY=VALUE",
+    help="Override a config key: --set model.depth=20 (repeatable; value is YAML).")]
 OutOpt = Annotated[Path, typer.Option("--out", metavar="DIR",
                                        help="Directory that run records go under.")]
 NoPlotsOpt = Annotated[bool, typer.Option("--no-plots", help="Draw no figures (RUN/plots/*.png).")]
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", metavar="local|slurm",
+    help="Where the variants run: local (this machine's worker processes) or slurm (a Slurm "
+         "job array through submitit; --out must be on a filesystem the nodes share; without "
+         "sbatch the array runs as local processes). Needs submitit: the cluster extra, or "
+         "pip install submitit.")]
+SlurmOpt = Annotated[list[str] | None, typer.Option(
+    "--slurm", metavar="KEY=VALUE",
+    help="A Slurm option for --executor slurm (repeatable): partition=NAME, time=MINUTES or "
+         "H:MM:SS (default 60), cpus=N (per task, default 1), mem=4G, array_parallelism=N "
+         "(default --jobs), account=, qos=, gpus=N, constraint=, setup='module load ...'.")]
 SeedsOpt = Annotated[str | None, typer.Option(
     "--seeds", metavar="LIST|COUNT",
     help="Several seeds: a list (0,1,2) or a count (3: seeds 0, 1, 2). One run per seed, in "
@@ -110,6 +122,22 @@ def _overrides(sets: list[str] | None, steps: int | None, seed: int | None,
     if device is not None:
         items.append(f"device={device}")
     return items
+
+
+def _cluster(executor: str, slurm: list[str] | None, jobs: int | None) -> Any:
+    """`--executor`/`--slurm` as a `gradlab.cluster.Cluster` (None: the local pool); exit 2
+    for bad input, before anything runs."""
+    if executor == "local" and not slurm:
+        return None
+    from gradlab.cluster import make_cluster
+
+    try:
+        cluster = make_cluster(executor, slurm, jobs)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    for note in cluster.notes if cluster is not None else []:
+        err_console.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
+    return cluster
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -294,6 +322,8 @@ def compare(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda for every variant.")] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no figures.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
 ) -> None:
     """Run many variants in parallel and set them side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -311,9 +341,10 @@ def compare(
     unusable = _unwritable(out)
     if unusable:
         raise _fail(f"--out {out}: cannot create records there: {unusable}")
+    cluster = _cluster(executor, slurm, jobs)
     try:
         from gradlab import compare as comparing  # torch: a stop signal may come while it loads
-        from gradlab.render.compare_table import comparison_table
+        from gradlab.render.compare_table import comparison_table, pairs_table
     except KeyboardInterrupt as stop:
         raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
                     stopping.exit_code()) from None
@@ -332,7 +363,8 @@ def compare(
         with bar:
             variants = comparing.compare(config_files, out, jobs, overrides, reuse,
                                          not no_plots, done,
-                                         on_plan=lambda n: bar.update(task, total=n))
+                                         on_plan=lambda n: bar.update(task, total=n),
+                                         cluster=cluster)
     except KeyboardInterrupt as stop:  # while the configs were checked: nothing ran
         raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
                     stopping.exit_code()) from None
@@ -346,6 +378,9 @@ def compare(
         _write_failures(variants)
         raise _fail(str(failure), WRITE_FAILED) from None
     out_console.print(comparison_table(rows, show_claims=check))
+    pairs = pairs_table(rows)
+    if pairs is not None:
+        out_console.print(pairs)
     out_console.print(f"compare record: {record_dir}", style="dim", highlight=False,
                       soft_wrap=True)
     if stopped and not no_plots:  # stopping should be quick: the figures can wait
@@ -394,6 +429,8 @@ def fix(
     seeds: SeedsOpt = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
 ) -> None:
     """Run a config and every remedy its verdicts give; rank the remedies by what the net learns."""
     from gradlab import compare as comparing
@@ -411,13 +448,153 @@ def fix(
             err_console.print(f"{_mark(v.status)} {v.label}: {v.status}{_took(v)}",
                               highlight=False, markup=False)
 
-    outcome = run_fixes(config, out, jobs, overrides, on_done=done)
+    cluster = _cluster(executor, slurm, jobs)
+    outcome = run_fixes(config, out, jobs, overrides, on_done=done, cluster=cluster)
     out_console.print(fix_table(outcome.rows, outcome.original, str(config)))
     best = best_command(outcome.rows, str(config))
     if best:
         out_console.print(f"best: {best}", highlight=False, markup=False, soft_wrap=True)
     out_console.print(f"fix record: {outcome.record} (patches/*.yaml: each remedy as a config)",
                       style="dim", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(
+        help="The base config (YAML), or a sweep spec: a config with a sweep: section "
+             "(grid, seeds, plot, expect).", dir_okay=False)],
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", metavar="KEY=VALUES",
+        help="A key to sweep and its values (repeatable; the cross product runs): a list "
+             "(model.depth=10,20,40), a range start:stop:count with both ends "
+             "(model.init.std=0.05:0.3:8), or a log range log:start:stop:count "
+             "(train.lr=log:1e-3:1e-1:5). Replaces the spec's grid for that key.")] = None,
+    seeds: SeedsOpt = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Parallel processes (default: the number of cores).")] = None,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse", help="Skip a point whose identical resolved config already has a completed "
+                        "run under --out.")] = False,
+    out: OutOpt = Path("runs"),
+    plot: Annotated[str | None, typer.Option(
+        "--plot", metavar="FIELD",
+        help="The summary field the heatmap shows, dotted (final_metrics.test_accuracy, "
+             "grad_ratio_init, ...); default: the spec's plot:, else the test metric.")] = None,
+    yes: Annotated[bool, typer.Option(
+        "--yes", help="Run a grid larger than --max-variants.")] = False,
+    max_variants: Annotated[int, typer.Option(
+        "--max-variants", min=1, help="Refuse grids of more points than this without --yes.")]
+        = 1000,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no heatmap.")] = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Check the spec's sweep.expect claims; exit 1 if one fails.")] = False,
+    set_: SetOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps for every point.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda for every point.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    executor: ExecutorOpt = "local",
+    slurm: SlurmOpt = None,
+) -> None:
+    """Run the cross product of --grid overrides and draw a heatmap of a summary field over
+    two swept keys (with the mean-field ξ line where they are depth and a weight variance)."""
+    from gradlab.sweep import field_problem, plan_sweep
+
+    overrides = _overrides(set_, steps, None, device, seeds)
+    try:
+        plan = plan_sweep(config, grid or [], overrides, max_variants, yes)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    if plot and (why := field_problem(plot, plan.keys)):
+        raise _fail(f"--plot: {why}")
+    unusable = _unwritable(out)
+    if unusable:
+        raise _fail(f"--out {out}: cannot create records there: {unusable}")
+    cluster = _cluster(executor, slurm, jobs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from gradlab.record import stopping
+    from gradlab.record.guard import RecordWriteError
+    from gradlab.render.sweep_table import render_sweep_dir
+
+    err_console.print(f"sweep {plan.name}: {len(plan.points)} points × "
+                      f"{len(plan.seeds or [0])} seed(s) = {plan.runs} runs", style="dim",
+                      markup=False, highlight=False)
+    try:
+        from gradlab.sweep import run_sweep  # torch: a stop signal may come while it loads
+    except KeyboardInterrupt as stop:
+        raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
+                    stopping.exit_code()) from None
+    bar = Progress("sweep", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err_console, transient=True, disable=quiet)
+    task = bar.add_task("sweep", total=plan.runs)
+
+    def done(v: Any) -> None:
+        if not quiet:
+            err_console.print(f"{_mark(v.status)} {v.label}: {v.status}{_took(v)}",
+                              highlight=False, markup=False)
+        bar.advance(task)
+
+    try:
+        with bar:
+            outcome = run_sweep(plan, out, jobs, reuse, done,
+                                on_plan=lambda n: bar.update(task, total=n), cluster=cluster)
+    except RecordWriteError as e:
+        raise _fail(str(e), WRITE_FAILED) from None
+    except KeyboardInterrupt as stop:
+        raise _fail(f"{_stopped_by(stop)} before any variant ran", stopping.exit_code()) \
+            from None
+    field = plot or plan.plot
+    out_console.print(render_sweep_dir(outcome.record, field))
+    out_console.print(f"sweep record: {outcome.record}", style="dim", highlight=False,
+                      soft_wrap=True)
+    if outcome.stopped:
+        err_console.print(f"heatmap skipped (stopped): gradlab report {outcome.record} draws it",
+                          style="yellow", markup=False, highlight=False, soft_wrap=True)
+    elif not no_plots:
+        _draw_sweep(outcome.record, field)
+    invalid = [v for v in outcome.variants if v.status == "invalid"]
+    for v in invalid:
+        err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
+    _write_failures(outcome.variants)
+    broken = [c for c in outcome.claims if not c.ok] if check else []
+    if check and not plan.claims:
+        err_console.print("--check: the config has no sweep.expect claims to check",
+                          style="yellow", markup=False, highlight=False)
+    elif check:
+        held = len(outcome.claims) - len(broken)
+        style = "bold red" if broken else "green"
+        out_console.print(f"{held} of {len(outcome.claims)} sweep claims held", style=style)
+    if outcome.stopped:
+        raise typer.Exit(stopping.exit_code())
+    if invalid:
+        raise typer.Exit(2)
+    if any(v.write_failed for v in outcome.variants):
+        raise typer.Exit(WRITE_FAILED)
+    failed = any(m.status in ("failed", "incomplete") for v in outcome.variants
+                 for m in (v.members or [v]))
+    if broken or failed:
+        raise typer.Exit(1)
+
+
+def _draw_sweep(sweep_dir: Path, field: str | None) -> None:
+    """The sweep's heatmap; a field no run has is exit 2, a plotting error is reported, a file
+    that cannot be written is exit 3."""
+    from gradlab.record.guard import cause
+
+    try:
+        from gradlab.render.sweep_figures import plot_sweep
+
+        drawn = plot_sweep(sweep_dir, field)
+    except ValueError as e:
+        raise _fail(f"--plot: {e}") from None
+    except OSError as e:
+        raise _fail(f"cannot write the heatmap in {sweep_dir}: {cause(e)}", WRITE_FAILED) \
+            from None
+    except Exception as e:  # the record is complete: a figure is not worth a crash
+        err_console.print(f"heatmap failed: {type(e).__name__}: {e}", style="yellow",
+                          markup=False)
+        return
+    out_console.print(f"heatmap: {drawn}", style="dim", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -449,17 +626,36 @@ def validate(
 def report(
     run_dir: Annotated[Path, typer.Argument(
         help="A run directory (runs/NAME/STAMP), a group over several seeds (the same, with "
-             "seed-N inside), a compare record (runs/compare-STAMP), or runs/NAME (its latest).",
+             "seed-N inside), a compare record (runs/compare-STAMP), a sweep record "
+             "(runs/sweep-NAME-STAMP), or runs/NAME (its latest).",
         file_okay=False)],
     all_layers: Annotated[bool, typer.Option(
         "--all-layers", help="Show every layer in the table (for a group: every field).")] = False,
     no_plots: NoPlotsOpt = False,
+    plot: Annotated[str | None, typer.Option(
+        "--plot", metavar="FIELD",
+        help="For a sweep record: the summary field its heatmap (and table) shows.")] = None,
 ) -> None:
     """Re-print a run's report from its record and redraw its plots; no training."""
     from gradlab.record.comparison import is_comparison_dir
     from gradlab.record.reader import is_run_dir, read_record
+    from gradlab.record.sweep import is_sweep_dir
     from gradlab.record.validate import CorruptRecord
     from gradlab.render.report import run_report
+
+    if is_sweep_dir(run_dir):
+        from gradlab.render.sweep_table import render_sweep_dir
+
+        try:
+            out_console.print(render_sweep_dir(run_dir, plot))
+        except CorruptRecord as e:
+            raise _fail(str(e)) from None
+        out_console.print(str(run_dir), style="dim", highlight=False, soft_wrap=True)
+        if not no_plots:
+            _draw_sweep(run_dir, plot)
+        return
+    if plot is not None:
+        raise _fail(f"--plot: {run_dir} is not a sweep record (runs/sweep-NAME-STAMP)")
 
     if is_comparison_dir(run_dir):
         from gradlab.render.compare_table import render_comparison_dir

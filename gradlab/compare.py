@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gradlab.analyse.expect import Expectation, check, check_seeds, check_versus
 from gradlab.build.budget import preflight
@@ -55,6 +55,9 @@ from gradlab.record.reader import Record, is_run_dir, is_training_row, read_summ
 from gradlab.record.validate import CorruptRecord
 from gradlab.render.compare_table import comparison_markdown
 from gradlab.runner import run_config
+
+if TYPE_CHECKING:
+    from gradlab.cluster import Cluster
 
 # Where variants run: worker processes (the default, in parallel), or threads of this
 # process (for tests and embedding: no spawn, no signals).
@@ -307,13 +310,15 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
             overrides: list[str] | None = None, reuse: bool = False, plots: bool = True,
             on_done: Callable[[Variant], None] | None = None,
             executor: ExecutorKind | None = None, pairs: bool = True,
-            on_plan: Callable[[int], None] | None = None) -> list[Variant]:
+            on_plan: Callable[[int], None] | None = None,
+            cluster: Cluster | None = None) -> list[Variant]:
     """Validate and run every config; return one Variant per path, in input order.
 
     A config with `seeds` is a group: one run per seed (`on_done` is called for each, and
     `on_plan` first with the number of runs). With `pairs`, a `versus:` claim's partner must
     be among the configs (else that config is invalid), and the paired claims are checked once
-    every variant is done."""
+    every variant is done. With a `cluster` (`gradlab.cluster`), the runs are submitit jobs
+    (a Slurm job array) instead of this process's pool."""
     overrides = overrides or []
     stopping.reset()
     variants = []
@@ -347,6 +352,8 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
     jobs = max(1, min(jobs or cores, len(todo) or 1))
     threads = worker_threads(cores, jobs)
     run = _run_processes if (executor or EXECUTOR) == "process" else _run_threads
+    if cluster is not None:  # the same tasks as submitit jobs: gradlab.cluster
+        run = cluster.run
     stopped = bool(todo) and run(todo, jobs, threads, out, plots, on_done)
     for v in variants:
         v.interrupted = stopped
@@ -749,6 +756,9 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "final_loss_ci": _half_width(v, "final_loss"),
             "test_metric_ci": _half_width(v, f"final_metrics.{test_key}"),
             "verdict_seeds": _verdict_agreement(v),
+            "partner": _partner(v),
+            "paired": "" if not any(e.partner for e in v.expectations) else (
+                "held" if all(e.ok for e in v.expectations if e.partner) else "FAILED"),
         })
     _mark_overlaps(rows, variants)
     return rows
@@ -760,6 +770,11 @@ def _half_width(v: Variant, key: str) -> float | None:
     lo, hi = (stats.get("ci95") or [None, None])
     return (hi - lo) / 2 if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) \
         else None
+
+
+def _partner(v: Variant) -> str:
+    spec = v.config.expect.get("versus") if v.config is not None else None
+    return str(spec.get("partner")) if isinstance(spec, dict) else ""
 
 
 def _verdict_agreement(v: Variant) -> str:

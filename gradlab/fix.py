@@ -60,12 +60,14 @@ def raw_config(path: Path, overrides: list[str]) -> dict[str, Any]:
 
 def fix(path: Path, out: Path, jobs: int | None = None, overrides: list[str] | None = None,
         plots: bool = False, on_done: Callable[[comparing.Variant], None] | None = None,
-        max_fixes: int = 8) -> FixOutcome:
-    """Run the config, then every remedy its verdicts give; return the ranked fix record."""
+        max_fixes: int = 8, cluster: Any = None) -> FixOutcome:
+    """Run the config, then every remedy its verdicts give; return the ranked fix record.
+    `cluster` (`gradlab.cluster.Cluster`): run them as submitit jobs, as `compare` does."""
     overrides = list(overrides or [])
     cfg = load_config(path, overrides)
     [given] = comparing.compare([Path(path)], out, jobs=jobs if cfg.seeds else 1,
-                                overrides=overrides, plots=plots, on_done=on_done, pairs=False)
+                                overrides=overrides, plots=plots, on_done=on_done, pairs=False,
+                                cluster=cluster)
     # over several seeds, the remedies are those of the first seed's verdicts
     first = given.members[0] if given.members else given
     summary = (first.record.summary if first.record else None) or {}
@@ -86,8 +88,8 @@ def fix(path: Path, out: Path, jobs: int | None = None, overrides: list[str] | N
         write_atomic(target, header + yaml.safe_dump(raw, sort_keys=False))
         files.append(target)
     # each patch is the config with the overrides applied (--seeds too)
-    variants = comparing.compare(files, out, jobs=jobs, plots=plots, on_done=on_done) if files \
-        else []
+    variants = comparing.compare(files, out, jobs=jobs, plots=plots, on_done=on_done,
+                                 cluster=cluster) if files else []
     rows = [_row(cfg, given, None, None)] + [
         _row(cfg, v, f, p) for v, f, p in zip(variants, fixes, files)]
     original, ranked = rows[0], rank(rows[1:])

@@ -203,6 +203,13 @@ def test_a_broken_pair_fails_with_the_paired_message(tmp_path):
                      "--no-plots")
     assert failed.exit_code == 1
     assert "cure: versus vanish: grad_ratio_init: expected ≥ 100× the partner's" in failed.output
+    # the pairs table: problem → remedy, means over the seeds, and the paired verdict
+    assert "pairs: the problem → its remedy (means over seeds 0, 1)" in failed.output
+    pairs = failed.output[failed.output.index("pairs: the problem"):]
+    [line] = [x for x in pairs.splitlines() if x.startswith("cure ")]
+    assert "vanish" in line and line.rstrip().endswith("FAILED"), pairs
+    record = next(p for p in out.iterdir() if p.name.startswith("compare-"))
+    assert "pairs: the problem" in run_cli("report", str(record), "--no-plots").output
 
 
 def test_a_missing_partner_or_other_seeds_is_a_config_error(tmp_path):

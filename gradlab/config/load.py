@@ -75,7 +75,7 @@ def _beside(raw: dict[str, Any], path: Path) -> None:
     for key in ("path", "test_path"):
         value = data.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
-            data[key] = str((path.resolve().parent / value))
+            data[key] = str(path.resolve().parent / value)
 
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:

@@ -24,14 +24,14 @@ from gradlab.record.validate import CorruptRecord, check_header, check_text, not
 COLUMNS = ("variant", "status", "steps", "final_loss", "test_metric", "grad_ratio_init",
            "grad_ratio_final", "weakest_grad", "verdict", "steps_per_second", "expect", "reused",
            "problems", "run_dir", "config", "seeds", "final_loss_ci", "test_metric_ci",
-           "verdict_seeds", "overlaps")
+           "verdict_seeds", "overlaps", "partner", "paired")
 # A group's row: its numbers are the means over `seeds` (space-separated), `*_ci` half the
 # width of their 95% intervals, `overlaps` the variants whose test-metric interval meets its own.
 NUMBER_COLUMNS = ("steps", "final_loss", "test_metric", "grad_ratio_init", "grad_ratio_final",
                   "weakest_grad", "steps_per_second", "final_loss_ci", "test_metric_ci")
 # read back as "" where a record lacks them
 OPTIONAL_COLUMNS = ("reused", "run_dir", "config", "seeds", "final_loss_ci", "test_metric_ci",
-                    "verdict_seeds", "overlaps")
+                    "verdict_seeds", "overlaps", "partner", "paired")
 
 
 def is_comparison_dir(path: Path) -> bool:

@@ -99,6 +99,37 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
     return Group(Text("comparison", style="italic"), table, notes)
 
 
+def pairs_table(rows: list[dict[str, Any]]) -> RenderableType | None:
+    """Each remedy against its problem (a `versus:` claim's partner): the final loss, the test
+    metric and the gradient ratio at init of the problem → the remedy (means over the seeds),
+    and whether the paired claims held. None when no config states a paired claim."""
+    named = {r["variant"]: r for r in rows}
+    pairs = [(r, named[r["partner"]]) for r in rows if r.get("partner") in named]
+    if not pairs:
+        return None
+
+    def arrow(key: str, digits: int = 2) -> list[str]:
+        return [f"{short(p[key], digits)} → {short(r[key], digits)}" for r, p in pairs]
+
+    columns = [
+        Column("remedy", [r["variant"] for r, _ in pairs], "left", name=True),
+        Column("problem", [p["variant"] for _, p in pairs], "left", name=True),
+        Column("final loss", arrow("final_loss")),
+        Column("test", arrow("test_metric"), drop=1),
+        Column("ratio init", arrow("grad_ratio_init", 2)),
+        Column("paired", [_claims(r.get("paired") or "") for r, _ in pairs], "left"),
+    ]
+
+    def build(width: int) -> RenderableType:
+        table = fit_table(columns, width)
+        assert table is not None
+        seeds = next((r["seeds"] for r, _ in pairs if r.get("seeds")), "")
+        over = f"means over seeds {seeds.replace(' ', ', ')}" if seeds else "one seed each"
+        return Group(Text(f"pairs: the problem → its remedy ({over})", style="italic"), table)
+
+    return Fitted(build)
+
+
 def _spread(value: float | None, half: float | None, overlaps: bool = False) -> str:
     """A run's number, or a group's mean with ± half its 95% interval below it."""
     if half is None:
@@ -130,5 +161,8 @@ def _rate(x: float | None) -> str:
 def render_comparison_dir(path: Path, show_claims: bool = False) -> RenderableType:
     """Re-render a compare record's table from its comparison.csv (no training); the caller
     prints the record's path, unwrapped, below it."""
-    return comparison_table(read_comparison(path), show_claims)
+    rows = read_comparison(path)
+    pairs = pairs_table(rows)
+    table = comparison_table(rows, show_claims)
+    return table if pairs is None else Group(table, pairs)
 
