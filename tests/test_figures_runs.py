@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from gradlab.config import config_from_dict
 from gradlab.record.files import clean
 from gradlab.record.reader import LAYER_COLUMNS, METRIC_COLUMNS, read_record
-from gradlab.render import figures, run_figures
+from gradlab.render import figures, run_figures, step_figures
 from gradlab.runner import run_config
 
 # A ReLU net whose SGD steps overshoot: it diverges at step 4, between two logged steps (0 and
@@ -242,7 +242,7 @@ def test_gradient_distributions_draw_one_panel_per_chosen_layer(runs):
     visible = [ax for ax in fig.axes if ax.get_visible()]
     _, names, _, _ = figures.layer_grid(record, "grad_rms")
     assert [ax.get_title().split(": ")[1] for ax in visible] == [
-        names[i] for i in figures.pick(len(names), run_figures.LAYER_LINES)]
+        names[i] for i in figures.pick(len(names), step_figures.LAYER_LINES)]
     assert all(ax.collections for ax in visible)  # each has its band
 
 

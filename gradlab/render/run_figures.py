@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from gradlab.analyse.theory import predicted_layer_norms  # noqa: E402
-from gradlab.config.schema import RECURRENT_KINDS, SATURATING  # noqa: E402
+from gradlab.config.schema import RECURRENT_KINDS  # noqa: E402
 from gradlab.record.reader import Record, is_training_row, read_record  # noqa: E402
+from gradlab.render.activation_figures import activations_figure  # noqa: E402
 from gradlab.render.figures import (  # noqa: E402
     column,
-    depth_colors,
     divergence,
     draw_norms,
     empty,
@@ -50,6 +49,12 @@ from gradlab.render.figures import (  # noqa: E402
     training_rows,
     value,
     zero_legend,
+)
+from gradlab.render.step_figures import (  # noqa: E402
+    grad_band_figure,
+    grad_distributions_figure,
+    grad_norm_figure,
+    update_ratio_figure,
 )
 from gradlab.render.style import num  # noqa: E402
 
@@ -189,208 +194,6 @@ def _stop_note(record: Record, rows: list[dict[str, Any]]) -> tuple[int, str] | 
 
 
 
-def grad_norm_figure(record: Record) -> Figure:
-    """The total gradient norm over steps (before clipping), and with clipping its threshold,
-    the steps it clipped and the norm after clipping (Pascanu et al. 2013)."""
-    rows = training_rows(record.metrics)
-    steps, before = column(rows, "step"), column(rows, "grad_norm")
-    after, flags = column(rows, "grad_norm_clipped"), column(rows, "clipped")
-    clip = (record.config.get("train") or {}).get("clip")
-    fig, [[ax]] = new_figure(8.5, 4.8, bottom=0.55)
-    note = "" if isinstance(clip, dict) else " (no clipping configured)"
-    heading(ax, title(record, f"total gradient norm ‖∂L/∂θ‖ over steps{note}"))
-    if not np.isfinite(before).any():
-        ax.plot([], [])
-        empty(ax, "no finite gradient norm was logged" if rows else "no gradient norm was logged")
-        mark_divergence(ax, record, marker=True)
-        return fig
-    floor = log_floor(np.concatenate([before, after]))
-    zeros = draw_norms(ax, steps, before, floor, color="C0", lw=1.5, marker="o", ms=3,
-                       label="before clipping" if isinstance(clip, dict) else "total norm")
-    if np.isfinite(after).any():
-        zeros |= draw_norms(ax, steps, after, floor, color="C2", lw=1.5, marker="s", ms=4,
-                            zorder=3, label="after clipping (probed steps)")
-    handles: list[Any] = []
-    if isinstance(clip, dict):
-        flagged = flags == 1
-        shown = np.where(before > 0, before, floor)
-        s = record.summary or {}
-        total = (s.get("clip") or {})
-        overall = (f"; {total['steps_clipped']} of {total['steps']} steps in all"
-                   if isinstance(total.get("steps_clipped"), int)
-                   and isinstance(total.get("steps"), int) else "")
-        ax.plot(steps[flagged], shown[flagged], ls="none", marker="o", ms=8, mfc="none",
-                mec="C3", mew=1.5,
-                label=f"clipped ({int(flagged.sum())} of {len(rows)} logged steps{overall})")
-        limit, p = value(clip.get("max_norm")), value(clip.get("norm_type"))
-        if clip.get("by") == "norm" and math.isfinite(limit):
-            of = "" if p == 2 or math.isnan(p) else f" (compared with the {p:g}-norm)"
-            ax.axhline(limit, color="C3", ls="--", lw=1.4,
-                       label=f"clip threshold max_norm = {limit:g}{of}")
-        elif clip.get("by") == "value":
-            handles.append(Line2D([], [], color="none", label=(
-                f"clipped by value: each entry to ±{value(clip.get('max_value')):g} "
-                "(no threshold on the norm)")))
-    bad = mark_nonfinite(ax, steps, before, top_of(before))
-    log_scale(ax)
-    mark_divergence(ax, record, marker=True)
-    handles = ax.get_legend_handles_labels()[0] + handles
-    if zeros:
-        handles.append(zero_legend(floor, "exactly 0"))
-    if bad:
-        handles.append(nonfinite_legend())
-    ax.set_xlabel("step (logged steps)")
-    ax.set_ylabel("gradient 2-norm, all parameters (log scale)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3, which="major")
-    ax.legend(handles=handles, loc="best", fontsize="small")
-    return fig
-
-
-UPDATE_GUIDE = 1e-3  # a healthy ‖ΔW‖/‖W‖ per step (CS231n; Karpathy)
-LAYER_LINES = 6  # layers drawn as lines in the over-steps figures: first, ..., last
-
-
-def update_ratio_figure(record: Record) -> Figure:
-    """‖ΔW‖/‖W‖ of each step over steps, a few layers as lines and the range over all, with
-    the ~1e-3 rule of thumb (CS231n)."""
-    steps, names, u, present = layer_grid(record, "update_ratio")
-    fig, [[ax]] = new_figure(10.5, 4.8, bottom=0.55, right=2.3)
-    heading(ax, title(record, "update / weight ratio ‖ΔW‖/‖W‖ per step"))
-    logged = [i for i in range(len(steps)) if present[i].any()]
-    if not logged or not np.isfinite(u[logged]).any():
-        empty(ax, nothing_finite(record, present, "update ratio") if logged
-              else "no update ratios were logged")
-        mark_divergence(ax, record)
-        return fig
-    x, u = np.asarray(steps, dtype=float)[logged], u[logged]
-    floor = log_floor(u)
-    shown = np.where(u == 0, floor, np.where(np.isfinite(u), u, np.nan))
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN step has no range
-        lo, hi = np.nanmin(shown, axis=1), np.nanmax(shown, axis=1)
-    ax.fill_between(x, lo, hi, color="grey", alpha=0.2, lw=0,
-                    label=f"range over all {len(names)} layers")
-    chosen = pick(len(names), LAYER_LINES)
-    zeros = False
-    for c, color in zip(chosen, depth_colors(len(chosen))):
-        zeros |= draw_norms(ax, x, u[:, c], floor, color=color, lw=1.5, label=names[c])
-    ax.axhline(UPDATE_GUIDE, color="black", ls="--", lw=1.2,
-               label="≈1e-3: a healthy step (rule of thumb)")
-    bad = mark_nonfinite(ax, x, u.max(axis=1), top_of(u))
-    log_scale(ax)
-    mark_divergence(ax, record)
-    handles = ax.get_legend_handles_labels()[0]
-    if zeros:
-        handles.append(zero_legend(floor, "exactly 0 (the update underflowed)"))
-    if bad:
-        handles.append(nonfinite_legend())
-    ax.set_xlabel("step (probed steps)")
-    ax.set_ylabel("‖ΔW‖ / ‖W‖ (log scale)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3, which="major")
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small",
-              borderaxespad=0)
-    return fig
-
-
-def grad_band_figure(record: Record) -> Figure:
-    """plot_grad_flow's picture: by layer, the typical gradient entry (rms) and the largest
-    (max |g|), as a band, at init and at the end."""
-    steps, names, rms, present = layer_grid(record, "grad_rms")
-    _, _, top, _ = layer_grid(record, "grad_absmax")
-    fig, [[ax]] = new_figure(9, 5, bottom=0.95)
-    heading(ax, title(record, "gradient entries by layer: rms |g| to max |g|"))
-    finite = [i for i in range(len(steps)) if np.isfinite(rms[i]).any()]
-    if not finite:
-        empty(ax, nothing_finite(record, present, "gradient"))
-        return fig
-    x = np.arange(1, len(names) + 1)
-    chosen = [(finite[0], "init", "C0")]
-    if finite[-1] != finite[0]:  # drawn first: init on top, where the two agree
-        chosen.insert(0, (finite[-1], "end", "C3"))
-    floor = log_floor(np.concatenate([rms[[i for i, *_ in chosen]], top[[i for i, *_ in chosen]]]))
-    zeros = False
-    for i, when, color in chosen:
-        low = np.where(rms[i] == 0, floor, rms[i])
-        high = np.where(top[i] == 0, floor, top[i])
-        band = np.isfinite(low) & np.isfinite(high)
-        if band.any():
-            ax.fill_between(x, np.where(band, low, np.nan), np.where(band, high, np.nan),
-                            color=color, alpha=0.18, lw=0)
-            zeros |= draw_norms(ax, x, top[i], floor, color=color, lw=1, ls=":",
-                                label=f"max |g|, step {steps[i]} ({when})")
-        zeros |= draw_norms(ax, x, rms[i], floor, color=color, lw=1.8, marker="o", ms=3,
-                            ls="--" if when == "init" else "-",
-                            label=f"rms |g| (typical entry), step {steps[i]} ({when})")
-    log_scale(ax)
-    handles = ax.get_legend_handles_labels()[0]
-    if zeros:
-        handles.append(zero_legend(floor))
-    where = divergence(record)
-    if where is not None:
-        handles.append(Line2D([], [], color="red", ls="--", lw=1.2, label=where[1]))
-    layer_ticks(ax, names)
-    ax.set_xlabel("layer (input → output)")
-    ax.set_ylabel("|∂L/∂W| entries (log scale)")
-    ax.grid(alpha=0.3, which="major")
-    ax.legend(handles=handles, loc="best", fontsize="small")
-    return fig
-
-
-def grad_distributions_figure(record: Record) -> Figure:
-    """TensorBoard's "distributions" view from what layers.csv records: for a few layers
-    spread over depth, the band from the rms gradient entry to the largest over steps, on one
-    shared log axis (NaN/Inf marked, never fatal)."""
-    steps, names, rms, present = layer_grid(record, "grad_rms")
-    _, _, top, _ = layer_grid(record, "grad_absmax")
-    chosen = pick(len(names), LAYER_LINES)
-    rows = 2 if len(chosen) > 3 else 1
-    cols = math.ceil(len(chosen) / rows) if chosen else 1
-    fig, grid = new_figure(11, 6.2 if rows == 2 else 3.8, rows, cols, sharex=True, sharey=True,
-                           bottom=0.55, top=0.7, wspace=0.08, hspace=0.3)
-    axes = grid.ravel()
-    fig.suptitle(title(record, "gradient entries over steps, per layer: rms |g| to max |g|"))
-    if not steps or not np.isfinite(rms).any():
-        empty(axes[0], nothing_finite(record, present, "gradient"))
-        for a in axes[1:]:
-            empty(a, "")
-        return fig
-    x = np.asarray(steps, dtype=float)
-    both = np.concatenate([rms, top])
-    floor, high = log_floor(both), top_of(both)
-    zeros = bad = False
-    for a, c in zip(axes, chosen):
-        low = np.where(rms[:, c] == 0, floor, rms[:, c])
-        up = np.where(top[:, c] == 0, floor, top[:, c])
-        band = np.isfinite(low) & np.isfinite(up)
-        a.fill_between(x, np.where(band, low, np.nan), np.where(band, up, np.nan), color="C0",
-                       alpha=0.25, lw=0, label="rms |g| to max |g|")
-        zeros |= draw_norms(a, x, top[:, c], floor, color="C0", lw=0.8, ls=":", marker="^", ms=3,
-                            label="max |g|")
-        zeros |= draw_norms(a, x, rms[:, c], floor, color="C0", lw=1.5, marker="o", ms=2.5,
-                            label="rms |g|")
-        bad |= mark_nonfinite(a, x, np.where(present[:, c], rms[:, c], 0.0), high)
-        mark_divergence(a, record)
-        heading(a, f"layer {c + 1}: {names[c]}", fontsize="medium")
-        a.grid(alpha=0.3, which="major")
-        a.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-    for a in axes[len(chosen):]:
-        a.set_visible(False)
-    log_scale(axes[0])
-    for a in axes[::cols]:
-        a.set_ylabel("|∂L/∂W| (log scale)")
-    for a in axes[(rows - 1) * cols:]:
-        a.set_xlabel("step")
-    handles = axes[0].get_legend_handles_labels()[0]
-    if zeros:
-        handles.append(zero_legend(floor, "exactly 0"))
-    if bad:
-        handles.append(nonfinite_legend())
-    axes[0].legend(handles=handles, loc="best", fontsize="small")
-    return fig
-
-
 def grad_flow_figure(record: Record) -> Figure:
     """Gradient norm of each layer against depth, one line per chosen logged step."""
     steps, names, g, present = layer_grid(record, "grad_norm")
@@ -504,161 +307,6 @@ def grad_heatmap_figure(record: Record) -> Figure:
 
 
 # The range of a bounded activation, and where its units count as saturated (probe.py).
-RANGE = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
-# Where an unbounded activation's outputs end below (a ±std band is clipped there).
-FLOOR = {"relu": 0.0, "selu": -1.7581, "gelu": -0.17}
-SATURATED_BEYOND = {"sigmoid": ((0.0, 0.01), (0.99, 1.0)), "tanh": ((-1.0, -0.99), (0.99, 1.0))}
-# The largest slope of the activation (sigmoid: 1/4 at h = 1/2; tanh: 1 at h = 0).
-MAX_SLOPE = {"sigmoid": 0.25, "tanh": 1.0}
-
-
-def activations_figure(record: Record) -> Figure:
-    """Each hidden layer's output distribution (mean, ±1 and ±2 std) at init and at the end on
-    the activation's whole range, and what sets the backward signal: for sigmoid and tanh the
-    mean slope φ′ at the outputs (exact from their mean and std), for ReLU the dead units."""
-    steps, names, mean, present = layer_grid(record, "act_mean")
-    _, _, std, _ = layer_grid(record, "act_std")
-    activation = str((record.config.get("model") or {}).get("activation") or "")
-    key, label = _unit_stat(record, activation)
-    _, _, frac, _ = layer_grid(record, key)
-    # NaN stands both for "not measured" (the head) and for an overflowed forward pass
-    measured = (present & ~np.isnan(std)) | ~np.isnan(frac)
-    if not measured.any() and divergence(record) is not None:  # all overflowed: all but the head
-        measured = present & (np.arange(len(names)) < len(names) - 1)
-    logged = [i for i in range(len(steps)) if measured[i].any()]
-    slope = activation in MAX_SLOPE
-    third = slope or np.isfinite(frac[logged]).any()
-    fig, grid = new_figure(14 if third else 10, 5.0, 1, 3 if third else 2, bottom=0.95,
-                           top=0.85, wspace=0.3)
-    axes = list(grid[0])
-    fig.suptitle(title(record, f"activations{f' ({activation})' if activation else ''}")
-                 + "\nbands: mean ±1 and ±2 std of each layer's outputs (layers.csv records "
-                 "their mean and std, not quantiles)", fontsize="medium")
-    if not logged:
-        empty(axes[0], "no activation statistics were logged")
-        for a in axes[1:]:
-            empty(a, "")
-        return fig
-    hidden = [c for c in range(len(names)) if measured[:, c].any()]  # not the head
-    mean, std, frac = mean[:, hidden], std[:, hidden], frac[:, hidden]
-    names = [names[c] for c in hidden]
-    x = np.arange(1, len(names) + 1)
-    ends = [(logged[0], "init", "C0")] + ([(logged[-1], "end", "C3")] if len(logged) > 1 else [])
-    bounds = _bounds(record, activation)
-    _distribution(axes[0], x, mean[ends[0][0]], std[ends[0][0]], activation, bounds, ends[0][2],
-                  f"at init (step {steps[ends[0][0]]})")
-    if len(ends) > 1:
-        _distribution(axes[1], x, mean[ends[1][0]], std[ends[1][0]], activation, bounds,
-                      ends[1][2], f"at the end (step {steps[ends[1][0]]})")
-        axes[1].sharey(axes[0])
-    else:
-        where = divergence(record)
-        empty(axes[1], f"only step {steps[ends[0][0]]} was logged"
-              + (f"\nbefore the divergence at step {where[0]}" if where else ""))
-    if activation not in RANGE:  # unbounded: one y range for both, from the data
-        at = [i for i, *_ in ends]
-        with np.errstate(all="ignore"):  # an overflowed layer's NaN/Inf is left out below
-            both = np.clip(np.concatenate([mean[at] + 2 * std[at], mean[at] - 2 * std[at]]),
-                           *bounds)
-        finite = both[np.isfinite(both)]
-        if finite.size:
-            pad = 0.05 * (float(finite.max() - finite.min()) or 1.0)
-            axes[0].set_ylim(float(finite.min()) - pad, float(finite.max()) + pad)
-    if third:
-        a = axes[2]
-        products = []
-        for i, when, color in ends[::-1]:  # init drawn last (dashed): visible where they agree
-            y = _mean_slope(activation, mean[i], std[i]) if slope else frac[i]
-            a.plot(x, y, color=color, marker="o", ms=3, lw=1.6,
-                   ls="--" if when == "init" else "-", label=f"{when} (step {steps[i]})")
-            if slope and np.isfinite(y).all() and (y > 0).all():
-                products.append(f"{when}: {float(np.prod(y)):.1e}")
-        if products:
-            a.text(0.98, 0.04, f"product over the {len(x)} layers\n" + ", ".join(products[::-1]),
-                   transform=a.transAxes, ha="right", va="bottom", fontsize="small",
-                   bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})
-        if slope:
-            top = MAX_SLOPE[activation]
-            a.axhline(top, color="black", ls=":", lw=1.4,
-                      label=f"largest possible: {top:g} (at h = {0.5 if top < 1 else 0:g})")
-            a.set_ylim(0, top * 1.08)
-            a.set_ylabel("mean φ′ at the layer's outputs")
-            worst = np.nanmax(frac[[i for i, *_ in ends]]) if np.isfinite(frac).any() else math.nan
-            heading(a, "slope φ′: each layer scales ∂L/∂h by φ′ (then by Wᵀ)"
-                        + (f"\nsaturated units: at most {worst:.0%} of a layer"
-                           if math.isfinite(worst) else ""), fontsize="medium")
-        else:
-            a.set_ylim(-0.02, 1.02)
-            a.yaxis.set_major_formatter(PercentFormatter(1.0))
-            a.set_ylabel(f"{label} units")
-            heading(a, f"{label} fraction" + (" (|output| near the asymptotes)"
-                                               if label == "saturated" else
-                                               " (units off for the whole batch)"),
-                        fontsize="medium")
-        a.legend(fontsize="small", loc="best")
-    for a in axes:
-        layer_ticks(a, names)
-        a.set_xlabel("hidden layer (input → output)")
-        a.grid(alpha=0.3)
-    mark = divergence(record)
-    if mark is not None:
-        axes[0].text(0.01, 0.01, mark[1], transform=axes[0].transAxes, color="red",
-                     fontsize="small", va="bottom")
-    return fig
-
-
-def _bounds(record: Record, activation: str) -> tuple[float, float]:
-    """The range of the activation's outputs (-inf/inf where unbounded)."""
-    if activation == "elu":
-        alpha = value((record.config.get("model") or {}).get("elu_alpha"))
-        return (-alpha if math.isfinite(alpha) else -math.inf), math.inf
-    return RANGE.get(activation, (FLOOR.get(activation, -math.inf), math.inf))
-
-
-def _distribution(ax: Any, x: np.ndarray, mean: np.ndarray, std: np.ndarray, activation: str,
-                  bounds: tuple[float, float], color: str, when: str) -> None:
-    """One step's outputs by layer: mean, ±1 and ±2 std (clipped to the activation's range),
-    the saturation zones shaded, the whole range shown: a narrow band is not zoomed into."""
-    low, high = bounds
-    ok = np.isfinite(mean) & np.isfinite(std)
-    m, s = np.where(ok, mean, np.nan), np.where(ok, std, np.nan)
-    for k, alpha, what in ((2, 0.15, "±2 std"), (1, 0.35, "±1 std")):
-        ax.fill_between(x, np.clip(m - k * s, low, high), np.clip(m + k * s, low, high),
-                        color=color, alpha=alpha, lw=0, label=f"mean {what}")
-    ax.plot(x, m, color=color, lw=1.8, marker="o", ms=3, label="mean output")
-    if (~ok).any():
-        y = high if math.isfinite(high) else float(np.nanmax(np.abs(m))) if ok.any() else 1.0
-        ax.plot(x[~ok], np.full(int((~ok).sum()), y), ls="none", marker="x", ms=7, mew=2,
-                color="red", label="NaN/Inf (overflow)")
-    for k, (a, b) in enumerate(SATURATED_BEYOND.get(activation, ())):
-        ax.axhspan(a, b, color="red", alpha=0.12, lw=0,
-                   label="saturated (φ′ ≈ 0)" if k == 0 else None)
-    if activation in RANGE:
-        pad = 0.03 * (high - low)
-        ax.set_ylim(low - pad, high + pad)
-    heading(ax, f"output distribution {when}", fontsize="medium")
-    ax.set_ylabel("layer output h (mean, ±1 and ±2 std)")
-    ax.legend(fontsize="small", loc="best")
-
-
-def _unit_stat(record: Record, activation: str) -> tuple[str, str]:
-    """Saturation for sigmoid/tanh, dead units otherwise; else whichever column was measured."""
-    if activation in SATURATING:
-        return "act_saturated", "saturated"
-    if activation:
-        return "act_dead", "dead"
-    _, _, sat, _ = layer_grid(record, "act_saturated")
-    return ("act_saturated", "saturated") if np.isfinite(sat).any() else ("act_dead", "dead")
-
-
-def _mean_slope(activation: str, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """E[φ′] over a layer's outputs from their mean and std: sigmoid φ′ = h(1 − h), so
-    E[φ′] = E[h] − E[h²]; tanh φ′ = 1 − h², so E[φ′] = 1 − E[h²]; E[h²] = std² + mean²."""
-    with np.errstate(all="ignore"):  # an overflowed layer's NaN/Inf stays NaN/Inf
-        second = std ** 2 + mean ** 2
-        return mean - second if activation == "sigmoid" else 1 - second
-
-
 def time_grads_figure(record: Record) -> Figure:
     """‖∂L/∂h_t‖ against the time step t, at init and at the end (sequence models)."""
     series = time_grads(record)
