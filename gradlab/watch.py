@@ -65,7 +65,7 @@ from gradlab.record.files import uninterrupted
 from gradlab.record.guard import GuardedWriter
 from gradlab.record.summary import build_summary
 from gradlab.train.events import Logged
-from gradlab.train.loop import TINY_NORM, total_norm
+from gradlab.train.loop import TINY_NORM, precision_limits, total_norm
 from gradlab.train.probe import F64
 from gradlab.train.sentinel import Sentinel
 from gradlab.train.watched import ModuleProbe
@@ -120,7 +120,7 @@ def watch(model: nn.Module, *, every: int = 10, out: str | os.PathLike[str] = "r
           start: int = 0, on_nonfinite: str = "raise", activations: bool = True,
           task: str | None = None, baseline_loss: float | None = None,
           baseline_accuracy: float | None = None,
-          scaler: torch.amp.GradScaler | None = None) -> Watch:
+          scaler: torch.amp.GradScaler | None = None, precision: str = "fp32") -> Watch:
     """Watch `model`'s layers and write a run record under `out/name/<stamp>/`.
 
     every: log per-layer statistics every `every` steps (and on the last, when `steps` is
@@ -138,11 +138,15 @@ def watch(model: nn.Module, *, every: int = 10, out: str | os.PathLike[str] = "r
         scaler.unscale_/scaler.step): gradient statistics are divided by its scale, and a
         step whose scaled gradients overflowed (the scaler skips it) is counted, not taken
         for a divergence, unless AMP_PATIENCE such steps come in a row.
+    precision: "bf16" or "fp16" when the loop runs its forward under `torch.autocast` in that
+        dtype: the rows then hold headroom against its limits (`z_absmax`, `overflow`,
+        `grad_tiny`; `grad_underflow` needs a float32 backward of the same batch and is not
+        measured here) and summary.json `precision`, which the precision verdict reads.
     """
     return Watch(model, every=every, out=out, name=name, layers=layers, steps=steps,
                  optimizer=optimizer, start=start, on_nonfinite=on_nonfinite,
                  activations=activations, task=task, baseline_loss=baseline_loss,
-                 baseline_accuracy=baseline_accuracy, scaler=scaler)
+                 baseline_accuracy=baseline_accuracy, scaler=scaler, precision=precision)
 
 
 class Watch:
@@ -156,8 +160,12 @@ class Watch:
                  start: int = 0, on_nonfinite: str = "raise", activations: bool = True,
                  task: str | None = None, baseline_loss: float | None = None,
                  baseline_accuracy: float | None = None,
-                 scaler: torch.amp.GradScaler | None = None):
+                 scaler: torch.amp.GradScaler | None = None, precision: str = "fp32"):
         _check_options(every, steps, start, on_nonfinite, task)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise WatchError(f"precision={precision!r}: expected 'fp32', 'bf16' or 'fp16' (the "
+                             "dtype the loop's torch.autocast runs in)")
+        self.precision = precision
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise WatchError(f"scaler: expected a torch.amp.GradScaler, got {type(scaler).__name__}")
         try:
@@ -207,6 +215,7 @@ class Watch:
         last = start + steps - 1 if steps is not None else -1
         self._probe = ModuleProbe(found, model, every=every, last_step=last,
                                   activations=activations)
+        self._probe.set_precision(precision)
         self._sentinel = Sentinel(model)
         try:
             self._writer = GuardedWriter(Path(out), self.name)
@@ -488,12 +497,24 @@ class Watch:
             if self.scaler is not None:
                 base["mixed_precision"] = {"overflowed_steps": self._overflows,
                                            "final_scale": self.scaler.get_scale()}
+            if self.precision != "fp32":
+                outcome["precision"] = self._precision()
             shapes = [list(self._found[i].layer.shape) for i in self._row_order()]
             summary = build_summary(self.path, base, outcome, shapes)
             summary["verdicts"] = custom_remedies(diagnose(summary, self.config), summary)
             self._writer.write_summary(summary)
             self.summary = summary
         self._writer.check()
+
+    def _precision(self) -> dict[str, Any]:
+        """summary.json `precision`'s inputs: the dtype's limits and the scaler's record."""
+        scaling = self.scaler is not None and self.scaler.is_enabled()
+        scale = float(self.scaler.get_scale()) if self.scaler is not None and scaling else None
+        return {**precision_limits(self.precision),
+                "loss_scale": ("dynamic" if scaling else "none") if self.precision == "fp16"
+                else None,
+                "skipped_steps": self._overflows, "scale_init": None, "scale_final": scale,
+                "scale_min": None, "scale": []}
 
     def _check_weights(self, status: str) -> str:
         """The last update may have overflowed a weight: no later loss would show it."""
@@ -601,6 +622,13 @@ REMEDIES: dict[str, list[str]] = {
         "LeakyReLU or GELU pass a gradient below 0",
         "lower the learning rate: a large step can push units off for good",
         "kaiming_normal_ init with zero biases",
+    ],
+    "precision": [
+        "fp16: scale the loss with torch.amp.GradScaler (scaler.scale(loss).backward(), "
+        "pass scaler= to watch)",
+        "autocast in torch.bfloat16: float32's range, no loss scale needed",
+        "clip the gradient (after scaler.unscale_(optimizer)) so weights and activations stay "
+        "in range",
     ],
     "not_learning": [
         "try other learning rates (×10 and ×0.1)",

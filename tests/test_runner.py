@@ -17,10 +17,11 @@ from gradlab.config import config_from_dict, config_hash
 from gradlab.record.files import clean
 
 METRIC_COLUMNS = ["step", "phase", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
-                  "test_loss", "test_accuracy"]
+                  "test_loss", "test_accuracy", "grad_scale"]
 LAYER_COLUMNS = ["step", "phase", "layer", "name", "grad_norm", "grad_rms", "grad_absmax",
                  "weight_norm", "update_ratio", "delta_norm", "act_mean", "act_std",
-                 "act_saturated", "act_dead"]
+                 "act_saturated", "act_dead", "z_absmax", "overflow", "grad_underflow",
+                 "grad_tiny"]
 # summary.json fields the run-record contract in DESIGN.md promises.
 CONTRACT = {"name", "status", "error", "steps_done", "seconds", "steps_per_second", "device",
             "final_loss", "final_metrics", "grad_ratio_init", "grad_ratio_final", "layers",

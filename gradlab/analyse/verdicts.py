@@ -24,6 +24,9 @@ SATURATED = 0.5  # a hidden layer with more of its units saturated than this is 
 DEAD = 0.5
 LEARNED = 0.9  # learning: the final test loss below this fraction of the baseline's
 BLOWN_UP_LOSS = 1e3  # an initial loss this many times the baseline: the forward pass explodes
+# mixed precision: a layer losing this fraction of its gradient entries to underflow is named
+UNDERFLOW = 0.1
+SKIPPED = 0.1  # fp16 with a grad scaler: more than this fraction of steps skipped for overflow
 
 Verdict = dict[str, Any]
 Fix = dict[str, Any]
@@ -45,10 +48,16 @@ def diagnose(summary: dict[str, Any], config: dict[str, Any]) -> list[Verdict]:
     learning = _learning(ctx)
     if learning is not None:
         verdicts.append(learning)
+    precision = _precision(ctx)
+    if precision is not None:
+        verdicts.append(precision)
     for check in (_vanishing, _exploding, _forward, _through_time):
         found = check(ctx)
         if found is not None:
             verdicts.append(found)
+            if found["kind"] == "vanishing" and precision is not None \
+                    and precision["severity"] == "warning" and "were 0 in" in precision["message"]:
+                found["message"] += "; in low precision part of it is underflow (precision, above)"
     verdicts += _units(ctx)
     _causes_first(verdicts)
     if ctx.clip_fraction:
@@ -241,6 +250,72 @@ def _forward(ctx: _Context) -> Verdict | None:
                f"{_fmt(stds[-1])} in the last")
     severity = "info" if ctx.learned else "warning"
     return _verdict("forward_signal", severity, "init", [], message, _init_fixes(ctx))
+
+
+def _precision(ctx: _Context) -> Verdict | None:
+    """A bf16/fp16 run (summary `precision`): its headroom, and whether its trouble is the
+    low precision (fp16 overflow, or gradient entries lost to underflow) rather than the
+    network. None for fp32 runs."""
+    p = ctx.s.get("precision")
+    if not isinstance(p, dict) or p.get("dtype") not in ("fp16", "bf16"):
+        return None
+    dtype, top, tiny = p["dtype"], _num(p.get("max")), _num(p.get("tiny"))
+    worst = p.get("underflow_max") or {}
+    lost = _num(worst.get("fraction")) or 0.0
+    zero = [str(n) for n in p.get("zero_grad_layers") or []]
+    peak = p.get("z_absmax") or {}
+    z = _num(peak.get("value"))
+    steps = _num(ctx.s.get("steps_done")) or 0
+    skipped = _num(p.get("skipped_steps")) or 0
+    where = ctx.s.get("first_nonfinite") or {}
+    overflowed = ((z is not None and top is not None and not z < top)
+                  # with a grad scaler, overflowed gradients are its business: skipped steps
+                  or (_num(p.get("overflow")) or 0) > 0 and p.get("loss_scale") != "dynamic"
+                  or (ctx.s.get("status") == "diverged" and where.get("what") != "weights"
+                      and z is not None and top is not None and z > top / 100))
+    too_many_skips = steps > 0 and skipped / steps > SKIPPED
+    room = _num(p.get("headroom"))
+    headroom = (f"largest |z| {_fmt(z)}, {room:.1f} orders of magnitude below {dtype}'s "
+                f"largest {top:.5g}" if z is not None and room is not None and top else
+                f"largest |z| {_fmt(z)}" if z is not None else "no forward pass measured")
+    if not (overflowed or too_many_skips or lost >= UNDERFLOW or zero):
+        return _verdict("precision", "info", "throughout", [],
+                        f"{dtype} headroom: {headroom}; gradient entries lost to underflow at "
+                        f"most {lost:.1%} of a layer's", [])
+    parts, layers, fixes = [], [], []
+    if lost >= UNDERFLOW or zero:
+        layer = str(worst.get("layer"))
+        parts.append(f"{lost:.0%} of {layer}'s gradient entries, nonzero in float32, were 0 in "
+                     f"{dtype} at {_when(worst.get('step'))} (below its smallest normal "
+                     f"{_fmt(tiny)}, subnormal down to {_fmt(_num(p.get('smallest')))})")
+        if zero:
+            parts.append(f"{', '.join(zero)} got no gradient at all")
+        layers = zero or [layer]
+        if dtype == "fp16" and p.get("loss_scale") == "none":
+            fixes.append(_fix("a loss scale lifts small gradients into fp16's range "
+                              "(Micikevicius et al. 2018)", "train.loss_scale=dynamic"))
+    if overflowed:
+        parts.append(f"{dtype} overflow: |z| reached {_fmt(z)} in {peak.get('layer')} at "
+                     f"{_when(peak.get('step'))}, against {dtype}'s largest "
+                     f"{top if top is None else f'{top:.5g}'}")
+        layers = layers or ([str(peak["layer"])] if peak.get("layer") else [])
+    if too_many_skips:
+        parts.append(f"the grad scaler skipped {int(skipped)} of {int(steps)} steps for "
+                     f"overflowed gradients (scale down to {_fmt(_num(p.get('scale_min')))})")
+    if dtype == "fp16":
+        fixes.append(_fix("bfloat16 has float32's range: no overflow at 65504, no underflow "
+                          "at 6e-8", "train.precision=bf16"))
+    if overflowed or too_many_skips:
+        if not ctx.train.get("clip"):
+            fixes.append(_fix("bounds each step's update, so weights and activations stay "
+                              "in range", "train.clip.max_norm=1.0"))
+    fixes.append(_fix("full precision", "train.precision=fp32"))
+    trouble = ctx.s.get("status") == "diverged" or ctx.learned is False or bool(zero)
+    # the trouble is the dtype's range: float32 (the reference backward) keeps what it loses
+    what = "loses gradients float32 keeps" if lost >= UNDERFLOW or zero else "runs out of range"
+    message = f"precision: {dtype} {what}: " + "; ".join(parts) + f"; {headroom}"
+    return _verdict("precision", "warning" if trouble else "info", "throughout", layers,
+                    message, _not_in_place(fixes, ctx))
 
 
 def _diverged(ctx: _Context) -> Verdict:

@@ -24,6 +24,9 @@ ScheduleName = Literal["constant", "step", "exponential", "cosine"]
 LossName = Literal["auto", "mse", "cross_entropy"]
 Device = Literal["auto", "cpu", "cuda"]
 ModelKind = Literal["mlp", "rnn", "lstm", "gru"]
+# Mixed precision: the forward pass under autocast in bfloat16 or float16 (weights stay float32)
+Precision = Literal["fp32", "bf16", "fp16"]
+LossScale = Literal["dynamic", "none"]  # fp16 only: torch.amp.GradScaler, or no loss scale
 
 # Activations whose outputs saturate (report "saturated %") and those whose units die ("dead %").
 SATURATING = ("sigmoid", "tanh")
@@ -65,6 +68,7 @@ SUMMARY_FIELDS = (
     "flushed_zero_layers", "layers", "first_nonfinite", "verdicts", "time_grads_init",
     "time_grads_final", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain", "prediction",
     "baseline_accuracy", "over_run", "generalisation_gap", "unit_spread_init", "unit_spread_final",
+    "precision",
 )
 
 # The summary fields that come from the probe's rows: empty or null when probing is off.
@@ -285,6 +289,11 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     clip: ClipConfig | None = None
     eval_every: int = Field(100, ge=1)
+    # fp16/bf16: autocast (Micikevicius et al. 2018); fp16 scales the loss with GradScaler
+    # unless loss_scale is none (read with fp16 only: bf16 and fp32 need no loss scale, and a
+    # fix that switches precision then runs as it is)
+    precision: Precision = "fp32"
+    loss_scale: LossScale = "dynamic"
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -27,10 +27,11 @@ from gradlab.record.files import decode
 from gradlab.record.validate import CorruptRecord, check_config, check_summary
 
 METRIC_COLUMNS = ("step", "phase", "loss", "lr", "grad_norm", "grad_norm_clipped", "clipped",
-                  "test_loss", "test_accuracy")
+                  "test_loss", "test_accuracy", "grad_scale")
 LAYER_COLUMNS = ("step", "phase", "layer", "name", "grad_norm", "grad_rms", "grad_absmax",
                  "weight_norm", "update_ratio", "delta_norm", "act_mean", "act_std",
-                 "act_saturated", "act_dead")
+                 "act_saturated", "act_dead", "z_absmax", "overflow", "grad_underflow",
+                 "grad_tiny")
 TIME_COLUMNS = ("step", "phase", "t", "grad_norm")
 
 STAMP = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")  # files.utc_stamp(), then -N if taken

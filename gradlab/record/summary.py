@@ -60,6 +60,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
         ],
     }
     summary["over_run"] = over_run(path)
+    summary["precision"] = precision_summary(path, outcome.get("precision"), shapes, first, last)
     time_first, time_last = edge_steps(path / "time_grads.csv")
     if time_first:  # recurrent models: gradients through time
         init = [r["grad_norm"] for r in sorted(time_first, key=lambda r: r["t"])]
@@ -162,6 +163,71 @@ def over_run(path: Path) -> dict[str, Any]:
             if best is None or g > best["value"]:
                 out["total_grad_norm_max"] = {"value": g, "step": row["step"]}
     return out
+
+
+def precision_summary(path: Path, amp: dict[str, Any] | None, shapes: list[list[int]],
+                      first: list[dict[str, Any]], last: list[dict[str, Any]]
+                      ) -> dict[str, Any] | None:
+    """A bf16/fp16 run's headroom against its dtype's limits, from layers.csv (streaming) and
+    what the loop recorded (`amp`: dtype, max, tiny, smallest, the loss scale and the grad
+    scaler's skipped steps and scale); None for an fp32 run.
+
+    Headroom is in orders of magnitude below the largest finite value (negative: overflowed).
+    Underflow fractions are of all probed weight entries (`grad_underflow`: 0 in the low
+    precision, nonzero in a float32 backward of the same batch)."""
+    if not amp:
+        return None
+    sizes = [math.prod(shape) for shape in shapes]
+    out: dict[str, Any] = dict(amp)
+    peaks: dict[str, dict[str, Any]] = {}
+    worst: dict[str, Any] | None = None
+    overflow, overflow_steps, zero_layers = 0.0, set(), []
+    for row in iter_csv(path / "layers.csv"):
+        if not is_training_row(row):
+            continue
+        for key in ("z_absmax", "grad_absmax"):
+            v = row.get(key)
+            if isinstance(v, (int, float)) and not math.isnan(v) and (
+                    key not in peaks or v > peaks[key]["value"]):
+                peaks[key] = {"value": v, "step": row["step"], "layer": row["name"]}
+        n = row.get("overflow")
+        if isinstance(n, (int, float)) and n > 0:
+            overflow += n
+            overflow_steps.add(row["step"])
+        lost = row.get("grad_underflow")
+        size = sizes[row["layer"]] if isinstance(row.get("layer"), int) \
+            and row["layer"] < len(sizes) else 0
+        if isinstance(lost, (int, float)) and lost > 0 and size:
+            if worst is None or lost / size > worst["fraction"]:
+                worst = {"fraction": lost / size, "count": int(lost), "step": row["step"],
+                         "layer": row["name"]}
+            if row.get("grad_norm") == 0 and row["name"] not in zero_layers:
+                zero_layers.append(row["name"])  # every entry of its gradient was lost
+    limit = amp.get("max")
+    for key, name in (("z_absmax", "headroom"), ("grad_absmax", "grad_headroom")):
+        peak = peaks.get(key)
+        out[key] = peak
+        v = peak["value"] if peak else None
+        out[name] = (math.log10(limit / v) if v and math.isfinite(v) and limit else
+                     -math.inf if v is not None and math.isinf(v) else None)
+    out.update({
+        "overflow": overflow, "overflow_steps": len(overflow_steps),
+        "underflow_init": _fraction(first, "grad_underflow", sizes),
+        "underflow_final": _fraction(last, "grad_underflow", sizes),
+        "underflow_max": worst,
+        "zero_grad_layers": zero_layers,
+        "tiny_init": _fraction(first, "grad_tiny", sizes),
+        "tiny_final": _fraction(last, "grad_tiny", sizes),
+    })
+    return out
+
+
+def _fraction(rows: list[dict[str, Any]], key: str, sizes: list[int]) -> float | None:
+    """A count column summed over a step's layers, as a fraction of all their entries."""
+    counted = [(r[key], sizes[i]) for i, r in enumerate(rows)
+               if i < len(sizes) and isinstance(r.get(key), (int, float))]
+    total = sum(size for _, size in counted)
+    return sum(n for n, _ in counted) / total if counted and total else None
 
 
 def _extreme(out: dict[str, Any], key: str, value: float | None, step: int) -> None:

@@ -4,10 +4,18 @@
 prints nothing and tells its observers what happens (`events`). Divergence (NaN/Inf) is a
 result: the loop stops there and says where. `measure_step` and `batches` are shared with
 layer-wise pretraining.
+
+Mixed precision (`train.precision` bf16/fp16): the forward passes (training, evaluation, the
+replay of a diverged step) run under `torch.autocast`; fp16 scales the loss with
+`torch.amp.GradScaler` unless `train.loss_scale: none`, and a step whose scaled gradients
+overflowed is skipped by the scaler (not a divergence, unless AMP_PATIENCE come in a row). On
+logged steps the probed weights' gradients of the same batch are taken once more in float32
+(`reference_grads`), for the probe's count of entries lost to underflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
@@ -24,7 +32,7 @@ from gradlab.build.optim import Loss, build_optimizer, loss_function, lr_at
 from gradlab.build.probed import Built, ProbedLayer
 from gradlab.config import ClipConfig, Config
 from gradlab.train.events import Evaluated, Logged, Observers, StepEnd
-from gradlab.train.probe import F64, Probe
+from gradlab.train.probe import F64, LOW_PRECISION, Probe
 
 
 @torch.no_grad()
@@ -152,6 +160,48 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
     clipped_steps: int = 0
     traceback: str | None = None
+    # bf16/fp16 runs: dtype, its limits, the loss scale and what the grad scaler did
+    precision: dict[str, Any] | None = None
+
+
+# fp16 with a loss scale: this many overflowed steps in a row is a divergence, not loss scaling
+# (GradScaler halves its scale at each: from 2**16 to below 1 takes 17)
+AMP_PATIENCE = 24
+SCALE_HISTORY = 200  # at most this many (step, scale) changes kept for the summary
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The forward pass's precision context: autocast in bf16/fp16, nothing in fp32."""
+    dtype = LOW_PRECISION.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_limits(precision: str) -> dict[str, Any]:
+    """A low precision's name and range, as the summary records them."""
+    info = torch.finfo(LOW_PRECISION[precision])
+    return {"dtype": precision, "max": float(info.max), "tiny": float(info.tiny),
+            "smallest": float(info.tiny * info.eps)}  # the smallest subnormal
+
+
+def reference_grads(model: nn.Module, layers: list[ProbedLayer],
+                    batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Loss
+                    ) -> list[torch.Tensor | None]:
+    """The probed weights' gradients of `batch` in float32 (autocast off), `.grad` untouched;
+    batch norm's running statistics are restored, so the run goes on as if it never ran."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in m.buffers()] for m in norms]
+    try:
+        with torch.autocast(batch[0].device.type, enabled=False):
+            loss = loss_fn(model(batch[0]), batch[1])
+        weights = [layer.weight for layer in layers]
+        return list(torch.autograd.grad(loss, weights, allow_unused=True))
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for b, kept in zip(m.buffers(), buffers):
+                    b.copy_(kept)
 
 
 def train(cfg: Config, built: Built, data: Dataset, steps: int,
@@ -165,17 +215,21 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
     optimizer = build_optimizer(model.parameters(), t)
     probe = Probe(layers, every=cfg.probe.every, last_step=steps - 1,
                   activation=cfg.model.activation, activations=cfg.probe.activations,
-                  time=built.time, enabled=cfg.probe.enabled)
+                  time=built.time, enabled=cfg.probe.enabled, precision=t.precision)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = data.x_train.device
+    low = t.precision != "fp32"
+    precise = autocast(t.precision, device)  # re-entered for every forward pass
+    amp = _Amp(device, t.precision, t.loss_scale) if low else None
     # the steps since the last logged one: written out if the run diverges before the next
     recent: deque[tuple[int, float, Measured]] = deque(maxlen=RECENT_STEPS)
-    device = data.x_train.device
     order = batches(len(data.x_train), t.batch_size, cfg.seed, device)
     result = TrainResult()
     started = time.perf_counter()
     try:
         # a model that does not fit its data fails here, and that is a result too
-        result.initial = initial_evaluation(model, data, loss_fn)
+        with precise:
+            result.initial = initial_evaluation(model, data, loss_fn)
         tell.on_eval_end(Evaluated(None, result.initial))
         started = time.perf_counter()  # seconds count training steps, not the first evaluation
         model.train()
@@ -188,42 +242,59 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
             # forward on the next minibatch
             idx = next(order)
             probe.before_forward(step)
-            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            with precise:
+                loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
 
             # backward, then the probe reads the raw gradients
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if amp is None:
+                loss.backward()
+            else:  # mixed precision: the loss scaled (fp16), the gradients unscaled for the probe
+                amp.backward(loss, optimizer, probe)
             probe.after_backward(step)
+            if low and probe.wants(step):  # entries lost to underflow: float32 on the same batch
+                probe.underflow(reference_grads(model, layers, (data.x_train[idx],
+                                                                data.y_train[idx]), loss_fn))
 
             # measure the gradients; clipping waits until they are known to be finite
             m = measure_step(loss, params, t.clip)
+            # the scaled gradients overflowed: the scaler skips the step and lowers its scale
+            skipped = amp is not None and amp.skips(m)
             # a NaN/Inf gradient stops the run before it is clipped: clipping would hide it
             # (an infinite norm scales every gradient to 0, a NaN norm makes them all NaN)
-            if not m.finite:
+            if not m.finite and not skipped:
                 result.status = "diverged"
                 # weights the previous update overflowed show here first, as a NaN/Inf loss
                 result.first_nonfinite = (
                     _where_nonfinite_weights(step - 1, layers)
                     or where_nonfinite(step, m.loss, model, layers,
-                                       (data.x_train[idx], data.y_train[idx]), loss_fn))
+                                       (data.x_train[idx], data.y_train[idx]), loss_fn,
+                                       precise))
                 _before_divergence(recent, layers if probe.enabled else [], params, tell)
                 tell.on_log(_logged(step, lr, m, probe.flush(step), None, probe.time_grads))
                 break
 
             # clip, optimiser step, then update-to-weight ratios
-            clip_gradients(params, t.clip, m)
-            if t.clip is not None:  # the norm the step used, fetched with the probe's rows
+            if not skipped:
+                clip_gradients(params, t.clip, m)
+            if t.clip is not None and not skipped:  # the norm the step used, with the rows
                 probe.fetch_with("grad_norm_clipped", total_norm(
                     [p.grad for p in params if p.grad is not None], 2.0, F64))
-            optimizer.step()
+            if amp is None:
+                optimizer.step()
+            else:
+                amp.step(optimizer, step, skipped, probe)
             result.steps_done += 1
             result.clipped_steps += int(m.clipped)
             rows = probe.after_step(step)
+            if amp is not None and rows is not None:
+                amp.logged(step, probe.scalars)
 
             # log and evaluate
             evaluated = None
             if (step + 1) % t.eval_every == 0 or step == steps - 1:
-                test = evaluate(model, data.x_test, data.y_test, loss_fn, data.task)
+                with precise:
+                    test = evaluate(model, data.x_test, data.y_test, loss_fn, data.task)
                 evaluated = {f"test_{k}": v for k, v in test.items()}
                 tell.on_eval_end(Evaluated(step, evaluated))
             # weights that overflowed in the step show as a non-finite update ratio
@@ -256,13 +327,84 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
         result.traceback = traceback.format_exc()
     finally:
         probe.close()
+        if amp is not None:
+            result.precision = amp.summary(t.precision, t.loss_scale)
     result.seconds = time.perf_counter() - started
     try:
         if result.status in ("completed", "interrupted"):
-            result.final = evaluate_splits(model, data, loss_fn)
+            with precise:
+                result.final = evaluate_splits(model, data, loss_fn)
     except KeyboardInterrupt:  # a second Ctrl-C skips the final evaluation, keeps the rest
         result.status = "interrupted"
     return result
+
+
+class _Amp:
+    """A mixed-precision run's loss scaling: the grad scaler (fp16 with `loss_scale:
+    dynamic`), the steps it skipped, and its scale over time (read with the probe's rows on
+    logged steps, and after a skipped step)."""
+
+    def __init__(self, device: torch.device, precision: str, loss_scale: str):
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16"
+                                           and loss_scale == "dynamic")
+        self.scaling = self.scaler.is_enabled()
+        self.skipped, self.in_a_row = 0, 0
+        self.history: list[list[float]] = []  # [step, scale after its update] where it changed
+        self._last: float | None = None
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 probe: Probe) -> None:
+        if not self.scaling:
+            loss.backward()
+            return
+        self.scaler.scale(loss).backward()
+        probe.set_loss_scale(self.scaler._get_scale_async())  # ∂L/∂z_l were read scaled
+        self.scaler.unscale_(optimizer)  # the probe and clipping see the true gradients
+
+    def skips(self, m: Measured) -> bool:
+        """Whether the scaler skips this step: its scaled gradients overflowed, the loss is
+        finite, and fewer than AMP_PATIENCE steps in a row did so."""
+        if m.finite or not self.scaling or not math.isfinite(m.loss):
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.skipped += self.in_a_row < AMP_PATIENCE
+        return self.in_a_row < AMP_PATIENCE
+
+    def step(self, optimizer: torch.optim.Optimizer, step: int, skipped: bool,
+             probe: Probe) -> None:
+        if not self.scaling:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)  # no update when the gradients overflowed
+        self.scaler.update()
+        scale = self.scaler._get_scale_async()
+        if scale is None:
+            return
+        if skipped:  # note: a sync, on a skipped step only
+            self._note(step, float(scale))
+        else:
+            probe.fetch_with("grad_scale", scale)
+
+    def logged(self, step: int, scalars: dict[str, float]) -> None:
+        if "grad_scale" in scalars:
+            self._note(step, scalars["grad_scale"])
+
+    def _note(self, step: int, value: float) -> None:
+        if value != self._last and len(self.history) < SCALE_HISTORY:
+            self.history.append([step, value])
+        self._last = value
+
+    def summary(self, precision: str, loss_scale: str) -> dict[str, Any]:
+        scales = [v for _, v in self.history]
+        final = float(self.scaler.get_scale()) if self.scaling else None
+        return {**precision_limits(precision),
+                "loss_scale": loss_scale if precision == "fp16" else None,
+                "skipped_steps": self.skipped,
+                "scale_init": float(self.scaler._init_scale) if self.scaling else None,
+                "scale_final": final,
+                "scale_min": min([*scales, final]) if final is not None else None,
+                "scale": self.history}
 
 
 # Unlogged steps kept for a divergence: with `probe.every` up to this, every step since the
@@ -339,7 +481,9 @@ def initial_evaluation(model: nn.Module, data: Dataset, loss_fn: Loss) -> dict[s
 
 
 def where_nonfinite(step: int, loss: float, model: nn.Module, layers: list[ProbedLayer],
-                    batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Loss) -> dict[str, Any]:
+                    batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Loss,
+                    precise: contextlib.AbstractContextManager[Any] | None = None
+                    ) -> dict[str, Any]:
     """Where NaN/Inf appeared first, in `direction` forward or backward.
 
     Forward: the step's batch is run once more, watching each probed layer's output z_l and
@@ -347,7 +491,11 @@ def where_nonfinite(step: int, loss: float, model: nn.Module, layers: list[Probe
     layers after it only passed it on). Failing that, the loss itself (say, a log of 0).
     Backward: the probed layer nearest the output whose gradient entries are non-finite.
     """
-    forward = _first_nonfinite_forward(model, layers, lambda: loss_fn(model(batch[0]), batch[1]))
+    def replay() -> torch.Tensor:
+        with precise or contextlib.nullcontext():  # in the run's precision: fp16 overflows again
+            return loss_fn(model(batch[0]), batch[1])
+
+    forward = _first_nonfinite_forward(model, layers, replay)
     if forward is not None:
         layer, what = forward
         return {"step": step, "layer": layer, "what": what, "direction": "forward"}

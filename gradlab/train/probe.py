@@ -12,6 +12,10 @@ logged step: never an `.item()` per layer. Norms accumulate in float64, so a gra
 float32 entries near 1e-40 or 1e30 has its true norm (a float32 sum of squares would underflow
 to 0 or overflow to Inf). A statistic the probe did not measure is None; a measured one that is
 NaN or Inf stays NaN or Inf.
+
+Mixed precision (`precision` bf16 or fp16): the headroom statistics `z_absmax`, `overflow`,
+`grad_underflow` (with `underflow(reference)`) and `grad_tiny` join the same transfer; an fp32
+probe leaves them unmeasured and computes nothing for them.
 """
 
 from __future__ import annotations
@@ -30,10 +34,16 @@ from gradlab.config.schema import DYING, SATURATING
 STATS = (
     "grad_norm", "grad_rms", "grad_absmax", "weight_norm", "update_ratio", "delta_norm",
     "act_mean", "act_std", "act_saturated", "act_dead",
+    "z_absmax", "overflow", "grad_underflow", "grad_tiny",
 )
 COLUMN = {name: i for i, name in enumerate(STATS)}
 ACTIVATION_STATS = ("act_mean", "act_std", "act_saturated", "act_dead")
+# Measured in bf16/fp16 runs only: the largest |z_l| of the forward pass, the non-finite entries
+# of z_l and of ∂L/∂W, the entries of ∂L/∂W that are 0 but nonzero in a float32 backward of the
+# same batch, and the nonzero entries below the dtype's smallest normal (subnormal: precision lost)
+PRECISION_STATS = ("z_absmax", "overflow", "grad_underflow", "grad_tiny")
 F64 = torch.float64
+LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Hook = Callable[[torch.nn.Module, Any, Any], None]
 
@@ -66,7 +76,8 @@ class Probe:
 
     def __init__(self, layers: list[ProbedLayer], *, every: int, last_step: int,
                  activation: str = "relu", activations: bool = True,
-                 time: TimeSteps | None = None, enabled: bool = True):
+                 time: TimeSteps | None = None, enabled: bool = True,
+                 precision: str = "fp32"):
         self.enabled = enabled
         self.layers = layers
         self.every = every
@@ -87,6 +98,9 @@ class Probe:
         self._deltas: dict[int, torch.Tensor] = {}  # layer index → ‖∂L/∂z_l‖ (0-d, float64)
         self._state_norms: list[torch.Tensor | None] = []
         self._extra: dict[str, torch.Tensor] = {}
+        self.set_precision(precision)
+        self._z: dict[int, torch.Tensor] = {}  # layer index → (max |z_l|, non-finite entries)
+        self._scale: torch.Tensor | None = None  # the loss scale of this step's backward
         self.scalars: dict[str, float] = {}  # the extra scalars fetched with the last rows
         self.time_grads: list[float] | None = None  # ‖∂L/∂h_t‖ at the last logged step
         self._hooks: list[RemovableHandle] = []
@@ -111,12 +125,25 @@ class Probe:
         """Capture in the coming forward pass if `step` is logged (unrolling a recurrent top)."""
         self._armed = self.wants(step)
         self._outputs, self._deltas, self._state_norms = {}, {}, []
+        self._z = {}
         if self._armed:
             self._attach()
         else:
             self._detach()
         if self.time is not None and self.enabled:
             self.time.unroll(self._armed)
+
+    def set_precision(self, precision: str) -> None:
+        """Measure headroom against `precision`'s limits (bf16, fp16), or not (fp32)."""
+        dtype = LOW_PRECISION.get(precision)
+        self.precision = precision
+        self._low = dtype is not None
+        self._tiny = torch.finfo(dtype).tiny if dtype is not None else 0.0
+
+    def set_loss_scale(self, scale: torch.Tensor | None) -> None:
+        """This step's gradients were unscaled (`GradScaler.unscale_`) but ∂L/∂z_l, read in
+        backward, were not: divide them by `scale`, and count `grad_tiny` at the scaled values."""
+        self._scale = scale
 
     def fetch_with(self, name: str, value: torch.Tensor) -> None:
         """Fetch a scalar of this logged step (e.g. the norm after clipping) with its rows."""
@@ -160,6 +187,11 @@ class Probe:
             if not (self._capturing() and isinstance(output, torch.Tensor)
                     and output.requires_grad):
                 return
+            if self._low:  # headroom in the forward pass: max |z_l|, and entries that overflowed
+                z = output.detach()
+                low, high = torch.aminmax(z)
+                self._z[i] = torch.stack([torch.maximum(high, -low).to(F64),
+                                          (~z.isfinite()).sum().to(F64)])
 
             def keep(grad: torch.Tensor) -> None:
                 # the norm now, on the device: autograd may reuse the buffer after the hook
@@ -198,9 +230,13 @@ class Probe:
         grad_absmax = torch.maximum(torch.stack(high), -torch.stack(low)).to(F64)
         self._before = [w.clone() for w in self._weights]  # for the update ratio
         acts, measured_acts = self._activation_stats()
+        deltas = self._delta_column()
+        if self._scale is not None:
+            deltas = deltas / self._scale.to(F64)
         columns = {"grad_norm": grad_norm, "grad_rms": grad_norm / self._numel.sqrt(),
                    "grad_absmax": grad_absmax, "weight_norm": norms64(self._weights),
-                   "update_ratio": self._nan, "delta_norm": self._delta_column(), **acts}
+                   "update_ratio": self._nan, "delta_norm": deltas, **acts,
+                   **self._precision_stats(grads)}
         none = [False] * len(self.layers)
         self._measured = {
             "update_ratio": none,
@@ -209,10 +245,25 @@ class Probe:
             # saturation is defined for sigmoid and tanh, dead units for ReLU
             "act_saturated": measured_acts if self.activation in SATURATING else none,
             "act_dead": measured_acts if self.activation in DYING else none,
+            "z_absmax": [i in self._z for i in range(len(self.layers))],
+            "overflow": [self._low] * len(self.layers),
+            "grad_underflow": none, "grad_tiny": [self._low] * len(self.layers),
         }
         self._time_norms = self._time_grad_norms()
-        self._outputs, self._deltas, self._extra = {}, {}, {}
+        self._outputs, self._deltas, self._extra, self._z = {}, {}, {}, {}
         self._pending = torch.stack([columns[name] for name in STATS], dim=1)  # (layers, stats)
+
+    def underflow(self, reference: list[torch.Tensor | None]) -> None:
+        """Count, per layer, the gradient entries that are 0 here but nonzero in `reference`
+        (the same batch's float32 backward): lost to underflow in the low precision."""
+        if self._pending is None or not self._low:
+            return
+        zero = self._numel.new_zeros(())
+        counts = [((g == 0) & (r != 0)).sum().to(F64)
+                  if (g := layer.weight.grad) is not None and r is not None else zero
+                  for layer, r in zip(self.layers, reference)]
+        self._pending[:, COLUMN["grad_underflow"]] = torch.stack(counts)
+        self._measured["grad_underflow"] = [True] * len(self.layers)
 
     def after_step(self, step: int) -> list[dict[str, Any]] | None:
         """Add update-to-weight ratios and fetch the step's rows (one transfer)."""
@@ -264,6 +315,24 @@ class Probe:
         column[torch.tensor(index, device=column.device)] = torch.stack(
             [self._deltas[i] for i in index])
         return column
+
+    def _precision_stats(self, grads: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """z_absmax, overflow and grad_tiny of every layer (NaN columns, at no cost, in fp32)."""
+        if not self._low:
+            return {name: self._nan for name in PRECISION_STATS}
+        z = self._nan.new_full((len(self.layers), 2), math.nan)
+        if self._z:
+            index = sorted(self._z)
+            z[torch.tensor(index, device=z.device)] = torch.stack([self._z[i] for i in index])
+        # the smallest normal, at the values the low-precision backward held (scaled)
+        tiny = self._tiny if self._scale is None else self._tiny / self._scale.float()
+        bad, small = [], []
+        for g in grads:
+            bad.append((~g.isfinite()).sum())
+            small.append(((g != 0) & (g.abs() < tiny)).sum())
+        overflow = torch.stack(bad).to(F64) + z[:, 1].nan_to_num(0.0)
+        return {"z_absmax": z[:, 0], "overflow": overflow, "grad_underflow": self._nan,
+                "grad_tiny": torch.stack(small).to(F64)}
 
     def _time_grad_norms(self) -> torch.Tensor | None:
         """‖∂L/∂h_t‖ for every time step the tap saw in this step's forward pass."""
