@@ -747,6 +747,53 @@ def predict(
         out_console.print(prediction_panel(result))
 
 
+@app.command()
+def export(
+    path: Annotated[Path, typer.Argument(
+        help="A run directory (runs/NAME/STAMP), a group over several seeds, a compare record "
+             "(runs/compare-STAMP), a sweep record (runs/sweep-NAME-STAMP), or runs/NAME (its "
+             "latest).", file_okay=False)],
+    tensorboard: Annotated[Path | None, typer.Option(
+        "--tensorboard", metavar="DIR", file_okay=False,
+        help="Write TensorBoard event files under DIR: one TensorBoard run per run (DIR/NAME), "
+             "per seed (DIR/NAME/seed-N) or per variant of a compare or sweep record; then "
+             "`tensorboard --logdir DIR`. Needs the extra: pip install 'gradlab\\[tensorboard]'.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the event files an earlier export left in those run "
+                            "folders (otherwise they are refused).")] = False,
+) -> None:
+    """Export a record as TensorBoard event files: scalars per layer, histograms, the config.
+
+    For pandas there is nothing to export: a record's CSVs are tidy (one row per step, layer)."""
+    if tensorboard is None:
+        raise _fail("gradlab export: say where to: --tensorboard DIR")
+    from gradlab.export import ExportError, TensorBoardMissing, export_tensorboard
+    from gradlab.record.guard import cause
+    from gradlab.record.validate import CorruptRecord
+
+    try:
+        exported = export_tensorboard(path, tensorboard, overwrite)
+    except (ExportError, TensorBoardMissing, CorruptRecord) as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"cannot write the event files under {tensorboard}: {cause(e)}",
+                    WRITE_FAILED) from None
+    for note in exported.notes:
+        err_console.print(note, style="yellow" if "left out" in note else "dim", markup=False,
+                          highlight=False, soft_wrap=True)
+    names = ", ".join(name for name, _, _ in exported.runs)
+    tally = exported.tally
+    out_console.print(f"exported {len(exported.runs)} TensorBoard run(s) to {tensorboard}: {names}",
+                      markup=False, highlight=False, soft_wrap=True)
+    out_console.print(f"{tally.scalars} scalars, {tally.histograms} histograms", markup=False,
+                      highlight=False, soft_wrap=True)
+    if tally.left_out():
+        err_console.print(tally.left_out(), style="yellow", markup=False, highlight=False,
+                          soft_wrap=True)
+    out_console.print(f"open with: tensorboard --logdir {tensorboard}", style="dim",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
 def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
     """Draw a run's figures into RUN/plots/; a plotting error is reported, never fatal, but a
     figure that cannot be written (disk full) is a write failure, exit 3."""

@@ -85,6 +85,7 @@ def imported_by_stage() -> dict[str, list[str] | str]:
     return json.loads(done.stdout)
 
 
+@pytest.mark.xdist_group("imported_by_stage")  # one worker runs the shared fixture once
 @pytest.mark.parametrize("stage", sorted(FORBIDDEN))
 def test_a_stage_imports_only_the_stages_before_it(stage: str, imported_by_stage: dict) -> None:
     loaded = imported_by_stage[stage]
@@ -103,4 +104,4 @@ def test_the_torch_free_stages_load_without_torch() -> None:
 def test_every_module_belongs_to_a_stage_or_is_a_driver() -> None:
     top = {m.name for m in pkgutil.iter_modules(gradlab.__path__)}
     assert top == {*STAGES, "runner", "compare", "predict", "fix", "cli", "watch", "sweep",
-                   "cluster", "__main__"}
+                   "cluster", "export", "__main__"}
