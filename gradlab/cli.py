@@ -227,9 +227,9 @@ def run(
 
         if show_bar:
             with Progress(cfg.name) as bar:
-                outcome = run_config(cfg, out, (bar,))
+                outcome = run_config(cfg, out, (bar,), overrides=overrides)
         else:
-            outcome = run_config(cfg, out)
+            outcome = run_config(cfg, out, overrides=overrides)
     except ConfigError as e:  # found once the data is read, e.g. a file dataset's columns
         raise _fail(str(ConfigError(str(config), e.problems))) from None
     except RecordWriteError as e:  # disk full, I/O error, run directory deleted: mid-run too

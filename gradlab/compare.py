@@ -252,7 +252,8 @@ def _run_task(path: str, overrides: list[str], out: str, threads: int, plots: bo
     try:
         cfg = load_config(path, overrides)
         outcome = run_config(cfg, Path(out), threads=threads,
-                             place=(Path(place[0]), place[1]) if place else None)
+                             place=(Path(place[0]), place[1]) if place else None,
+                             overrides=shown_overrides(overrides))
         _state = "idle"
     except KeyboardInterrupt:  # before its run directory existed, or just after it was done
         _state = "idle"
@@ -279,6 +280,12 @@ def _run_task(path: str, overrides: list[str], out: str, threads: int, plots: bo
         finally:
             _state = "idle"
     return {"run_dir": str(outcome.path), "error": None}
+
+
+def shown_overrides(overrides: list[str]) -> list[str]:
+    """The overrides a run records: the user's, not the `seed=N`/`seeds=null` a group adds
+    for each of its seeds (the seed is in the run's config.yaml)."""
+    return [o for o in overrides if not o.startswith(("seed=", "seeds="))]
 
 
 def _record_of(parent: Path, pid: int | None, since: float,
@@ -687,7 +694,8 @@ def _run_in_thread(path: str, overrides: list[str], out: str, threads: int, plot
                    place: tuple[str, str] | None) -> dict[str, Any]:
     try:
         outcome = run_config(load_config(path, overrides), Path(out),
-                             place=(Path(place[0]), place[1]) if place else None)
+                             place=(Path(place[0]), place[1]) if place else None,
+                             overrides=shown_overrides(overrides))
     except RecordWriteError as e:
         return {"run_dir": str(e.run_dir) if e.completed else None, "error": str(e),
                 "write_failed": True}

@@ -93,15 +93,17 @@ def denormals_flushed(on: bool) -> Iterator[bool]:
 
 
 def run_config(cfg: Config, out: Path, observers: tuple[Observer, ...] = (),
-               threads: int | None = None, place: tuple[Path, str] | None = None) -> RunOutcome:
+               threads: int | None = None, place: tuple[Path, str] | None = None,
+               overrides: list[str] | None = None) -> RunOutcome:
     """Train one variant and write its complete run record under `out` (out/NAME/STAMP), or at
-    `place` (parent, stem): a group's seed-N."""
+    `place` (parent, stem): a group's seed-N. `overrides`, the `--set` lines the config was
+    loaded with, are recorded in the summary (the resolved config holds their values)."""
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)
     # Off by default: flushing changes what the network computes where gradients vanish.
     with denormals_flushed(cfg.flush_denormal) as flushed:
-        return _run(cfg, out, observers, device, flushed, place)
+        return _run(cfg, out, observers, device, flushed, place, list(overrides or []))
 
 
 def build_run(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
@@ -121,14 +123,15 @@ def build_run(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
 
 
 def _run(cfg: Config, out: Path, observers: tuple[Observer, ...], device: torch.device,
-         flushed: bool, place: tuple[Path, str] | None) -> RunOutcome:
+         flushed: bool, place: tuple[Path, str] | None, overrides: list[str]) -> RunOutcome:
     data, built = build_run(cfg, device)
     steps = total_steps(cfg, len(data.x_train))
 
     writer = GuardedWriter(out, cfg.name, place)  # a failed write stops the run: RecordWriteError
     writer.write_config(resolved(cfg))
     base = {
-        "name": cfg.name, "pid": os.getpid(), "device": str(device), "steps_planned": steps,
+        "name": cfg.name, "overrides": [o for o in overrides if o != "seeds=null"],
+        "pid": os.getpid(), "device": str(device), "steps_planned": steps,
         "task": data.task, "flush_denormal": flushed,
         "n_params": sum(p.numel() for p in built.model.parameters()),
         "gradlab_version": __version__, "torch_version": torch.__version__,

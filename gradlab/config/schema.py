@@ -67,7 +67,8 @@ SUMMARY_FIELDS = (
     "grad_norm_min_final", "weight_norm_init", "weight_norm_final", "clip_fraction", "clip",
     "flushed_zero_layers", "layers", "first_nonfinite", "verdicts", "time_grads_init",
     "time_grads_final", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain", "prediction",
-    "baseline_accuracy", "over_run", "generalisation_gap", "unit_spread_init", "unit_spread_final",
+    "baseline_accuracy", "over_run", "overrides", "generalisation_gap", "unit_spread_init",
+    "unit_spread_final",
     "precision",
 )
 

@@ -58,6 +58,8 @@ def run_list(root: Path) -> RenderableType:
             loss = s.get("final_loss")
         if status != "corrupt" and not is_group_dir(path):
             verdict = ", ".join(v["kind"] for v in s.get("verdicts") or []) or "–"
+            if s.get("overrides"):  # made with --set: the report header lists them
+                verdict = f"[--set ×{len(s['overrides'])}] {verdict}"
         runs.append(path.name if path == root else path.relative_to(root).as_posix())
         statuses.append(Text(status, status_style(status)))
         started.append(run_started(path)[0].strftime("%Y-%m-%d %H:%M"))

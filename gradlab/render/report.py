@@ -86,6 +86,9 @@ def _header(record: Record, width: int) -> RenderableType:
     lines.append("\n")
     lines.append(f"grad ratio first/last layer: {num(s.get('grad_ratio_init'))} at init, "
                  f"{num(s.get('grad_ratio_final'))} at the end\n")
+    if s.get("overrides"):
+        lines.append("made with " + " ".join(f"--set {o}" for o in s["overrides"]) + "\n",
+                     style="dim")
     for line in theory_lines(s):  # the mean-field prediction, and how step 0 agrees with it
         lines.append(line + "\n", style="dim")
     if s.get("flush_denormal"):
