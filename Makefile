@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: install test reproduce lint bench clean
+.PHONY: install test reproduce lint bench docs clean
 
 # torch first, pinned: on these machines that is the CPU wheel on disk. The package's own
 # range then admits it, so `pip install -e` installs nothing heavier.
@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q -n 2
 
 reproduce: $(STAMP)
-	$(BIN)/gradlab compare configs/ --check --jobs $(JOBS) --out runs
+	$(BIN)/gradlab compare configs/ --seeds 0,1,2 --check --jobs $(JOBS) --out runs
 	$(BIN)/gradlab sweep configs/sweeps/tanh_phase.yaml --check --jobs $(JOBS) --out runs
 
 lint: $(STAMP)
@@ -32,6 +32,11 @@ lint: $(STAMP)
 # `make bench BENCH_ARGS=--quick`: fewer steps and repetitions, to check the scripts run.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# Every sample output in README.md made again from real runs (docs/generate.py); after
+# `make reproduce` the canonical blocks reuse its runs.
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf $(VENV) runs/*/ .pytest_cache

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from gradlab.analyse.expect import Expectation, check, check_seeds, check_versus
 from gradlab.build.budget import preflight
 from gradlab.config import Config, ConfigError, config_hash, load_config
+from gradlab.config.checks import versus_specs
 from gradlab.record import stopping
 from gradlab.record.bounded import read_rows
 from gradlab.record.comparison import write_comparison
@@ -402,20 +403,23 @@ def _refuse_lost_partners(variants: list[Variant]) -> None:
     """A paired claim needs its partner among the configs, run over the same seeds."""
     named = {v.config.name: v for v in variants if v.config is not None}
     for v in variants:
-        spec = v.config.expect.get("versus") if v.config is not None else None
-        if v.config is None or not isinstance(spec, dict):
+        if v.config is None:
             continue
-        partner = named.get(str(spec.get("partner")))
-        problem = None
-        if partner is None or partner.config is None:
-            problem = (f"the partner config '{spec.get('partner')}' is not among the configs "
-                       "compared: run them together")
-        elif (partner.config.seeds or [partner.config.seed]) != (v.config.seeds or [v.config.seed]):
-            problem = (f"the partner '{partner.name}' runs seeds "
-                       f"{partner.config.seeds or [partner.config.seed]}, this config "
-                       f"{v.config.seeds or [v.config.seed]}: a paired claim needs the same seeds")
-        if problem:
-            v.error = str(ConfigError(str(v.path), [("expect.versus.partner", problem)]))
+        problems = []
+        for spec in versus_specs(v.config.expect):
+            partner = named.get(str(spec.get("partner")))
+            if partner is None or partner.config is None:
+                problems.append(f"the partner config '{spec.get('partner')}' is not among the "
+                                "configs compared: run them together")
+            elif (partner.config.seeds or [partner.config.seed]) != \
+                    (v.config.seeds or [v.config.seed]):
+                problems.append(f"the partner '{partner.name}' runs seeds "
+                                f"{partner.config.seeds or [partner.config.seed]}, this config "
+                                f"{v.config.seeds or [v.config.seed]}: a paired claim needs "
+                                "the same seeds")
+        if problems:
+            v.error = str(ConfigError(str(v.path), [("expect.versus.partner", p)
+                                                    for p in problems]))
             v.config = None
 
 
@@ -470,11 +474,10 @@ def _check_pairs(variants: list[Variant]) -> None:
     """Every `versus:` claim, seed by seed against its partner's runs."""
     named = {v.config.name: v for v in variants if v.config is not None}
     for v in variants:
-        spec = v.config.expect.get("versus") if v.config is not None else None
-        if v.config is None or not isinstance(spec, dict) or str(spec["partner"]) not in named:
+        if v.config is None or not versus_specs(v.config.expect):
             continue
         v.expectations += check_versus(v.config.expect, v.summaries(),
-                                       named[str(spec["partner"])].summaries())
+                                       {name: w.summaries() for name, w in named.items()})
 
 
 def worker_threads(cores: int, jobs: int) -> int:
@@ -736,6 +739,9 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
         test = metrics.get(test_key)
         verdicts = s.get("verdicts") or []
         steps = s.get("steps_done")
+        if v.is_group:  # the most steps a seed ran: a count, never a mean (a divergence differs)
+            done = [(m.record.summary or {}).get("steps_done") for m in v.members if m.record]
+            steps = max((d for d in done if isinstance(d, int)), default=None)
         if v.record is not None and v.record.status in ("incomplete", "running"):
             logged = [m["step"] for m in v.record.metrics if is_training_row(m)]
             steps = logged[-1] + 1 if logged else 0  # the steps its record shows
@@ -765,8 +771,9 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "test_metric_ci": _half_width(v, f"final_metrics.{test_key}"),
             "verdict_seeds": _verdict_agreement(v),
             "partner": _partner(v),
-            "paired": "" if not any(e.partner for e in v.expectations) else (
-                "held" if all(e.ok for e in v.expectations if e.partner) else "FAILED"),
+            "paired": " ".join(
+                "held" if all(e.ok for e in v.expectations if e.partner == name) else "FAILED"
+                for name in _partner(v).split()),
         })
     _mark_overlaps(rows, variants)
     return rows
@@ -781,8 +788,9 @@ def _half_width(v: Variant, key: str) -> float | None:
 
 
 def _partner(v: Variant) -> str:
-    spec = v.config.expect.get("versus") if v.config is not None else None
-    return str(spec.get("partner")) if isinstance(spec, dict) else ""
+    """The partners of a variant's paired claims, space-separated."""
+    specs = versus_specs(v.config.expect) if v.config is not None else []
+    return " ".join(str(s.get("partner")) for s in specs)
 
 
 def _verdict_agreement(v: Variant) -> str:
@@ -794,8 +802,15 @@ def _verdict_agreement(v: Variant) -> str:
 
 
 def _mark_overlaps(rows: list[dict[str, Any]], variants: list[Variant]) -> None:
-    """`overlaps`: the variants of the same task whose 95% interval of the test metric overlaps
-    this one's (groups only): a difference between them is not established by these seeds."""
+    """`overlaps`: the variants whose 95% interval of the test metric overlaps this one's
+    (groups only): a difference between them is not established by these seeds. A variant in a
+    paired claim is compared with its partners (both ways); one in no pair with every other
+    variant of the same task."""
+    related: dict[str, set[str]] = {}
+    for row in rows:
+        for other in (row.get("partner") or "").split():
+            related.setdefault(row["variant"], set()).add(other)
+            related.setdefault(other, set()).add(row["variant"])
     spans = {}
     for row, v in zip(rows, variants):
         ci = row["test_metric_ci"]
@@ -804,9 +819,11 @@ def _mark_overlaps(rows: list[dict[str, Any]], variants: list[Variant]) -> None:
                                      row["test_metric"] + ci)
     for row in rows:
         mine = spans.get(row["variant"])
+        against = related.get(row["variant"])
         row["overlaps"] = "" if mine is None else " ".join(
             name for name, (task, lo, hi) in spans.items()
-            if name != row["variant"] and task == mine[0] and lo <= mine[2] and mine[1] <= hi)
+            if name != row["variant"] and task == mine[0] and lo <= mine[2] and mine[1] <= hi
+            and (against is None or name in against))
 
 
 def write_record(rows: list[dict[str, Any]], out: Path) -> Path:

@@ -26,9 +26,9 @@ def test_the_two_core_configs_describe_the_classic_contrast() -> None:
     sigmoid = load_config(CONFIGS / "deep_sigmoid.yaml").model
     relu = load_config(CONFIGS / "deep_relu_he.yaml").model
     assert (sigmoid.depth, sigmoid.width, sigmoid.activation, sigmoid.init.scheme) == (
-        50, 100, "sigmoid", "default")
+        15, 64, "sigmoid", "default")
     assert (relu.depth, relu.width, relu.activation, relu.init.scheme) == (
-        50, 100, "relu", "kaiming_normal")
+        15, 64, "relu", "kaiming_normal")
 
 
 def test_defaults_are_filled_in_and_the_name_comes_from_the_file(write_yaml) -> None:

@@ -78,10 +78,16 @@ def step_zero_gradients(cfg: Any) -> list[torch.Tensor]:
     return [p.weight.grad.detach().clone() for p in built.layers]
 
 
+# deep_sigmoid's net made 50 × 100 on a regression task: gradients down to ~1e-42, where float32
+# squares underflow and denormals matter
+DEEPER = ["train.steps=1", "data={kind: teacher, n_samples: 2048, n_features: 100}",
+          "model.width=100", "train.loss=auto", "probe.every=1"]
+
+
 @pytest.mark.parametrize("overrides", [
-    ["train.steps=1"],  # configs/deep_sigmoid.yaml: 50 sigmoid layers
-    ["train.steps=1", "model.depth=30", "flush_denormal=false"],
-], ids=["deep_sigmoid", "sigmoid_30"])
+    [*DEEPER, "model.depth=50"],
+    [*DEEPER, "model.depth=30", "flush_denormal=false"],
+], ids=["sigmoid_50", "sigmoid_30"])
 def test_every_layer_with_a_nonzero_entry_has_its_true_norm(overrides, tmp_path) -> None:
     cfg = load_config(CONFIGS / "deep_sigmoid.yaml", overrides)
     torch.set_num_threads(1)

@@ -157,7 +157,7 @@ def test_fp16_underflow_without_a_loss_scale_and_the_grad_scaler_as_its_remedy(
 
     assert all(e.ok for e in check(problem.expect, lost))
     assert all(e.ok for e in check(remedy.expect, scaled))
-    paired = check_versus(remedy.expect, {0: scaled}, {0: lost})
+    paired = check_versus(remedy.expect, {0: scaled}, {"precision_fp16": {0: lost}})
     assert len(paired) == 2 and all(e.ok for e in paired)
 
 

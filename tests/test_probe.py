@@ -133,8 +133,9 @@ def _init_grads(name: str, tmp_path) -> dict:
 def test_deep_sigmoid_vanishes_while_relu_he_does_not(tmp_path) -> None:
     sigmoid = _init_grads("deep_sigmoid", tmp_path)
     relu = _init_grads("deep_relu_he", tmp_path)
+    depth = load_config(CONFIGS / "deep_sigmoid.yaml").model.depth
     for s in (sigmoid, relu):
-        assert len(s["layers"]) == 51 and s["status"] == "completed"
+        assert len(s["layers"]) == depth + 1 and s["status"] == "completed"
 
     first, last = (sigmoid["layers"][i]["init"]["grad_norm"] for i in (0, -1))
     assert last > 0.1

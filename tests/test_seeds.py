@@ -82,13 +82,13 @@ def test_paired_claims_hold_seed_by_seed():
               1: {"final_loss": 1.0, "grad_ratio_init": 0.0}}
     spec = {"versus": {"partner": "p", "final_loss": {"less_by": 0.5},
                        "grad_ratio_init": {"factor_min": 1e6}}}
-    loss, ratio = check_versus(spec, mine, theirs)
+    loss, ratio = check_versus(spec, mine, {"p": theirs})
     assert not loss.ok and loss.seed == 1  # 1.0 − 0.6 = 0.4 < 0.5
     assert "versus p: final_loss: expected ≥ 0.5 below the partner's, measured 0.6 against 1" \
         in loss.describe() and "(seed 1)" in loss.describe()
     assert ratio.ok  # a partner's exact 0 counts as an infinite factor
     [more] = check_versus({"versus": {"partner": "p", "final_loss": {"more_by": 0.1}}},
-                          {0: {"final_loss": 0.2}}, {})
+                          {0: {"final_loss": 0.2}}, {"p": {}})
     assert not more.ok  # a seed the partner lacks fails the claim
 
 
@@ -234,3 +234,18 @@ def test_two_configs_with_one_name_are_refused(tmp_path):
     result = run_cli("compare", str(d), "--out", str(tmp_path / "r"), "--no-plots")
     assert result.exit_code == 2
     assert "'same' is also the name of" in result.output
+
+
+def test_a_remedy_can_be_paired_with_several_problems():
+    spec = {"versus": [{"partner": "a", "final_loss": {"less_by": 0.5}},
+                       {"partner": "b", "final_loss": {"less_by": 0.5}}]}
+    mine = {0: {"final_loss": 0.2}}
+    first, second = check_versus(spec, mine, {"a": {0: {"final_loss": 1.0}},
+                                              "b": {0: {"final_loss": 0.5}}})
+    assert first.ok and first.partner == "a"
+    assert not second.ok and second.partner == "b" and second.seed == 0
+    from gradlab.config.checks import versus_problems
+
+    assert versus_problems([{"partner": "a", "final_loss": {"less_by": 1}},
+                            {"partner": "a", "final_loss": {"less_by": 1}}]) == [
+        ("versus", "names a partner twice")]

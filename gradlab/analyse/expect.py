@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gradlab.config.checks import versus_specs
 from gradlab.config.schema import RESERVED
 from gradlab.record.group import field_stats
 
@@ -171,14 +172,21 @@ def paired_holds(wanted: dict[str, Any], mine: Any, theirs: Any) -> bool:
 
 
 def check_versus(expect: dict[str, Any], mine: dict[int, dict[str, Any] | None],
-                 theirs: dict[int, dict[str, Any] | None]) -> list[Expectation]:
-    """A paired claim (`versus:`), seed by seed against the partner's run of the same seed (or
-    on the means, with `over: mean`); a seed the partner lacks fails the claim."""
-    spec = expect.get("versus")
-    if not isinstance(spec, dict):
-        return []
-    partner = str(spec.get("partner"))
-    over_mean = expect.get("over") == "mean"
+                 partners: dict[str, dict[int, dict[str, Any] | None]]) -> list[Expectation]:
+    """The paired claims (`versus:`, one partner or a list), each seed by seed against its
+    partner's run of the same seed (or on the means, with `over: mean`); a seed the partner
+    lacks fails the claim, and so does a partner not in `partners` (by name)."""
+    results = []
+    for spec in versus_specs(expect):
+        partner = str(spec.get("partner"))
+        results += _paired(spec, partner, expect.get("over") == "mean", mine,
+                           partners.get(partner, {}))
+    return results
+
+
+def _paired(spec: dict[str, Any], partner: str, over_mean: bool,
+            mine: dict[int, dict[str, Any] | None],
+            theirs: dict[int, dict[str, Any] | None]) -> list[Expectation]:
     results = []
     for key, wanted in spec.items():
         if key == "partner":

@@ -128,19 +128,44 @@ def expect_problems(expect: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-def versus_problems(spec: Any) -> list[tuple[str, str]]:
-    """`versus: {partner: NAME, KEY: {less_by|more_by|factor_min|factor_max: number}}`."""
-    if not isinstance(spec, dict):
-        return [("versus", "must be a mapping: {partner: NAME, KEY: {less_by: x}, ...}")]
+def versus_specs(expect: dict[str, Any]) -> list[dict[str, Any]]:
+    """An `expect:` block's paired claims: `versus:` is one mapping or a list of them (one per
+    partner)."""
+    spec = expect.get("versus")
+    if isinstance(spec, dict):
+        return [spec]
+    if isinstance(spec, list):
+        return [s for s in spec if isinstance(s, dict)]
+    return []
+
+
+def versus_problems(value: Any) -> list[tuple[str, str]]:
+    """`versus: {partner: NAME, KEY: {less_by|more_by|factor_min|factor_max: number}}`, or a
+    list of such mappings, each naming a different partner."""
+    specs = value if isinstance(value, list) else [value]
+    if not specs or not all(isinstance(s, dict) for s in specs):
+        return [("versus", "must be a mapping {partner: NAME, KEY: {less_by: x}, ...}, or a "
+                           "list of them")]
+    problems: list[tuple[str, str]] = []
+    partners = [s.get("partner") for s in specs]
+    if len(set(map(str, partners))) != len(partners):
+        problems.append(("versus", "names a partner twice"))
+    for i, spec in enumerate(specs):
+        problems += _one_versus(spec, "versus" if len(specs) == 1 and isinstance(value, dict)
+                                else f"versus.{i}")
+    return problems
+
+
+def _one_versus(spec: dict[str, Any], at: str) -> list[tuple[str, str]]:
     partner = spec.get("partner")
     problems = []
     if not isinstance(partner, str) or not re.fullmatch(NAME_PATTERN, partner):
-        problems.append(("versus.partner", "must name the partner config (its name:)"))
+        problems.append((f"{at}.partner", "must name the partner config (its name:)"))
     claims = {k: v for k, v in spec.items() if k != "partner"}
     if not claims:
-        problems.append(("versus", "states no claim against the partner"))
+        problems.append((at, "states no claim against the partner"))
     for key, want in claims.items():
-        where = f"versus.{key}"
+        where = f"{at}.{key}"
         head = str(key).split(".")[0]
         if head not in SUMMARY_FIELDS:
             problems.append((where, f"not a summary.json field{did_you_mean(head, SUMMARY_FIELDS)}"))

@@ -85,7 +85,8 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
               "test: accuracy for classification, loss otherwise"]
     if any(r.get("seeds") for r in rows):
         legend.append("a config run over several seeds: the mean, ± half its 95% interval; "
-                      "≈ where that interval overlaps another variant's of the same task")
+                      "≈ where that interval overlaps its paired partner's (or, outside a "
+                      "pair, another variant's of the same task)")
     if "status" not in shown:
         legend.append("verdict: the run's first verdict, or its status if it did not complete")
     if show_claims:
@@ -104,7 +105,13 @@ def pairs_table(rows: list[dict[str, Any]]) -> RenderableType | None:
     metric and the gradient ratio at init of the problem → the remedy (means over the seeds),
     and whether the paired claims held. None when no config states a paired claim."""
     named = {r["variant"]: r for r in rows}
-    pairs = [(r, named[r["partner"]]) for r in rows if r.get("partner") in named]
+    pairs, held = [], []
+    for r in rows:  # one line per partner of each paired claim
+        verdicts = (r.get("paired") or "").split()
+        for i, name in enumerate((r.get("partner") or "").split()):
+            if name in named:
+                pairs.append((r, named[name]))
+                held.append(verdicts[i] if i < len(verdicts) else "")
     if not pairs:
         return None
 
@@ -117,7 +124,7 @@ def pairs_table(rows: list[dict[str, Any]]) -> RenderableType | None:
         Column("final loss", arrow("final_loss")),
         Column("test", arrow("test_metric"), drop=1),
         Column("ratio init", arrow("grad_ratio_init", 2)),
-        Column("paired", [_claims(r.get("paired") or "") for r, _ in pairs], "left"),
+        Column("paired", [_claims(h) for h in held], "left"),
     ]
 
     def build(width: int) -> RenderableType:
