@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import procs
 import pytest
 import torch
 import yaml
@@ -85,3 +86,19 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         reader = csv.DictReader(f)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """Whatever a test asserted, every process it started (`procs.start`) is killed after it:
+    a failed test must not leave a million-step run training in the background."""
+    yield
+    procs.stop_all()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_process_left_at_the_end():
+    """The same at the end of the session, for a module fixture whose setup failed (its
+    processes outlive the test that asked for it)."""
+    yield
+    procs.stop_all()

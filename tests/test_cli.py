@@ -54,7 +54,7 @@ def test_run_json_prints_exactly_summary_json(tiny_yaml: Path, tmp_path: Path) -
 def test_options_override_the_config(tiny_yaml: Path, tmp_path: Path) -> None:
     result = invoke("run", tiny_yaml, "--out", tmp_path / "out", "--json", "--quiet",
                     "--steps", "4", "--seed", "7", "--device", "cpu",
-                    "--set", "model.depth=2", "--set", "name=other")
+                    "--set", "model.depth=2", "--set", "name=other", "--no-plots")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["name"] == "other" and summary["steps_done"] == 4
@@ -66,8 +66,8 @@ def test_options_override_the_config(tiny_yaml: Path, tmp_path: Path) -> None:
 
 def test_a_deep_table_is_abridged_unless_all_layers(write_yaml, tmp_path: Path) -> None:
     path = write_yaml(tiny(model={"depth": 30, "width": 4}, train={"steps": 1}), "deep.yaml")
-    short = invoke("run", path, "--out", tmp_path / "runs")
-    full = invoke("run", path, "--out", tmp_path / "runs", "--all-layers")
+    short = invoke("run", path, "--out", tmp_path / "runs", "--no-plots")
+    full = invoke("run", path, "--out", tmp_path / "runs", "--all-layers", "--no-plots")
     assert short.exit_code == full.exit_code == 0
     assert "of 31 layers shown; --all-layers for every one" in short.stdout
     shown = [i for i in range(1, 31) if f" fc{i} " in short.stdout]
@@ -76,7 +76,8 @@ def test_a_deep_table_is_abridged_unless_all_layers(write_yaml, tmp_path: Path) 
 
 
 def test_device_auto_picks_what_is_there(tiny_yaml: Path, tmp_path: Path) -> None:
-    result = invoke("run", tiny_yaml, "--out", tmp_path / "runs", "--json", "--device", "auto")
+    result = invoke("run", tiny_yaml, "--out", tmp_path / "runs", "--json", "--device", "auto",
+                    "--no-plots")
     assert result.exit_code == 0, result.output
     device = json.loads(result.stdout)["device"]
     assert device.startswith("cuda") if torch.cuda.is_available() else device == "cpu"

@@ -14,33 +14,23 @@ import json
 import os
 import signal
 import subprocess
-import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import tiny, tiny_config
+from procs import LONG, TIMEOUT, start, wait_until, write
 from typer.testing import CliRunner
 
 from gradlab.cli import app
 from gradlab.record.reader import find_runs, read_record
 
-LONG = tiny(name="long", data={"n_samples": 256}, train={"steps": 1_000_000, "eval_every": 100_000},
-            probe={"every": 5})
-TIMEOUT = 120
-
 
 def cli(*args: Any):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-def write(path: Path, cfg: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -97,39 +87,41 @@ def earlier_record(out: Path) -> tuple[Path, dict[str, str]]:
     return path, digest(path)
 
 
-_started: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_process_left_behind() -> Iterator[None]:
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def start(*args: str, cwd: Path, preexec: Callable[[], None] | None = None
-          ) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=preexec)
-    _started.append(proc)
-    return proc
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def logging_dirs(out: Path, name: str) -> list[Path]:
     return [d for d in (out / name).glob("*")
             if (d / "metrics.csv").is_file() and (d / "metrics.csv").stat().st_size > 300]
+
+
+def run_until(config: Path, out: Path, act: Callable[[Path], Any]) -> tuple[Any, Path, float]:
+    """`gradlab run CONFIG --out OUT` in this process (torch is imported already); once the
+    run has logged rows, `act(run_dir)` from a second thread. Returns the CLI's result, the
+    run directory and the seconds from `act` to the run's end. A run that does not stop within
+    TIMEOUT of `act` (or of a failure to act) is stopped as Ctrl-C would stop it."""
+    seen: dict[str, Any] = {}
+    ended = threading.Event()
+
+    def watch() -> None:
+        try:
+            wait_until(lambda: bool(logging_dirs(out, "long")), "rows to be logged")
+            [seen["run_dir"]] = logging_dirs(out, "long")
+            act(seen["run_dir"])
+            seen["acted"] = time.monotonic()
+        except BaseException as e:  # re-raised in the test's thread
+            seen["error"] = e
+        if not ended.wait(TIMEOUT):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = cli("run", config, "--out", out, "-q", "--no-plots")
+    finally:
+        finished = time.monotonic()
+        ended.set()
+        watcher.join()
+    if "error" in seen:
+        raise seen["error"]
+    return result, seen["run_dir"], finished - seen["acted"]
 
 
 def one_line_error(stderr: str, *fragments: str) -> str:
@@ -148,15 +140,11 @@ def test_a_disk_that_fills_mid_run_stops_it_at_the_next_write(disk, tmp_path: Pa
     out = disk("2m")
     before, sums = earlier_record(out)
     config = write(tmp_path / "long.yaml", LONG)
-    proc = start("run", str(config), "--out", str(out), "-q", "--no-plots", cwd=tmp_path)
-    wait_until(lambda: bool(logging_dirs(out, "long")), "rows to be logged")
-    [run_dir] = logging_dirs(out, "long")
-    fill(out)
-    filled = time.monotonic()
-    _, stderr = proc.communicate(timeout=TIMEOUT)
-    assert time.monotonic() - filled < 20  # the next flush, not the millionth step
-    assert proc.returncode == 3, stderr
-    one_line_error(stderr, str(run_dir), "No space left on device", "partial record was removed")
+    result, run_dir, after = run_until(config, out, lambda run_dir: fill(out))
+    assert after < 20  # the next flush, not the millionth step
+    assert result.exit_code == 3, result.output
+    one_line_error(result.output, str(run_dir), "No space left on device",
+                   "partial record was removed")
     assert not run_dir.exists()  # nothing half-written that would read as a killed run
     assert find_runs(out) == [before] and digest(before) == sums  # the earlier one untouched
 
@@ -261,20 +249,15 @@ def test_compare_reuse_with_a_read_only_out_is_one_clear_line(disk, tmp_path: Pa
 
 
 def test_a_run_directory_deleted_while_training_is_noticed_at_the_next_write(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
+    monkeypatch.chdir(tmp_path)  # --out runs: the message names the run as runs/long/<stamp>
     config = write(tmp_path / "long.yaml", LONG)
-    proc = start("run", str(config), "--out", "runs", "-q", "--no-plots", cwd=tmp_path)
-    out = tmp_path / "runs"
-    wait_until(lambda: bool(logging_dirs(out, "long")), "rows to be logged")
-    [run_dir] = logging_dirs(out, "long")
-    shutil.rmtree(run_dir)
-    deleted = time.monotonic()
-    _, stderr = proc.communicate(timeout=TIMEOUT)
-    assert time.monotonic() - deleted < 20
-    assert proc.returncode == 3, stderr
-    one_line_error(stderr, str(run_dir.relative_to(tmp_path)), "deleted or moved")
+    result, run_dir, after = run_until(config, Path("runs"), shutil.rmtree)
+    assert after < 20
+    assert result.exit_code == 3, result.output
+    one_line_error(result.output, str(run_dir), "deleted or moved")
     assert not run_dir.exists()
 
 

@@ -4,15 +4,17 @@ net learns; every patch is a runnable config."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import tiny
 from typer.testing import CliRunner
 
+import gradlab.fix
 from gradlab.cli import app
 from gradlab.config import load_config
-from gradlab.fix import fix, rank, remedies_of
+from gradlab.fix import rank, remedies_of
 
 
 @pytest.fixture(autouse=True)
@@ -51,9 +53,33 @@ def test_ranking_puts_learning_first_and_failures_last() -> None:
     assert [r["test_metric"] for r in accuracy] == [0.9, 0.3]
 
 
-def test_fix_runs_each_remedy_and_saves_it_as_a_runnable_config(write_yaml, tmp_path) -> None:
-    path = write_yaml(STUCK, "stuck.yaml")
-    outcome = fix(path, tmp_path / "runs", jobs=1)
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`gradlab fix stuck.yaml` once, through the CLI, for the tests below: the config's path,
+    the CLI's result, and the outcome `fix` returned to the CLI."""
+    tmp = tmp_path_factory.mktemp("fix")
+    path = tmp / "stuck.yaml"
+    path.write_text(yaml.safe_dump(STUCK, sort_keys=False), encoding="utf-8")
+    outcomes = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        outcomes.append(real_fix(*args, **kwargs))
+        return outcomes[-1]
+
+    real_fix = gradlab.fix.fix
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gradlab.compare.EXECUTOR", "thread")
+        patch.setattr(gradlab.fix, "fix", recorded)
+        result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp / "runs"), "-q"],
+                                    env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    [outcome] = outcomes
+    return {"path": path, "result": result, "outcome": outcome}
+
+
+@pytest.mark.xdist_group("fix_stuck")  # one worker runs the shared fixture once
+def test_fix_runs_each_remedy_and_saves_it_as_a_runnable_config(fixed: dict[str, Any]) -> None:
+    outcome = fixed["outcome"]
     assert outcome.original["overrides"] == "(as given)"
     assert "not_learning" in outcome.original["verdict"].split(", ")
     assert len(outcome.rows) >= 3
@@ -79,10 +105,9 @@ def test_fix_runs_each_remedy_and_saves_it_as_a_runnable_config(write_yaml, tmp_
         [r["variant"] for r in outcome.rows] + ["stuck"])
 
 
-def test_the_cli_prints_the_ranking_and_the_command_of_the_best(write_yaml, tmp_path) -> None:
-    path = write_yaml(STUCK, "stuck.yaml")
-    result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp_path / "runs"), "-q"],
-                                env={"COLUMNS": "80"})
+@pytest.mark.xdist_group("fix_stuck")  # one worker runs the shared fixture once
+def test_the_cli_prints_the_ranking_and_the_command_of_the_best(fixed: dict[str, Any]) -> None:
+    result, path = fixed["result"], fixed["path"]
     assert result.exit_code == 0, result.output
     assert "remedies, best first" in result.output
     assert "(as given)" in result.output

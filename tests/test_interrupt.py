@@ -12,15 +12,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import procs
 import pytest
-import yaml
+from procs import LONG, TIMEOUT, logged_rows, run_dirs, wait_until, write
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -29,64 +28,11 @@ from gradlab.record.files import new_run_dir
 from gradlab.record.reader import read_record
 from gradlab.render.report import run_report
 
-# Minutes of training if nobody stops it; logs every 5 steps, so rows appear at once.
-LONG = {"name": "long", "device": "cpu",
-        "data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
-        "model": {"depth": 4, "width": 16, "activation": "tanh"},
-        "train": {"steps": 1_000_000, "batch_size": 16, "eval_every": 100_000},
-        "probe": {"every": 5}}
 SHORT = {**LONG, "name": "early", "train": {**LONG["train"], "steps": 20}}  # sorts before long
-TIMEOUT = 120  # generous: the shared CI machine may be slow to import torch
-
-
-def write(path: Path, cfg: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
-
-_started: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_process_left_behind() -> Iterator[None]:
-    """A failed test must not leave a million-step run training in the background."""
-    yield
-    for proc in _started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
-    proc = subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=_default_sigint)
-    _started.append(proc)
-    return proc
-
-
-def _default_sigint() -> None:
-    # A shell starts background jobs with SIGINT ignored, and children inherit that: restore
-    # the default so Python installs its Ctrl-C handler whatever started the tests.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def logged_rows(run_dir: Path) -> int:
-    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as f:
-        return max(0, sum(1 for _ in csv.reader(f)) - 1)
-
-
-def run_dirs(out: Path, name: str) -> list[Path]:
-    return sorted(p for p in (out / name).glob("*") if (p / "metrics.csv").is_file())
+    return procs.start(*args, cwd=cwd, columns=100)
 
 
 def render(record: Any) -> str:
@@ -100,13 +46,13 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two `gradlab run` of one config into one runs/ at once; then Ctrl-C one, kill -9 the other."""
     tmp = tmp_path_factory.mktemp("signals")
     config = write(tmp / "long.yaml", LONG)
-    procs = [start("run", str(config), "--out", "runs", "-q", cwd=tmp) for _ in range(2)]
+    started = [start("run", str(config), "--out", "runs", "-q", cwd=tmp) for _ in range(2)]
     out = tmp / "runs"
     wait_until(lambda: len([d for d in run_dirs(out, "long") if (d / "summary.json").is_file()])
                == 2, "both run directories")
     dirs = {json.loads((d / "summary.json").read_text())["pid"]: d for d in run_dirs(out, "long")}
     wait_until(lambda: all(logged_rows(d) >= 3 for d in dirs.values()), "logged rows")
-    interrupted, killed = procs
+    interrupted, killed = started
     interrupted.send_signal(signal.SIGINT)
     killed.send_signal(signal.SIGKILL)
     stdout, stderr = interrupted.communicate(timeout=TIMEOUT)
@@ -115,6 +61,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "stderr": stderr}
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker runs the shared fixture once
 def test_ctrl_c_completes_the_record_as_interrupted_and_exits_130(two_runs: dict) -> None:
     proc = two_runs["interrupted"]
     assert proc.returncode == 130, two_runs["stderr"]
@@ -131,6 +78,7 @@ def test_ctrl_c_completes_the_record_as_interrupted_and_exits_130(two_runs: dict
     assert "interrupted" in two_runs["stdout"]  # the report is still printed
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker runs the shared fixture once
 def test_kill_9_leaves_a_partial_record_that_reads_as_incomplete(two_runs: dict) -> None:
     proc = two_runs["killed"]
     assert proc.returncode == -signal.SIGKILL
@@ -155,6 +103,7 @@ def test_kill_9_leaves_a_partial_record_that_reads_as_incomplete(two_runs: dict)
     assert (run_dir / "plots" / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker runs the shared fixture once
 def test_two_runs_at_once_write_separate_directories(two_runs: dict) -> None:
     dirs = list(two_runs["dirs"].values())
     assert len(set(dirs)) == 2 and all(d.parent.name == "long" for d in dirs)

@@ -196,8 +196,8 @@ def test_same_config_and_seed_give_the_same_pretraining(run_tiny):
 
 def test_the_report_shows_pretraining_before_the_finetuning_tables(write_yaml, tmp_path):
     path = write_yaml(tiny(**pretrained()))
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")],
-                                env={"COLUMNS": "120"})
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs"),
+                                      "--no-plots"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     out = result.output
     assert out.index("layer-wise pretraining") < out.index("per-layer statistics")

@@ -14,88 +14,17 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from procs import LONG, TIMEOUT, alive_in_session, logged_rows, run_dirs, start, wait_until, write
 
 from gradlab.record import stopping
 from gradlab.record.reader import read_record
 
-LONG = {"name": "long", "device": "cpu",
-        "data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
-        "model": {"depth": 4, "width": 16, "activation": "tanh"},
-        "train": {"steps": 1_000_000, "batch_size": 16, "eval_every": 100_000},
-        "probe": {"every": 5}}
 SHORT = {**LONG, "train": {**LONG["train"], "steps": 20}}
-TIMEOUT = 120  # generous: the shared machine may be slow to import torch
-
-
-def write(path: Path, cfg: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
-
-_started: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_process_left_behind() -> Iterator[None]:
-    """Whatever a test asserted, every process it started (and their workers) is killed."""
-    yield
-    while _started:
-        proc = _started.pop()
-        for pid in alive_in_session(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=_default_sigint)
-    _started.append(proc)
-    return proc
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell job ignores SIGINT
-
-
-def alive_in_session(sid: int) -> list[int]:
-    """The live (not zombie) processes of a session: a gradlab process and its workers."""
-    listing = subprocess.run(["ps", "-e", "-o", "pid=,sid=,stat="], capture_output=True,
-                             text=True, check=True).stdout
-    return [int(pid) for pid, s, stat in (line.split() for line in listing.splitlines())
-            if int(s) == sid and not stat.startswith("Z")]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def logged_rows(run_dir: Path) -> int:
-    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as f:
-        return max(0, sum(1 for _ in f) - 1)
-
-
-def run_dirs(out: Path, name: str) -> list[Path]:
-    return sorted(p for p in (out / name).glob("*") if (p / "metrics.csv").is_file())
 
 
 def logging(out: Path, name: str, rows: int = 3) -> bool:
@@ -155,6 +84,7 @@ def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str
                 os.killpg(s["proc"].pid, signal.SIGKILL)
 
 
+@pytest.mark.xdist_group("stopped_runs")  # one worker runs the shared fixture once
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_stop_a_run_like_ctrl_c(stopped_runs: dict, sig: int,
                                                    code: int) -> None:

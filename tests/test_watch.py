@@ -21,8 +21,10 @@ from test_runner import CONTRACT, LAYER_COLUMNS, LAYER_STATS, METRIC_COLUMNS
 from test_sync import counting_syncs
 from torch import nn
 from torch.nn import functional as F
+from typer.testing import CliRunner
 
 import gradlab
+from gradlab.cli import app
 from gradlab.record.reader import read_record
 from gradlab.record.validate import check_summary
 
@@ -264,9 +266,8 @@ def test_the_record_reads_like_a_gradlab_run_record(tmp_path: Path) -> None:
     assert "mine" in shown.stdout and "Linear[2]" in shown.stdout and "verdict" in shown.stdout
     assert {p.name for p in (path / "plots").iterdir()} >= {"loss.png", "grad_flow.png",
                                                            "grad_heatmap.png", "activations.png"}
-    listed = subprocess.run([*cli, "runs", str(tmp_path / "runs")], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
-    assert listed.returncode == 0 and "mine" in listed.stdout and "completed" in listed.stdout
+    listed = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "120"})
+    assert listed.exit_code == 0 and "mine" in listed.stdout and "completed" in listed.stdout
     assert "gradlab run" in probe.report()  # the same report, as text
 
     # two records side by side: a compare record, as `gradlab compare` writes one
