@@ -85,11 +85,21 @@ def run(command: str, runs: Path) -> str:
     env = {**os.environ, "COLUMNS": columns, "NO_COLOR": "1", "TERM": "dumb",
            "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     done = subprocess.run(shell, shell=True, cwd=ROOT, env=env, capture_output=True, text=True)
-    text = done.stdout.replace(str(runs), "runs")  # stdout: the progress lines are on stderr
-    lines = [line.rstrip() for line in text.splitlines()]
+    # stdout: the progress lines are on stderr
+    lines = [_shortened(line, str(runs)) for line in done.stdout.splitlines()]
     if keep is not None:
         lines = lines[:keep]
     return "\n".join(lines).strip("\n") + "\n"
+
+
+def _shortened(line: str, tmp: str) -> str:
+    """The line with the records directory read as `runs`; inside a box the right border keeps
+    its column."""
+    short = line.replace(tmp, "runs")
+    if short != line and line.rstrip().endswith("│"):
+        body = short.rstrip()[:-1]
+        short = body + " " * (len(line.rstrip()) - len(short.rstrip())) + "│"
+    return short.rstrip()
 
 
 def main() -> int:
