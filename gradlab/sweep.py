@@ -26,7 +26,7 @@ import yaml
 from gradlab.analyse.expect import MISSING, describe_wanted, holds
 from gradlab.config import ConfigError, apply_overrides, config_from_dict, default_name
 from gradlab.config.load import _SHORTHAND_KEY as SHORTHAND_KEY
-from gradlab.config.load import MAX_BYTES, _beside, _check_shape
+from gradlab.config.load import _beside, read_yaml
 from gradlab.config.messages import did_you_mean
 from gradlab.config.schema import NAME_PATTERN, SUMMARY_FIELDS
 from gradlab.record.files import unique_dir, utc_stamp, write_atomic
@@ -214,26 +214,7 @@ def read_spec(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The YAML as written and its `sweep:` section (empty for a plain config), read with the
     bounds `config.load_config` puts on any config (size, nesting, aliases, no tags)."""
     source = str(path)
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(source, [("", f"the file is {size / 2**20:.1f} MiB; a config is "
-                                            f"at most {MAX_BYTES >> 20} MiB")])
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, [("", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(source, [("", f"cannot read: {e}")]) from None
-    try:
-        _check_shape(yaml.compose(text), source)
-        raw = yaml.safe_load(text)
-    except RecursionError:
-        raise ConfigError(source, [("", "nested too deeply")]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(source, [("", f"not valid YAML (or a refused tag): {e}")]) from None
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
+    raw = read_yaml(path)
     spec = raw.pop("sweep", None) or {}
     if not isinstance(spec, dict):
         raise ConfigError(source, [("sweep", "must be a mapping (grid, seeds, plot, expect)")])

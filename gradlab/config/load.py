@@ -30,8 +30,10 @@ MAX_NODES = 100_000  # nodes of the document with every alias expanded
 MAX_DEPTH = 64  # nesting of mappings and lists
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file, apply `key.path=value` overrides, and validate; raise ConfigError."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping as written, read within the bounds every config has (size,
+    nesting, aliases; tags refused); ConfigError otherwise. `load_config` and a sweep spec
+    read through here."""
     source = str(path)
     try:
         size = Path(path).stat().st_size
@@ -59,6 +61,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", f"must be a mapping of keys, got {type(raw).__name__}")])
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file, apply `key.path=value` overrides, and validate; raise ConfigError."""
+    source = str(path)
+    raw = read_yaml(path)
     raw.setdefault("name", default_name(Path(path)))
     _beside(raw, Path(path))
     apply_overrides(raw, overrides, source)

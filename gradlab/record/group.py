@@ -20,7 +20,7 @@ from typing import Any
 
 from gradlab.record.files import clean, new_run_dir, write_atomic
 from gradlab.record.reader import read_summary
-from gradlab.record.validate import CorruptRecord
+from gradlab.record.validate import CorruptRecord, read_json_record
 
 GROUP_FILE = "group.json"
 SKIPPED = ("pid", "layers", "prediction", "verdicts", "over_run", "time_grads_init",
@@ -159,12 +159,7 @@ def write_group(group_dir: Path, summary: dict[str, Any]) -> Path:
 def read_group(path: Path) -> dict[str, Any]:
     """group.json, checked to be what gradlab wrote (CorruptRecord otherwise)."""
     file = Path(path) / GROUP_FILE
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise CorruptRecord(file, f"cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise CorruptRecord(file, f"not JSON: {e.msg} (line {e.lineno})") from None
+    data = read_json_record(file)
     if not isinstance(data, dict) or data.get("kind") != "group" or \
             not isinstance(data.get("seeds"), list) or not isinstance(data.get("fields"), dict):
         raise CorruptRecord(file, "not a group record (kind, seeds and fields are missing)")

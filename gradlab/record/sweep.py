@@ -19,7 +19,7 @@ from typing import Any
 
 from gradlab.record.files import clean, decode, write_atomic
 from gradlab.record.group import numeric_fields
-from gradlab.record.validate import CorruptRecord
+from gradlab.record.validate import CorruptRecord, read_json_record
 
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.csv"
@@ -153,12 +153,7 @@ def write_sweep(path: Path, sweep: dict[str, Any]) -> Path:
 def read_sweep(path: Path) -> dict[str, Any]:
     """sweep.json, checked to be what gradlab wrote (CorruptRecord otherwise)."""
     file = Path(path) / SWEEP_FILE
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise CorruptRecord(file, f"cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise CorruptRecord(file, f"not JSON: {e.msg} (line {e.lineno})") from None
+    data = read_json_record(file)
     if not isinstance(data, dict) or data.get("kind") != "sweep" or \
             not isinstance(data.get("grid"), list) or not isinstance(data.get("points"), list):
         raise CorruptRecord(file, "not a sweep record (kind, grid and points are missing)")

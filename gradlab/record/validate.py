@@ -9,6 +9,7 @@ header or with binary bytes; a garbled comparison.csv) is corrupt: readers raise
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +174,16 @@ def check_text(line: str, path: Path, number: int) -> None:
     """A line of a record's CSV: NUL bytes mean binary data, not text gradlab wrote."""
     if "\0" in line:
         raise CorruptRecord(path, f"line {number}: binary data (NUL bytes), not CSV text")
+
+
+def read_json_record(file: Path) -> Any:
+    """A record's JSON file (group.json, sweep.json) parsed, or CorruptRecord saying why not."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorruptRecord(file, f"cannot be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise CorruptRecord(file, f"not JSON: {e.msg} (line {e.lineno})") from None
 
 
 def check_header(columns: list[str], path: Path, required: tuple[str, ...]) -> None:
