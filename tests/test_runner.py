@@ -21,7 +21,8 @@ METRIC_COLUMNS = ["step", "phase", "loss", "lr", "grad_norm", "grad_norm_clipped
 LAYER_COLUMNS = ["step", "phase", "layer", "name", "grad_norm", "grad_rms", "grad_absmax",
                  "weight_norm", "update_ratio", "delta_norm", "act_mean", "act_std",
                  "act_saturated", "act_dead", "z_absmax", "overflow", "grad_underflow",
-                 "grad_tiny"]
+                 "grad_tiny", "act_q05", "act_q50", "act_q95", "grad_q05", "grad_q50",
+                 "grad_q95"]
 # summary.json fields the run-record contract in DESIGN.md promises.
 CONTRACT = {"name", "status", "error", "steps_done", "seconds", "steps_per_second", "device",
             "final_loss", "final_metrics", "grad_ratio_init", "grad_ratio_final", "layers",

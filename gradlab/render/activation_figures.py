@@ -46,6 +46,8 @@ def activations_figure(record: Record) -> Figure:
     activation = str((record.config.get("model") or {}).get("activation") or "")
     key, label = _unit_stat(record, activation)
     _, _, frac, _ = layer_grid(record, key)
+    quantiles = [layer_grid(record, f"act_q{q}")[2] for q in ("05", "50", "95")]
+    has_q = bool(np.isfinite(quantiles[0]).any())  # records from before the quantiles: std
     # NaN stands both for "not measured" (the head) and for an overflowed forward pass
     measured = (present & ~np.isnan(std)) | ~np.isnan(frac)
     if not measured.any() and divergence(record) is not None:  # all overflowed: all but the head
@@ -57,8 +59,9 @@ def activations_figure(record: Record) -> Figure:
                            top=0.85, wspace=0.3)
     axes = list(grid[0])
     fig.suptitle(title(record, f"activations{f' ({activation})' if activation else ''}")
-                 + "\nbands: mean ±1 and ±2 std of each layer's outputs (layers.csv records "
-                 "their mean and std, not quantiles)", fontsize="medium")
+                 + ("\nbands: the 5–95% quantiles and mean ±1 std of each layer's outputs"
+                    if has_q else "\nbands: mean ±1 and ±2 std of each layer's outputs (this "
+                                  "record has no quantiles)"), fontsize="medium")
     if not logged:
         empty(axes[0], "no activation statistics were logged")
         for a in axes[1:]:
@@ -66,15 +69,19 @@ def activations_figure(record: Record) -> Figure:
         return fig
     hidden = [c for c in range(len(names)) if measured[:, c].any()]  # not the head
     mean, std, frac = mean[:, hidden], std[:, hidden], frac[:, hidden]
+    quantiles = [q[:, hidden] for q in quantiles]
     names = [names[c] for c in hidden]
     x = np.arange(1, len(names) + 1)
     ends = [(logged[0], "init", "C0")] + ([(logged[-1], "end", "C3")] if len(logged) > 1 else [])
     bounds = _bounds(record, activation)
+    def qs(i: int) -> list[np.ndarray] | None:
+        return [q[i] for q in quantiles] if has_q else None
+
     _distribution(axes[0], x, mean[ends[0][0]], std[ends[0][0]], activation, bounds, ends[0][2],
-                  f"at init (step {steps[ends[0][0]]})")
+                  f"at init (step {steps[ends[0][0]]})", qs(ends[0][0]))
     if len(ends) > 1:
         _distribution(axes[1], x, mean[ends[1][0]], std[ends[1][0]], activation, bounds,
-                      ends[1][2], f"at the end (step {steps[ends[1][0]]})")
+                      ends[1][2], f"at the end (step {steps[ends[1][0]]})", qs(ends[1][0]))
         axes[1].sharey(axes[0])
     else:
         where = divergence(record)
@@ -141,15 +148,25 @@ def _bounds(record: Record, activation: str) -> tuple[float, float]:
 
 
 def _distribution(ax: Any, x: np.ndarray, mean: np.ndarray, std: np.ndarray, activation: str,
-                  bounds: tuple[float, float], color: str, when: str) -> None:
-    """One step's outputs by layer: mean, ±1 and ±2 std (clipped to the activation's range),
-    the saturation zones shaded, the whole range shown: a narrow band is not zoomed into."""
+                  bounds: tuple[float, float], color: str, when: str,
+                  quantiles: list[np.ndarray] | None = None) -> None:
+    """One step's outputs by layer: the 5–95% quantiles and the median (where the record has
+    them; else mean ±2 std), mean ±1 std (clipped to the activation's range), the saturation
+    zones shaded, the whole range shown: a narrow band is not zoomed into."""
     low, high = bounds
     ok = np.isfinite(mean) & np.isfinite(std)
     m, s = np.where(ok, mean, np.nan), np.where(ok, std, np.nan)
-    for k, alpha, what in ((2, 0.15, "±2 std"), (1, 0.35, "±1 std")):
-        ax.fill_between(x, np.clip(m - k * s, low, high), np.clip(m + k * s, low, high),
-                        color=color, alpha=alpha, lw=0, label=f"mean {what}")
+    if quantiles is not None:
+        q05, q50, q95 = quantiles
+        ax.fill_between(x, q05, q95, color=color, alpha=0.15, lw=0,
+                        label="5–95% of the outputs")
+        ax.fill_between(x, np.clip(m - s, low, high), np.clip(m + s, low, high), color=color,
+                        alpha=0.35, lw=0, label="mean ±1 std")
+        ax.plot(x, q50, color=color, lw=1.2, ls="--", label="median output")
+    else:
+        for k, alpha, what in ((2, 0.15, "±2 std"), (1, 0.35, "±1 std")):
+            ax.fill_between(x, np.clip(m - k * s, low, high), np.clip(m + k * s, low, high),
+                            color=color, alpha=alpha, lw=0, label=f"mean {what}")
     ax.plot(x, m, color=color, lw=1.8, marker="o", ms=3, label="mean output")
     if (~ok).any():
         y = high if math.isfinite(high) else float(np.nanmax(np.abs(m))) if ok.any() else 1.0
@@ -162,7 +179,8 @@ def _distribution(ax: Any, x: np.ndarray, mean: np.ndarray, std: np.ndarray, act
         pad = 0.03 * (high - low)
         ax.set_ylim(low - pad, high + pad)
     heading(ax, f"output distribution {when}", fontsize="medium")
-    ax.set_ylabel("layer output h (mean, ±1 and ±2 std)")
+    ax.set_ylabel("layer output h" + (" (quantiles, mean ±1 std)" if quantiles is not None
+                                      else " (mean, ±1 and ±2 std)"))
     ax.legend(fontsize="small", loc="best")
 
 

@@ -199,13 +199,15 @@ def grad_distributions_figure(record: Record) -> Figure:
     shared log axis (NaN/Inf marked, never fatal)."""
     steps, names, rms, present = layer_grid(record, "grad_rms")
     _, _, top, _ = layer_grid(record, "grad_absmax")
+    q05, q50, q95 = (layer_grid(record, f"grad_q{q}")[2] for q in ("05", "50", "95"))
     chosen = pick(len(names), LAYER_LINES)
     rows = 2 if len(chosen) > 3 else 1
     cols = math.ceil(len(chosen) / rows) if chosen else 1
     fig, grid = new_figure(11, 6.2 if rows == 2 else 3.8, rows, cols, sharex=True, sharey=True,
                            bottom=0.55, top=0.7, wspace=0.08, hspace=0.3)
     axes = grid.ravel()
-    fig.suptitle(title(record, "gradient entries over steps, per layer: rms |g| to max |g|"))
+    fig.suptitle(title(record, "gradient entries over steps, per layer: the 5–95% quantiles of "
+                               "|g|, its median, rms and max"))
     if not steps or not np.isfinite(rms).any():
         empty(axes[0], nothing_finite(record, present, "gradient"))
         for a in axes[1:]:
@@ -221,6 +223,12 @@ def grad_distributions_figure(record: Record) -> Figure:
         band = np.isfinite(low) & np.isfinite(up)
         a.fill_between(x, np.where(band, low, np.nan), np.where(band, up, np.nan), color="C0",
                        alpha=0.25, lw=0, label="rms |g| to max |g|")
+        quantile = np.isfinite(q05[:, c]) & np.isfinite(q95[:, c]) & (q05[:, c] > 0)
+        if quantile.any():  # taken on some logged steps only (probe.QUANTILE_EVERY)
+            a.fill_between(x[quantile], q05[quantile, c], q95[quantile, c], color="C1",
+                           alpha=0.3, lw=0, label="5–95% of |g|")
+            zeros |= draw_norms(a, x[quantile], q50[quantile, c], floor, color="C1", lw=1.2,
+                                ls="--", label="median |g|")
         zeros |= draw_norms(a, x, top[:, c], floor, color="C0", lw=0.8, ls=":", marker="^", ms=3,
                             label="max |g|")
         zeros |= draw_norms(a, x, rms[:, c], floor, color="C0", lw=1.5, marker="o", ms=2.5,

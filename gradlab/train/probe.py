@@ -35,8 +35,18 @@ STATS = (
     "grad_norm", "grad_rms", "grad_absmax", "weight_norm", "update_ratio", "delta_norm",
     "act_mean", "act_std", "act_saturated", "act_dead",
     "z_absmax", "overflow", "grad_underflow", "grad_tiny",
+    "act_q05", "act_q50", "act_q95", "grad_q05", "grad_q50", "grad_q95",
 )
 COLUMN = {name: i for i, name in enumerate(STATS)}
+# The distribution of each layer's outputs and of its |∂L/∂W| entries: the 5%, 50% and 95%
+# quantiles of at most QUANTILE_SAMPLE evenly spaced entries (every entry of a smaller tensor),
+# float64, one nanquantile call for all layers
+QUANTILES = (0.05, 0.5, 0.95)
+QUANTILE_STATS = ("act_q05", "act_q50", "act_q95", "grad_q05", "grad_q50", "grad_q95")
+QUANTILE_SAMPLE = 1024
+# Sorting the samples costs milliseconds: quantiles are taken at the first and the last step and
+# every QUANTILE_EVERY-th logged step in between (every 80 steps at probe.every 10), not on all
+QUANTILE_EVERY = 8
 ACTIVATION_STATS = ("act_mean", "act_std", "act_saturated", "act_dead")
 # Measured in bf16/fp16 runs only: the largest |z_l| of the forward pass, the non-finite entries
 # of z_l and of ∂L/∂W, the entries of ∂L/∂W that are 0 but nonzero in a float32 backward of the
@@ -69,6 +79,19 @@ def unit_spread(layers: list[ProbedLayer]) -> float | None:
         spread = (w - w.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean().sqrt()
         spreads.append(float(spread / scale) if scale > 0 else 0.0)
     return max(spreads) if spreads else None
+
+
+def _samples(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Each 1-D tensor as a row of QUANTILE_SAMPLE float64 values: evenly spaced entries of a
+    larger one, every entry of a smaller one (padded with NaN, which nanquantile skips)."""
+    out = torch.full((len(rows), QUANTILE_SAMPLE), math.nan, dtype=F64,
+                     device=rows[0].device if rows else None)
+    for i, row in enumerate(rows):
+        if row.numel() > QUANTILE_SAMPLE:
+            index = torch.linspace(0, row.numel() - 1, QUANTILE_SAMPLE, device=row.device).long()
+            row = row[index]
+        out[i, :row.numel()] = row.to(F64)
+    return out
 
 
 class Probe:
@@ -233,10 +256,15 @@ class Probe:
         deltas = self._delta_column()
         if self._scale is not None:
             deltas = deltas / self._scale.to(F64)
+        if step == 0 or step == self.last_step or (step // self.every) % QUANTILE_EVERY == 0:
+            quantiles, measured_quantiles = self._quantile_stats(grads)
+        else:
+            quantiles = {name: self._nan for name in QUANTILE_STATS}
+            measured_quantiles = {name: [False] * len(self.layers) for name in QUANTILE_STATS}
         columns = {"grad_norm": grad_norm, "grad_rms": grad_norm / self._numel.sqrt(),
                    "grad_absmax": grad_absmax, "weight_norm": norms64(self._weights),
                    "update_ratio": self._nan, "delta_norm": deltas, **acts,
-                   **self._precision_stats(grads)}
+                   **self._precision_stats(grads), **quantiles}
         none = [False] * len(self.layers)
         self._measured = {
             "update_ratio": none,
@@ -248,6 +276,7 @@ class Probe:
             "z_absmax": [i in self._z for i in range(len(self.layers))],
             "overflow": [self._low] * len(self.layers),
             "grad_underflow": none, "grad_tiny": [self._low] * len(self.layers),
+            **measured_quantiles,
         }
         self._time_norms = self._time_grad_norms()
         self._outputs, self._deltas, self._extra, self._z = {}, {}, {}, {}
@@ -315,6 +344,28 @@ class Probe:
         column[torch.tensor(index, device=column.device)] = torch.stack(
             [self._deltas[i] for i in index])
         return column
+
+    def _quantile_stats(self, grads: list[torch.Tensor]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:
+        """The 5/50/95% quantiles of each layer's outputs (where captured) and of its |∂L/∂W|
+        entries, from at most QUANTILE_SAMPLE evenly spaced entries each, in one call."""
+        n = len(self.layers)
+        acts = {i: h for i, h in self._outputs.items() if h.numel()}
+        rows = [g.abs().flatten() for g in grads] + [acts[i].flatten() for i in sorted(acts)]
+        q = torch.nanquantile(_samples(rows), torch.tensor(QUANTILES, dtype=F64,
+                                                           device=self._nan.device), dim=1)
+        out: dict[str, torch.Tensor] = {}
+        for k, name in enumerate(("grad_q05", "grad_q50", "grad_q95")):
+            out[name] = q[k, :n]
+        for k, name in enumerate(("act_q05", "act_q50", "act_q95")):
+            column = self._nan.clone()
+            if acts:
+                column[torch.tensor(sorted(acts), device=column.device)] = q[k, n:]
+            out[name] = column
+        has_act = [i in acts for i in range(n)]
+        measured = {name: [True] * n for name in ("grad_q05", "grad_q50", "grad_q95")}
+        measured.update({name: has_act for name in ("act_q05", "act_q50", "act_q95")})
+        return out, measured
 
     def _precision_stats(self, grads: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """z_absmax, overflow and grad_tiny of every layer (NaN columns, at no cost, in fp32)."""

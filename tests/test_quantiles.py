@@ -1,0 +1,58 @@
+"""Per-layer distributions: the 5/50/95% quantiles of each layer's |∂L/∂W| and outputs."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from gradlab.build.data import load_data
+from gradlab.build.model import build_model
+from gradlab.record.reader import read_record
+from gradlab.train.loop import batches
+from gradlab.train.probe import QUANTILE_SAMPLE, _samples
+
+
+def test_a_small_tensor_gives_its_exact_quantiles_and_a_large_one_a_spread_sample():
+    small = torch.arange(100, dtype=torch.float32)
+    large = torch.arange(10 * QUANTILE_SAMPLE, dtype=torch.float32)
+    rows = _samples([small, large])
+    q = torch.nanquantile(rows, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64), dim=1)
+    assert q[:, 0].tolist() == pytest.approx(np.quantile(small.numpy(), [0.05, 0.5, 0.95]))
+    # evenly spaced entries of 0 … 10239: the quantiles of the whole, to a sample's precision
+    assert q[:, 1].tolist() == pytest.approx(np.quantile(large.numpy(), [0.05, 0.5, 0.95]),
+                                             rel=0.01)
+    assert rows[1, 0] == 0 and rows[1, -1] == large[-1]
+
+
+def test_the_recorded_gradient_quantiles_are_those_of_a_bare_backward(run_tiny):
+    from conftest import tiny_config
+
+    outcome = run_tiny(model={"depth": 3, "width": 16, "activation": "tanh"})
+    rows = [r for r in read_record(outcome.path).layers if r["step"] == 0]
+    cfg = tiny_config(model={"depth": 3, "width": 16, "activation": "tanh"})
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    built = build_model(cfg.model, data.n_in, data.n_out)
+    idx = next(batches(len(data.x_train), cfg.train.batch_size, cfg.seed, torch.device("cpu")))
+    F.mse_loss(built.model(data.x_train[idx]), data.y_train[idx]).backward()
+    for row, layer in zip(rows, built.layers, strict=True):
+        g = layer.weight.grad.abs().double().flatten().numpy()
+        assert g.size <= QUANTILE_SAMPLE  # every entry: the exact quantiles
+        expected = np.quantile(g, [0.05, 0.5, 0.95])
+        assert [row["grad_q05"], row["grad_q50"], row["grad_q95"]] == pytest.approx(
+            expected, rel=1e-5), row["name"]
+    hidden = [r for r in rows if r["name"] != "head"]
+    assert all(-1 <= r["act_q05"] <= r["act_q50"] <= r["act_q95"] <= 1 for r in hidden)
+    assert rows[-1]["act_q50"] is None  # the read-out has no activation of its own
+
+
+def test_the_figures_draw_the_quantile_bands(run_tiny):
+    from gradlab.render.activation_figures import activations_figure
+    from gradlab.render.step_figures import grad_distributions_figure
+
+    record = read_record(run_tiny(model={"depth": 3, "width": 16, "activation": "tanh"}).path)
+    labels = [c.get_label() for c in activations_figure(record).axes[0].collections]
+    assert "5–95% of the outputs" in labels
+    labels = [c.get_label() for c in grad_distributions_figure(record).axes[0].collections]
+    assert "5–95% of |g|" in labels
