@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gradlab.record.bounded import number
 from gradlab.record.files import clean, decode, write_atomic
 from gradlab.record.group import numeric_fields
 from gradlab.record.validate import CorruptRecord, read_json_record
@@ -117,16 +118,6 @@ def write_table(path: Path, rows: list[dict[str, Any]], keys: list[str]) -> Path
     return file
 
 
-def _number(text: str) -> Any:
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if text.lstrip("-").isdigit() else value
-
-
 def read_table(path: Path) -> list[dict[str, Any]]:
     """sweep.csv's rows: numbers as numbers, empty cells None, text columns as text."""
     file = Path(path) / TABLE_FILE
@@ -139,7 +130,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or list(reader.fieldnames[:len(LEAD)]) != list(LEAD):
         raise CorruptRecord(file, f"not a sweep table (its header must start {', '.join(LEAD)})")
-    return [{k: (v if k in TEXT_COLUMNS else _number(v or "")) for k, v in r.items()
+    return [{k: (v if k in TEXT_COLUMNS else number(v or "")) for k, v in r.items()
              if k is not None} for r in reader]
 
 

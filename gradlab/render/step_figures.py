@@ -89,16 +89,9 @@ def grad_norm_figure(record: Record) -> Figure:
     bad = mark_nonfinite(ax, steps, before, top_of(before))
     log_scale(ax)
     mark_divergence(ax, record, marker=True)
-    handles = ax.get_legend_handles_labels()[0] + handles
-    if zeros:
-        handles.append(zero_legend(floor, "exactly 0"))
-    if bad:
-        handles.append(nonfinite_legend())
-    ax.set_xlabel("step (logged steps)")
-    ax.set_ylabel("gradient 2-norm, all parameters (log scale)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3, which="major")
-    ax.legend(handles=handles, loc="best", fontsize="small")
+    _finish(ax, ax.get_legend_handles_labels()[0] + handles,
+            zero_legend(floor, "exactly 0") if zeros else None, bad,
+            "step (logged steps)", "gradient 2-norm, all parameters (log scale)", loc="best")
     return fig
 
 
@@ -135,18 +128,24 @@ def update_ratio_figure(record: Record) -> Figure:
     bad = mark_nonfinite(ax, x, u.max(axis=1), top_of(u))
     log_scale(ax)
     mark_divergence(ax, record)
-    handles = ax.get_legend_handles_labels()[0]
-    if zeros:
-        handles.append(zero_legend(floor, "exactly 0 (the update underflowed)"))
-    if bad:
-        handles.append(nonfinite_legend())
-    ax.set_xlabel("step (probed steps)")
-    ax.set_ylabel("‖ΔW‖ / ‖W‖ (log scale)")
+    _finish(ax, ax.get_legend_handles_labels()[0],
+            zero_legend(floor, "exactly 0 (the update underflowed)") if zeros else None, bad,
+            "step (probed steps)", "‖ΔW‖ / ‖W‖ (log scale)", loc="upper left",
+            bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    return fig
+
+
+def _finish(ax: Any, handles: list[Any], zero: Any, bad: bool, xlabel: str, ylabel: str,
+            **legend: Any) -> None:
+    """An over-steps axis's labels, integer step ticks, grid and legend (with the exact-0 and
+    NaN/Inf markers when drawn)."""
+    handles = [*handles, *([zero] if zero is not None else []),
+               *([nonfinite_legend()] if bad else [])]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="major")
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small",
-              borderaxespad=0)
-    return fig
+    ax.legend(handles=handles, fontsize="small", **legend)
 
 
 def grad_band_figure(record: Record) -> Figure:
