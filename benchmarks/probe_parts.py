@@ -28,7 +28,7 @@ def measure(activation: str, steps: int) -> dict[str, float]:
     model, layers = built.model, built.layers
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 100), torch.randn(64, 1)
-    probe = Probe(layers, every=1, last_step=10**9, activation=activation, activations=True)
+    probe = Probe(layers, every=1, last_step=10**9, activations=True)
     weights = [p.weight.detach() for p in layers]
     hidden: list[torch.Tensor] = []  # the hidden activations, kept by a hook of our own
     for act in model.acts:  # type: ignore[union-attr]

@@ -12,10 +12,11 @@ with gradlab.watch(model, every=10, out="runs", name="my_cnn", optimizer=opt) as
 print(probe.report())          # or: gradlab report runs/my_cnn/<stamp>
 ```
 
-`watch` finds the model's parameterised layers (`build.discover`), hooks them with a
-`train.watched.ModuleProbe` (the trainer's `Probe`: float64 norms, one transfer per logged
-step) and a `train.sentinel.Sentinel` (the first-NaN sentinel), and writes the same run record
-as `gradlab run` with `record.guard.GuardedWriter`: metrics.csv, layers.csv, config.yaml (a
+`watch` finds the model's parameterised layers (`build.discover`), hooks them with the
+trainer's own `train.probe.Probe` (float64 norms, one transfer per logged step; given the model,
+it also finds activations and the rows' order as the model runs) and a
+`train.sentinel.Sentinel` (the first-NaN sentinel), and writes the same run record as
+`gradlab run` with `record.guard.GuardedWriter`: metrics.csv, layers.csv, config.yaml (a
 description of the model, not a config to rerun) and summary.json from
 `record.summary.build_summary`, with verdicts from `analyse.verdicts.diagnose` whose remedies
 are rewritten for a model gradlab did not build. The model is not changed: only hooks are added,
@@ -66,9 +67,8 @@ from gradlab.record.guard import GuardedWriter
 from gradlab.record.summary import build_summary
 from gradlab.train.events import Logged
 from gradlab.train.loop import TINY_NORM, precision_limits, total_norm
-from gradlab.train.probe import F64
+from gradlab.train.probe import F64, Probe
 from gradlab.train.sentinel import Sentinel
-from gradlab.train.watched import ModuleProbe
 
 METRIC_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 LAST_LOSSES = 10  # the final minibatch loss is the mean of the last this many steps
@@ -213,9 +213,9 @@ class Watch:
             "prediction": None, "source": "watch",
         }
         last = start + steps - 1 if steps is not None else -1
-        self._probe = ModuleProbe(found, model, every=every, last_step=last,
-                                  activations=activations)
-        self._probe.set_precision(precision)
+        self._probe = Probe([f.layer for f in found], every=every, last_step=last,
+                            activations=activations, precision=precision, model=model,
+                            owners=[f.owner for f in found])
         self._sentinel = Sentinel(model)
         try:
             self._writer = GuardedWriter(Path(out), self.name)

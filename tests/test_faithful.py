@@ -137,7 +137,7 @@ def test_the_backward_signal_matches_a_bare_loop_and_mean_field_theory() -> None
     data = load_data(cfg.data, cfg.seed)
     built = build_model(cfg.model, data.n_in, data.n_out)
     net: Any = built.model
-    probe = Probe(built.layers, every=1, last_step=0, activation="tanh")
+    probe = Probe(built.layers, every=1, last_step=0)
     x, y = data.x_train[:256], data.y_train[:256]
     probe.before_forward(0)
     F.mse_loss(net(x), y).backward()

@@ -8,12 +8,15 @@ bad input.
 from __future__ import annotations
 
 import copy
+import io
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from conftest import CONFIGS, TINY, tiny_config
+from rich.console import Console
 from torch.nn import functional as F
 
 import gradlab.train.loop as loop
@@ -22,7 +25,8 @@ from gradlab.analyse.verdicts import diagnose
 from gradlab.build.data import load_data
 from gradlab.build.model import build_model
 from gradlab.config import ConfigError, config_from_dict, load_config, resolved
-from gradlab.record.reader import read_record
+from gradlab.record.reader import Record, read_record
+from gradlab.render.report import header as report_header
 from gradlab.runner import run_config
 from gradlab.train.loop import reference_grads
 from gradlab.train.probe import PRECISION_STATS, Probe
@@ -43,7 +47,7 @@ def deep_sigmoid(seed: int = 0) -> tuple[torch.nn.Module, Any, torch.Tensor, tor
 def probed_rows(model: torch.nn.Module, layers: Any, x: torch.Tensor, y: torch.Tensor,
                 precision: str) -> list[dict[str, Any]]:
     """One probed step of `model` under autocast, as the training loop takes it."""
-    probe = Probe(layers, every=1, last_step=0, activation="sigmoid", precision=precision)
+    probe = Probe(layers, every=1, last_step=0, precision=precision)
     probe.before_forward(0)
     with loop.autocast(precision, x.device):
         loss = F.cross_entropy(model(x), y)
@@ -114,11 +118,18 @@ def test_an_fp32_probe_measures_no_headroom_and_the_loop_takes_no_reference(
     assert all(r["grad_norm"] is not None for r in rows)
     # and the probe's hooks compute nothing for them
     model, layers, x, y = deep_sigmoid()
-    probe = Probe(layers, every=1, last_step=0, activation="sigmoid")
+    probe = Probe(layers, every=1, last_step=0)
     probe.before_forward(0)
     F.cross_entropy(model(x), y).backward()
     assert probe._z == {} and not probe._low
     probe.close()
+
+
+def header_text(summary: dict) -> str:
+    """The report header of a record with this summary, as an 80-column terminal shows it."""
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(report_header(Record(Path("runs/x/1"), summary, {}, [], [])))
+    return console.export_text().replace("│", " ")  # the box's sides, between wrapped lines
 
 
 @pytest.fixture
@@ -154,6 +165,17 @@ def test_fp16_underflow_without_a_loss_scale_and_the_grad_scaler_as_its_remedy(
     assert q["underflow_init"] < 0.01 and q["zero_grad_layers"] == []
     verdict = next(v for v in scaled["verdicts"] if v["kind"] == "precision")
     assert verdict["severity"] == "info" and "headroom" in verdict["message"]
+
+    # the report's header says it: the dtype, the scale and what it did, the loss to underflow
+    lines = {k: " ".join(header_text(summary).split()) for k, summary in
+             (("lost", lost), ("scaled", scaled))}
+    assert (f"precision fp16, loss scale none, {100 * p['underflow_init']:.3g}% of gradient "
+            f"entries underflowed at init, headroom {p['headroom']:.3g} orders of magnitude"
+            in lines["lost"])
+    skipped = q["skipped_steps"]
+    assert (f"precision fp16, loss scale dynamic {q['scale_init']:.3g} → {q['scale_final']:.3g}, "
+            f"{skipped} step{'s' if skipped != 1 else ''} skipped," in lines["scaled"])
+    assert "precision fp" not in " ".join(header_text({**lost, "precision": None}).split())
 
     assert all(e.ok for e in check(problem.expect, lost))
     assert all(e.ok for e in check(remedy.expect, scaled))

@@ -54,7 +54,7 @@ def tiny_model(case: str) -> tuple[Any, list[ProbedLayer], torch.Tensor, torch.T
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_probe_matches_a_hand_computation(case: str) -> None:
     model, layers, x, y = tiny_model(case)
-    probe = Probe(layers, every=1, last_step=0, activation=case)
+    probe = Probe(layers, every=1, last_step=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
 
     probe.before_forward(0)
@@ -81,7 +81,7 @@ def test_probe_matches_a_hand_computation(case: str) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_activation_statistics_match_a_hand_computation(case: str) -> None:
     model, layers, x, y = tiny_model(case)
-    probe = Probe(layers, every=1, last_step=0, activation=case)
+    probe = Probe(layers, every=1, last_step=0)
     with torch.no_grad():
         hidden = hand_activations(model, x, case)
 

@@ -64,7 +64,7 @@ def probed_step_syncs(depth: int) -> tuple[Counter, Counter, int]:
     data = load_data(cfg.data, cfg.seed)
     built = build_model(cfg.model, data.n_in, data.n_out)
     model, layers = built.model, built.layers
-    probe = Probe(layers, every=1, last_step=0, activation="relu", activations=True)
+    probe = Probe(layers, every=1, last_step=0, activations=True)
     probe.before_forward(0)
     loss = torch.nn.functional.mse_loss(model(data.x_train), data.y_train)
     loss.backward()
@@ -147,7 +147,7 @@ def test_the_faster_statistics_equal_the_textbook_ones() -> None:
     data = load_data(cfg.data, cfg.seed)
     built = build_model(cfg.model, data.n_in, data.n_out)
     model, layers = built.model, built.layers
-    probe = Probe(layers, every=1, last_step=0, activation="relu", activations=True)
+    probe = Probe(layers, every=1, last_step=0, activations=True)
     hidden: list[torch.Tensor] = []  # each hidden layer's output, kept by a hook of our own
     for act in model.acts:
         act.register_forward_hook(lambda module, inputs, output: hidden.append(output.detach()))

@@ -462,3 +462,71 @@ def test_a_loss_scaler_is_divided_out_and_its_overflows_are_not_a_divergence(tmp
     bf16 = run(None, steps=2, autocast=True)  # bfloat16 activations, float32 gradients
     assert (bf16.summary or {})["status"] == "completed"
     assert all(math.isfinite(layer["init"]["grad_norm"]) for layer in (bf16.summary or {})["layers"])
+
+
+class AddsInPlace(nn.Module):
+    """fc1 → GELU, then `h += 1` on the GELU's output (from the call `change_from` on), then
+    fc2 → Tanh → head: one activation changed in place after its hook, one never."""
+
+    def __init__(self, change_from: int = 0):
+        super().__init__()
+        self.fc1, self.gelu = nn.Linear(4, 8), nn.GELU()
+        self.fc2, self.tanh = nn.Linear(8, 8), nn.Tanh()
+        self.head = nn.Linear(8, 2)
+        self.calls, self.change_from = 0, change_from
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gelu(self.fc1(x))
+        if self.calls >= self.change_from:
+            h += 1.0
+        self.calls += 1
+        return self.head(self.tanh(self.fc2(h)))
+
+
+@torch.no_grad()
+def hand_activations(model: AddsInPlace, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g = F.gelu(F.linear(x, model.fc1.weight, model.fc1.bias))
+    shift = 1.0 if model.calls >= model.change_from else 0.0
+    t = torch.tanh(F.linear(g + shift, model.fc2.weight, model.fc2.bias))
+    return g.double(), t.double()  # the probe's moments are float64
+
+
+@pytest.mark.parametrize("change_from", [0, 1])
+def test_activations_stay_exact_on_later_steps_when_an_output_changes_in_place(
+        tmp_path: Path, change_from: int) -> None:
+    """The probe takes the first logged step's activation statistics at once, then batches the
+    outputs that no in-place op changed: every logged step's numbers are the activation
+    modules' own outputs. An output first changed on a later step is not measured there (never
+    a wrong value) and is right from the next step on."""
+    torch.manual_seed(3)
+    model = AddsInPlace(change_from)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 1, 0, 1, 0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    hand = []
+    with gradlab.watch(model, every=1, steps=4, out=tmp_path / "runs", optimizer=opt) as probe:
+        for step in range(4):
+            hand.append(hand_activations(model, x))
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            probe.after_backward(step, loss=loss)
+            opt.step()
+            probe.after_step(step)
+    rows = read_csv(probe.path / "layers.csv")[1]
+    for step, (g, t) in enumerate(hand):
+        fc1, fc2 = (next(r for r in rows if r["step"] == str(step) and r["name"] == name)
+                    for name in ("fc1", "fc2"))
+        assert float(fc2["act_mean"]) == pytest.approx(float(t.mean()), rel=1e-9)
+        assert float(fc2["act_std"]) == pytest.approx(float(t.std()), rel=1e-9)
+        assert float(fc2["act_saturated"]) == pytest.approx(float((t.abs() > 0.99).double().mean()))
+        if change_from == 1 and step == 1:  # kept by reference, then changed: not measured
+            assert fc1["act_mean"] == fc1["act_std"] == fc1["act_q50"] == "", fc1
+            continue
+        assert float(fc1["act_mean"]) == pytest.approx(float(g.mean()), rel=1e-9), step
+        assert float(fc1["act_std"]) == pytest.approx(float(g.std()), rel=1e-9), step
+        if step in (0, 3):  # quantiles at the first and the last step
+            for name, q in (("act_q05", 0.05), ("act_q50", 0.5), ("act_q95", 0.95)):
+                assert float(fc1[name]) == pytest.approx(float(torch.quantile(g.double(), q)),
+                                                         rel=1e-9), (step, name)
+                assert float(fc2[name]) == pytest.approx(float(torch.quantile(t.double(), q)),
+                                                         rel=1e-9), (step, name)

@@ -89,6 +89,9 @@ def _header(record: Record, width: int) -> RenderableType:
     if s.get("overrides"):
         lines.append("made with " + " ".join(f"--set {o}" for o in s["overrides"]) + "\n",
                      style="dim")
+    precision = precision_line(s.get("precision"))
+    if precision:
+        lines.append(_packed("", precision, inner, indent=2) + "\n")
     for line in theory_lines(s):  # the mean-field prediction, and how step 0 agrees with it
         lines.append(line + "\n", style="dim")
     if s.get("flush_denormal"):
@@ -106,6 +109,29 @@ def _header(record: Record, width: int) -> RenderableType:
                      "showing what it logged\n", style="yellow")
     lines.append(str(record.path), style="dim")
     return Panel(lines, title="gradlab run", title_align="left", width=box_width(width))
+
+
+def precision_line(p: object) -> list[str]:
+    """The header's pieces on a bf16/fp16 run: the dtype, the loss scale and what it did,
+    gradients lost to underflow at init and the headroom left (nothing in fp32)."""
+    if not isinstance(p, dict) or not p.get("dtype"):
+        return []
+    parts = [f"precision {p['dtype']}"]
+    if p.get("loss_scale"):
+        scale = f"loss scale {p['loss_scale']}"
+        if p.get("scale_init") is not None and p.get("scale_final") is not None:
+            scale += f" {num(p['scale_init'])} → {num(p['scale_final'])}"
+        parts.append(scale)
+    if p.get("skipped_steps"):
+        n = p["skipped_steps"]
+        parts.append(f"{n} step{'s' if n != 1 else ''} skipped")
+    under = p.get("underflow_init")
+    if isinstance(under, (int, float)) and not isinstance(under, bool):
+        parts.append(f"{100 * under:.3g}% of gradient entries underflowed at init")
+    room = p.get("headroom")
+    if isinstance(room, (int, float)) and not isinstance(room, bool):
+        parts.append(f"headroom {num(room)} orders of magnitude")
+    return parts
 
 
 def _packed(lead: str, items: list[str], width: int, sep: str = ",", end: str = "",

@@ -214,8 +214,8 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
     loss_fn = loss_function(t.loss, data.task, data.n_out)
     optimizer = build_optimizer(model.parameters(), t)
     probe = Probe(layers, every=cfg.probe.every, last_step=steps - 1,
-                  activation=cfg.model.activation, activations=cfg.probe.activations,
-                  time=built.time, enabled=cfg.probe.enabled, precision=t.precision)
+                  activations=cfg.probe.activations, time=built.time,
+                  enabled=cfg.probe.enabled, precision=t.precision)
     params = [p for p in model.parameters() if p.requires_grad]
     device = data.x_train.device
     low = t.precision != "fp32"

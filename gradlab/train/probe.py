@@ -1,17 +1,34 @@
 """Per-layer statistics of gradients, weights, updates, the backward signal and activations,
-batched on the device.
+batched on the device: the one probe of gradlab's trainer and of `gradlab.watch`.
 
-A `Probe` watches the layers a builder declares (`build.probed`): forward hooks on each layer's
-module (whose output z_l gets a tensor hook for ∂L/∂z_l) and activation module, and on a
-recurrent model's time-step tap, keep what they see on logged training steps only. The loop
-calls `before_forward(step)`, then `after_backward(step)` between backward and the optimiser
-step, and `after_step(step)` after it; on logged steps the last returns one row per layer.
+A `Probe` watches declared layers (`build.probed.ProbedLayer`: from a builder, or found by
+`build.discover` in any model): forward hooks on each layer's module (whose output z_l gets a
+tensor hook for ∂L/∂z_l) and activation module, and on a recurrent model's time-step tap, keep
+what they see on logged training steps only. The loop calls `before_forward(step)`, then
+`after_backward(step)` between backward and the optimiser step, and `after_step(step)` after
+it; on logged steps the last returns one row per layer.
 
 Every statistic for every layer is computed on the device and fetched in a single transfer per
 logged step: never an `.item()` per layer. Norms accumulate in float64, so a gradient of
 float32 entries near 1e-40 or 1e30 has its true norm (a float32 sum of squares would underflow
 to 0 or overflow to Inf). A statistic the probe did not measure is None; a measured one that is
 NaN or Inf stays NaN or Inf.
+
+**Activations.** A layer's activation is the output of its declared activation module or, given
+the `model` (a model gradlab did not build), of the activation module (`ACTIVATION_KINDS`) that
+runs right after the layer's owner module, whatever the registration order and even when one
+module serves several layers. Its mean, std, saturated and dead fractions are judged by that
+module's kind. They are taken on the device in float64 and, where possible, batched: at the
+first logged step every activation's statistics are taken at once inside its hook (so an
+in-place change later in the forward pass, `ReLU(inplace=True)` or `x += shortcut`, cannot alter
+them) and the probe notes, by the tensors' version counters, which outputs were changed in
+place afterwards. Those stay at once; the others are kept by reference and their statistics
+batched after backward, one call per shape and kind. An output found changed on a later step,
+having been kept by reference, is recorded as not measured on that step (never a wrong value)
+and is taken at once from then on.
+
+**Order.** Given `model` and each layer's `owners`, `order()` gives the rows in the order their
+owners first ran (registration order is not execution order, e.g. in a Pre-LN Transformer).
 
 Mixed precision (`precision` bf16 or fp16): the headroom statistics `z_absmax`, `overflow`,
 `grad_underflow` (with `underflow(reference)`) and `grad_tiny` join the same transfer; an fp32
@@ -25,8 +42,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from gradlab.build.discover import activation_kind
 from gradlab.build.probed import ProbedLayer, TimeSteps
 from gradlab.config.schema import DYING, SATURATING
 
@@ -81,31 +100,74 @@ def unit_spread(layers: list[ProbedLayer]) -> float | None:
     return max(spreads) if spreads else None
 
 
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """A module's main output: itself, or the first tensor of a tuple, list or dict (an
+    attention module returns a tuple: its first element is taken as z_l)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    items = output.values() if isinstance(output, dict) else output \
+        if isinstance(output, (tuple, list)) else ()
+    return next((o for o in items if isinstance(o, torch.Tensor)), None)
+
+
+def _per_example(h: torch.Tensor) -> torch.Tensor:
+    """An activation as (examples, units): the first dimension is the batch (a 1-D output is
+    one example)."""
+    return h.reshape(h.shape[0], -1) if h.dim() > 1 else h.reshape(1, -1)
+
+
+def activation_stats(h: torch.Tensor, kind: str | None) -> torch.Tensor:
+    """(mean, std, saturated, dead) of each activation in `h` (activations, examples, units),
+    float64 on its device; NaN where a statistic does not apply to `kind`. Moments in float64:
+    a collapsed forward signal (std ~1e-25) must not square to 0. Reductions run over one
+    contiguous dimension (on the CPU, reducing over two dimensions is several times slower)."""
+    flat = h.reshape(h.shape[0], -1).to(F64)
+    mean = flat.mean(dim=1)
+    std = ((flat - mean[:, None]).pow(2).sum(dim=1) / max(1, flat.shape[1] - 1)).sqrt()
+    nan = torch.full_like(mean, math.nan)
+    if kind == "sigmoid":
+        saturated = ((flat < 0.01) | (flat > 0.99)).to(F64).mean(dim=1)
+    elif kind == "tanh":
+        saturated = (flat.abs() > 0.99).to(F64).mean(dim=1)
+    else:
+        saturated = nan
+    # a unit is dead when it is off for the whole batch; max ≤ 0 is (h ≤ 0).all() at a tenth
+    # of the cost
+    dead = (h.amax(dim=1) <= 0).to(F64).mean(dim=1) if kind in DYING else nan
+    return torch.stack([mean, std, saturated, dead], dim=1)
+
+
+def _sample(row: torch.Tensor) -> torch.Tensor:
+    """At most QUANTILE_SAMPLE evenly spaced entries of a 1-D tensor (all of a smaller one)."""
+    if row.numel() > QUANTILE_SAMPLE:
+        index = torch.linspace(0, row.numel() - 1, QUANTILE_SAMPLE, device=row.device).long()
+        return row[index]
+    return row
+
+
 def _samples(rows: list[torch.Tensor]) -> torch.Tensor:
     """Each 1-D tensor as a row of QUANTILE_SAMPLE float64 values: evenly spaced entries of a
     larger one, every entry of a smaller one (padded with NaN, which nanquantile skips)."""
     out = torch.full((len(rows), QUANTILE_SAMPLE), math.nan, dtype=F64,
                      device=rows[0].device if rows else None)
     for i, row in enumerate(rows):
-        if row.numel() > QUANTILE_SAMPLE:
-            index = torch.linspace(0, row.numel() - 1, QUANTILE_SAMPLE, device=row.device).long()
-            row = row[index]
+        row = _sample(row)
         out[i, :row.numel()] = row.to(F64)
     return out
 
 
 class Probe:
-    """Watches `layers` every `every` steps (and on `last_step`)."""
+    """Watches `layers` every `every` steps (and on `last_step`); with `model` (and each
+    layer's `owners`), also finds activations as the model runs and learns the rows' order."""
 
     def __init__(self, layers: list[ProbedLayer], *, every: int, last_step: int,
-                 activation: str = "relu", activations: bool = True,
-                 time: TimeSteps | None = None, enabled: bool = True,
-                 precision: str = "fp32"):
+                 activations: bool = True, time: TimeSteps | None = None,
+                 enabled: bool = True, precision: str = "fp32",
+                 model: nn.Module | None = None, owners: list[nn.Module] | None = None):
         self.enabled = enabled
         self.layers = layers
         self.every = every
         self.last_step = last_step
-        self.activation = activation
         self.time = time
         device = layers[0].weight.device
         self._weights = [p.weight.detach() for p in layers]  # views: they follow the steps
@@ -113,11 +175,20 @@ class Probe:
                                    device=device)
         self._nan = torch.full((len(layers),), math.nan, dtype=F64, device=device)
         self._armed = False  # capture in the forward pass now under way
+        self._quantiles = False  # and take samples for the quantiles in it
         self._pending: torch.Tensor | None = None
         self._measured: dict[str, list[bool]] = {}
         self._before: list[torch.Tensor] = []
         self._time_norms: torch.Tensor | None = None
-        self._outputs: dict[int, torch.Tensor] = {}  # layer index → its activation (detached)
+        # this forward pass's activations, by row: the output (detached) and its version
+        # counter when the hook saw it; for rows taken at once, their statistics and samples
+        self._outputs: dict[int, torch.Tensor] = {}
+        self._versions: dict[int, int] = {}
+        self._kinds: dict[int, str | None] = {}
+        self._act: dict[int, torch.Tensor] = {}  # row → (mean, std, saturated, dead)
+        self._act_samples: dict[int, torch.Tensor] = {}
+        self._at_once: set[int] = set()  # rows whose outputs are changed in place later
+        self._learned = False  # a logged step has shown which rows those are
         self._deltas: dict[int, torch.Tensor] = {}  # layer index → ‖∂L/∂z_l‖ (0-d, float64)
         self._state_norms: list[torch.Tensor | None] = []
         self._extra: dict[str, torch.Tensor] = {}
@@ -127,29 +198,72 @@ class Probe:
         self.scalars: dict[str, float] = {}  # the extra scalars fetched with the last rows
         self.time_grads: list[float] | None = None  # ‖∂L/∂h_t‖ at the last logged step
         self._hooks: list[RemovableHandle] = []
-        # The hooks are attached for a logged step's forward pass only: an unlogged step runs
-        # the model without any, so probing every 10 steps costs nothing on the other nine.
-        self._plan: list[tuple[torch.nn.Module, Hook]] = []
+        self._model = model
+        self._last_row: int | None = None  # the row whose owner module ran last
+        self._first_run: dict[int, int] = {}  # owner index → when it first ran
+        self._ordering = model is not None  # the first forward pass gives the order
+        self._rows_of: list[list[int]] = [[i] for i in range(len(layers))]
+        # The hooks are attached for a logged step's forward pass only (and the first, which
+        # gives the order): an unlogged step runs the model without any, so probing every 10
+        # steps costs nothing on the other nine.
+        self._plan: list[tuple[nn.Module, Hook]] = []
         if not enabled:
             return
+        declared = {i: activation_kind(layer.activation) for i, layer in enumerate(layers)
+                    if layer.activation is not None}
         for i, layer in enumerate(layers):
             if activations and layer.activation is not None:
-                self._plan.append((layer.activation, self._keep_output(i)))
+                self._plan.append((layer.activation, self._keep_output(i, declared[i])))
             if layer.module is not None:
                 self._plan.append((layer.module, self._watch_z(i)))
         if time is not None:
             self._plan.append((time.tap, self._watch_state))
+        if model is not None:
+            self._plan_discovery(model, owners or [layer.module or model for layer in layers],
+                                 {id(layer.activation) for layer in layers
+                                  if layer.activation is not None}, activations)
+            self._attach()
+
+    def _plan_discovery(self, model: nn.Module, owners: list[nn.Module], declared: set[int],
+                        activations: bool) -> None:
+        """Hooks on each owner (for the order, and for which row an activation follows), on
+        every undeclared activation module, and on the model (a new forward pass)."""
+        distinct: list[nn.Module] = []
+        rows_of: list[list[int]] = []
+        for i, owner in enumerate(owners):
+            if not any(owner is o for o in distinct):
+                distinct.append(owner)
+                rows_of.append([])
+            rows_of[next(k for k, o in enumerate(distinct) if o is owner)].append(i)
+        self._rows_of = rows_of
+        self._plan += [(owner, self._ran(k, rows_of[k][-1])) for k, owner in enumerate(distinct)]
+        if activations:
+            for module in model.modules():
+                kind = activation_kind(module)
+                if kind is not None and id(module) not in declared:
+                    self._plan.append((module, self._follows(kind)))
+        self._plan.append((model, self._forward_done))
 
     def wants(self, step: int) -> bool:
         """Whether `step` is a logged step."""
         return self.enabled and (step % self.every == 0 or step == self.last_step)
 
+    def _wants_quantiles(self, step: int) -> bool:
+        return step == 0 or step == self.last_step or (step // self.every) % QUANTILE_EVERY == 0
+
+    def order(self) -> list[int]:
+        """Row indices in the order their owner modules first ran (rows never run, last)."""
+        never = len(self._rows_of)
+        keyed = sorted(range(len(self._rows_of)), key=lambda k: (self._first_run.get(k, never), k))
+        return [i for k in keyed for i in self._rows_of[k]]
+
     def before_forward(self, step: int) -> None:
         """Capture in the coming forward pass if `step` is logged (unrolling a recurrent top)."""
         self._armed = self.wants(step)
-        self._outputs, self._deltas, self._state_norms = {}, {}, []
-        self._z = {}
-        if self._armed:
+        self._quantiles = self._armed and self._wants_quantiles(step)
+        self._forget()
+        self._state_norms = []
+        if self._armed or self._ordering:
             self._attach()
         else:
             self._detach()
@@ -168,25 +282,42 @@ class Probe:
         backward, were not: divide them by `scale`, and count `grad_tiny` at the scaled values."""
         self._scale = scale
 
+    def unscale(self, scale: torch.Tensor) -> None:
+        """Divide this logged step's gradient statistics by a loss scale (mixed precision in a
+        loop that unscales nothing: the gradients read were those of `scale` × the loss)."""
+        if self._pending is not None:
+            for name in ("grad_norm", "grad_rms", "grad_absmax", "delta_norm"):
+                self._pending[:, COLUMN[name]] /= scale.to(F64)
+
     def fetch_with(self, name: str, value: torch.Tensor) -> None:
         """Fetch a scalar of this logged step (e.g. the norm after clipping) with its rows."""
         if self._pending is not None:
             self._extra[name] = value.detach().to(F64).reshape(())
 
     def _attach(self) -> None:
-        if not self._hooks:
-            self._hooks = [module.register_forward_hook(hook) for module, hook in self._plan]
+        if self._hooks:
+            return
+        self._hooks = [module.register_forward_hook(hook) for module, hook in self._plan]
+        if self._model is not None:
+            self._hooks.append(self._model.register_forward_pre_hook(self._new_forward))
 
     def _detach(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
 
+    def _forget(self) -> None:
+        """Drop what the forward pass under way captured of activations and z_l."""
+        self._outputs, self._versions, self._kinds = {}, {}, {}
+        self._act, self._act_samples = {}, {}
+        self._deltas, self._z, self._last_row = {}, {}, None
+
     def close(self) -> None:
         """Remove every hook and leave a recurrent model fused: the model is as it was given."""
         self._detach()
         self._armed = False
-        self._outputs, self._deltas, self._state_norms = {}, {}, []
+        self._forget()
+        self._state_norms = []
         if self.time is not None:
             self.time.unroll(False)
 
@@ -196,35 +327,75 @@ class Probe:
         # evaluation runs under no_grad: it never overwrites a training step's capture
         return self._armed and torch.is_grad_enabled()
 
-    def _keep_output(self, i: int) -> Hook:
-        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            if self._capturing() and isinstance(output, torch.Tensor):
-                self._outputs[i] = output.detach()
+    def _capture(self, i: int, output: Any, kind: str | None) -> None:
+        """Row `i`'s activation: kept by reference, and its statistics taken at once where the
+        output may yet change in place (see the module docstring)."""
+        if not isinstance(output, torch.Tensor) or output.numel() == 0:
+            return
+        h = output.detach()
+        self._outputs[i], self._versions[i], self._kinds[i] = h, h._version, kind
+        if not self._learned or i in self._at_once:
+            self._act[i] = activation_stats(_per_example(h)[None], kind)[0]
+            if self._quantiles:
+                self._act_samples[i] = _sample(h.flatten()).clone()
+
+    def _keep_output(self, i: int, kind: str | None) -> Hook:
+        """A declared activation module (`ProbedLayer.activation`)."""
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self._capturing():
+                self._capture(i, output, kind)
 
         return hook
+
+    def _follows(self, kind: str) -> Hook:
+        """An undeclared activation module: its output is the activation of the row whose
+        owner ran just before (once per row and forward pass)."""
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            row = self._last_row
+            self._last_row = None
+            if row is not None and row not in self._outputs and self._capturing():
+                self._capture(row, output, kind)
+
+        return hook
+
+    def _ran(self, k: int, row: int) -> Hook:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self._ordering and k not in self._first_run:
+                self._first_run[k] = len(self._first_run)
+            self._last_row = row
+
+        return hook
+
+    def _new_forward(self, module: nn.Module, inputs: Any) -> None:
+        if self._capturing():  # the last forward pass before backward is the one measured
+            self._forget()
+
+    def _forward_done(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._ordering = False
 
     def _watch_z(self, i: int) -> Hook:
         """z_l passed its module: keep ‖∂L/∂z_l‖ when backward reaches it."""
 
-        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            if not (self._capturing() and isinstance(output, torch.Tensor)
-                    and output.requires_grad):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            z = first_tensor(output)
+            if not (self._capturing() and z is not None and z.requires_grad):
                 return
             if self._low:  # headroom in the forward pass: max |z_l|, and entries that overflowed
-                z = output.detach()
-                low, high = torch.aminmax(z)
+                low, high = torch.aminmax(z.detach())
                 self._z[i] = torch.stack([torch.maximum(high, -low).to(F64),
-                                          (~z.isfinite()).sum().to(F64)])
+                                          (~z.detach().isfinite()).sum().to(F64)])
 
             def keep(grad: torch.Tensor) -> None:
                 # the norm now, on the device: autograd may reuse the buffer after the hook
                 self._deltas[i] = torch.linalg.vector_norm(grad, dtype=F64)
 
-            output.register_hook(keep)
+            z.register_hook(keep)
 
         return hook
 
-    def _watch_state(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    def _watch_state(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         """h_t passed the tap: keep ‖∂L/∂h_t‖ when backward reaches it."""
         if not self._capturing() or not output.requires_grad:
             return
@@ -240,7 +411,9 @@ class Probe:
 
     def after_backward(self, step: int) -> None:
         """Gradient, weight, backward-signal and activation statistics, kept on the device."""
+        self._ordering = False  # the order is known once a step has run
         if not self.wants(step):
+            self._detach()
             return
         self._armed = False
         self._detach()  # the tensor hooks on z_l and h_t have fired; the module hooks can go
@@ -252,34 +425,37 @@ class Probe:
         low, high = zip(*(torch.aminmax(g) for g in grads))
         grad_absmax = torch.maximum(torch.stack(high), -torch.stack(low)).to(F64)
         self._before = [w.clone() for w in self._weights]  # for the update ratio
-        acts, measured_acts = self._activation_stats()
+        acts, measured_acts, valid = self._activation_stats()
         deltas = self._delta_column()
         if self._scale is not None:
             deltas = deltas / self._scale.to(F64)
-        if step == 0 or step == self.last_step or (step // self.every) % QUANTILE_EVERY == 0:
-            quantiles, measured_quantiles = self._quantile_stats(grads)
+        n = len(self.layers)
+        if self._wants_quantiles(step):
+            quantiles, measured_quantiles = self._quantile_stats(grads, valid)
         else:
             quantiles = {name: self._nan for name in QUANTILE_STATS}
-            measured_quantiles = {name: [False] * len(self.layers) for name in QUANTILE_STATS}
+            measured_quantiles = {name: [False] * n for name in QUANTILE_STATS}
         columns = {"grad_norm": grad_norm, "grad_rms": grad_norm / self._numel.sqrt(),
                    "grad_absmax": grad_absmax, "weight_norm": norms64(self._weights),
                    "update_ratio": self._nan, "delta_norm": deltas, **acts,
                    **self._precision_stats(grads), **quantiles}
-        none = [False] * len(self.layers)
+        none = [False] * n
+        kinds = [self._kinds.get(i) for i in range(n)]
         self._measured = {
             "update_ratio": none,
-            "delta_norm": [i in self._deltas for i in range(len(self.layers))],
+            "delta_norm": [i in self._deltas for i in range(n)],
             "act_mean": measured_acts, "act_std": measured_acts,
             # saturation is defined for sigmoid and tanh, dead units for ReLU
-            "act_saturated": measured_acts if self.activation in SATURATING else none,
-            "act_dead": measured_acts if self.activation in DYING else none,
-            "z_absmax": [i in self._z for i in range(len(self.layers))],
-            "overflow": [self._low] * len(self.layers),
-            "grad_underflow": none, "grad_tiny": [self._low] * len(self.layers),
+            "act_saturated": [m and k in SATURATING for m, k in zip(measured_acts, kinds)],
+            "act_dead": [m and k in DYING for m, k in zip(measured_acts, kinds)],
+            "z_absmax": [i in self._z for i in range(n)],
+            "overflow": [self._low] * n,
+            "grad_underflow": none, "grad_tiny": [self._low] * n,
             **measured_quantiles,
         }
         self._time_norms = self._time_grad_norms()
-        self._outputs, self._deltas, self._extra, self._z = {}, {}, {}, {}
+        self._forget()
+        self._extra = {}
         self._pending = torch.stack([columns[name] for name in STATS], dim=1)  # (layers, stats)
 
     def underflow(self, reference: list[torch.Tensor | None]) -> None:
@@ -345,13 +521,15 @@ class Probe:
             [self._deltas[i] for i in index])
         return column
 
-    def _quantile_stats(self, grads: list[torch.Tensor]
+    def _quantile_stats(self, grads: list[torch.Tensor], valid: list[int]
                         ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:
-        """The 5/50/95% quantiles of each layer's outputs (where captured) and of its |∂L/∂W|
+        """The 5/50/95% quantiles of each layer's outputs (the `valid` rows) and of its |∂L/∂W|
         entries, from at most QUANTILE_SAMPLE evenly spaced entries each, in one call."""
         n = len(self.layers)
-        acts = {i: h for i, h in self._outputs.items() if h.numel()}
-        rows = [g.abs().flatten() for g in grads] + [acts[i].flatten() for i in sorted(acts)]
+        acts = [i for i in valid if i in self._act_samples or i not in self._act]
+        rows = [g.abs().flatten() for g in grads] + [
+            self._act_samples[i] if i in self._act_samples else self._outputs[i].flatten()
+            for i in acts]
         q = torch.nanquantile(_samples(rows), torch.tensor(QUANTILES, dtype=F64,
                                                            device=self._nan.device), dim=1)
         out: dict[str, torch.Tensor] = {}
@@ -360,7 +538,7 @@ class Probe:
         for k, name in enumerate(("act_q05", "act_q50", "act_q95")):
             column = self._nan.clone()
             if acts:
-                column[torch.tensor(sorted(acts), device=column.device)] = q[k, n:]
+                column[torch.tensor(acts, device=column.device)] = q[k, n:]
             out[name] = column
         has_act = [i in acts for i in range(n)]
         measured = {name: [True] * n for name in ("grad_q05", "grad_q50", "grad_q95")}
@@ -392,40 +570,33 @@ class Probe:
         zero = torch.zeros((), dtype=F64, device=self._numel.device)
         return torch.stack([g if g is not None else zero for g in self._state_norms])  # (time,)
 
-    def _activation_stats(self) -> tuple[dict[str, torch.Tensor], list[bool]]:
-        """Mean, std, saturated and dead fractions of each watched layer's output, and which
-        layers have them (not the head, which has no activation of its own)."""
+    def _activation_stats(self) -> tuple[dict[str, torch.Tensor], list[bool], list[int]]:
+        """Mean, std, saturated and dead fractions of each watched layer's activation, which
+        layers have them (not the head, which has no activation of its own), and the rows whose
+        output is still as its hook saw it (for the quantiles)."""
         n = len(self.layers)
-        watched = sorted(self._outputs)
-        captured = [self._outputs[i] for i in watched]
-        if not captured or any(h.shape != captured[0].shape for h in captured):
-            return {name: self._nan for name in ACTIVATION_STATS}, [False] * n
-        h = torch.stack(captured)  # (watched layers, batch, width)
-        h = h.reshape(h.shape[0], h.shape[1], -1)
-        # Reductions run over one contiguous dimension: on the CPU, reducing over (1, 2) and
-        # torch.std are several times slower, and this runs on every logged step. Moments in
-        # float64: a collapsed forward signal (std ~1e-25) must not square to 0.
-        flat = h.reshape(h.shape[0], -1).to(F64)  # (watched layers, batch · width)
-        count = h.shape[0]
-        mean = flat.mean(dim=1)
-        std = ((flat - mean[:, None]).pow(2).sum(dim=1) / max(1, flat.shape[1] - 1)).sqrt()
-        nan = self._nan[:count]
-        if self.activation == "sigmoid":
-            saturated = ((flat < 0.01) | (flat > 0.99)).to(F64).mean(dim=1)
-        elif self.activation == "tanh":
-            saturated = (flat.abs() > 0.99).to(F64).mean(dim=1)
-        else:
-            saturated = nan
-        if self.activation in DYING:
-            # units off for the whole batch; max ≤ 0 is (h ≤ 0).all() at a tenth of the cost
-            dead = (h.amax(dim=1) <= 0).to(F64).mean(dim=1)
-        else:
-            dead = nan
-        index = torch.tensor(watched, device=self._nan.device)
-        out = {}
-        for name, column in zip(ACTIVATION_STATS, (mean, std, saturated, dead)):
-            full = self._nan.clone()
-            full[index] = column
-            out[name] = full
-        measured = [i in self._outputs for i in range(n)]
-        return out, measured
+        changed = {i for i, h in self._outputs.items() if h._version != self._versions[i]}
+        self._at_once |= changed  # changed in place after its hook: taken at once from now on
+        self._learned = True
+        block = self._nan.new_full((n, len(ACTIVATION_STATS)), math.nan)
+        rows: list[int] = []
+        parts: list[torch.Tensor] = []
+        if self._act:
+            index = sorted(self._act)
+            rows += index
+            parts.append(torch.stack([self._act[i] for i in index]))
+        groups: dict[tuple[tuple[int, ...], str | None], list[int]] = {}
+        for i in sorted(self._outputs):
+            if i not in self._act and i not in changed:  # kept by reference, unchanged
+                h = self._outputs[i]
+                groups.setdefault((tuple(h.shape), self._kinds[i]), []).append(i)
+        for (_, kind), index in groups.items():
+            rows += index
+            parts.append(activation_stats(
+                torch.stack([_per_example(self._outputs[i]) for i in index]), kind))
+        if rows:
+            block[torch.tensor(rows, device=block.device)] = torch.cat(parts).to(block.device)
+        columns = {name: block[:, k] for k, name in enumerate(ACTIVATION_STATS)}
+        measured = set(rows)
+        valid = [i for i in sorted(self._outputs) if i not in changed or i in self._act]
+        return columns, [i in measured for i in range(n)], valid

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from gradlab.build.discover import display_name
-from gradlab.train.watched import first_tensor
+from gradlab.train.probe import first_tensor
 
 MOST_PASSED_ON = 6
 
