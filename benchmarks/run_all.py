@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import api_overhead
 import compare_scaling
 import overhead
 import reproduce_time
@@ -21,7 +22,7 @@ def main() -> None:
     quick = parser.parse_args().quick
     rows: list[Row] = []
     started = time.perf_counter()
-    for module in (overhead, compare_scaling, reproduce_time):
+    for module in (overhead, api_overhead, compare_scaling, reproduce_time):
         print(f"running {module.__name__} ...", flush=True)
         rows += module.measure(quick)
     minutes = (time.perf_counter() - started) / 60
