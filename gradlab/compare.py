@@ -749,7 +749,8 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
         problem = v.error or s.get("error") or ""
         if s.get("status") == "diverged" and s.get("first_nonfinite"):
             where = s["first_nonfinite"]
-            problem = f"NaN/Inf in {where.get('layer') or where.get('what')} at step {where.get('step')}"
+            problem = (f"NaN/Inf in {where.get('layer') or where.get('module') or where.get('what')}"
+                       f" at step {where.get('step')}")
         rows.append({
             "variant": v.name,
             "status": v.status,

@@ -225,3 +225,42 @@ def test_with_a_loss_scaler_only_a_run_of_overflows_is_a_divergence(tmp_path: Pa
     assert where["step"] == AMP_PATIENCE - 1
     assert where["direction"] == "backward" and where["module"] == "Spike[1]"
     assert summary(probe)["mixed_precision"]["overflowed_steps"] == AMP_PATIENCE
+
+
+def test_the_trainer_names_the_module_that_produced_an_overflow_as_the_api_does(run_tiny) -> None:
+    """gradlab run's trainer locates a divergence with the same sentinel: a net whose init
+    multiplies the signal by ~1e7 per layer overflows float32 in a middle layer at step 0. The
+    producing Linear is found independently by a bare forward pass of the same batch."""
+    from conftest import tiny_config
+
+    from gradlab.runner import build_run
+    from gradlab.train.loop import batches
+
+    changes = {"model": {"depth": 8, "width": 16, "activation": "relu",
+                         "init": {"scheme": "normal", "std": 1e6}}}
+    cfg = tiny_config(**changes)
+    data, built = build_run(cfg, torch.device("cpu"))
+    idx = next(batches(len(data.x_train), cfg.train.batch_size, cfg.seed, torch.device("cpu")))
+    h, expected, passed = data.x_train[idx], None, []
+    net = built.model
+    with torch.no_grad():  # each module's output in the order they run
+        for i in range(8):
+            for name, module in ((f"linears.{i}", net.linears[i]),  # type: ignore[index]
+                                 (f"norms.{i}", net.norms[i]),  # type: ignore[index]
+                                 (f"acts.{i}", net.acts[i])):  # type: ignore[index]
+                out = module(h)
+                if not out.isfinite().all():
+                    if expected is None and h.isfinite().all():
+                        expected = i
+                    elif expected is not None:
+                        passed.append(name)
+                h = out
+    assert expected is not None and 0 < expected < 7  # an overflow in the middle of the net
+
+    s = run_tiny(**changes).summary
+    where = s["first_nonfinite"]
+    assert s["status"] == "diverged" and where["step"] == 0
+    assert where["direction"] == "forward" and where["what"] == "output"
+    assert where["module"] == f"linears.{expected}" and where["layer"] == f"fc{expected + 1}"
+    assert where["value"] == "Inf" and where["passed_on"] == passed[:6]
+    assert f"the output of fc{expected + 1} became NaN/Inf" in s["verdicts"][0]["message"]

@@ -320,14 +320,15 @@ def _precision(ctx: _Context) -> Verdict | None:
 
 def _diverged(ctx: _Context) -> Verdict:
     where = ctx.s.get("first_nonfinite") or {}
-    layer = where.get("layer")
+    # a module outside the probed layers (a recurrent cell, say) is named by the sentinel
+    layer = where.get("layer") or where.get("module")
     phase = where.get("phase") or ""
     if phase.startswith("pretrain_layer_"):
         return _diverged_in_pretraining(where, phase, ctx.pretrain or {})
     kind, step = where.get("what", ""), where.get("step")
     what = {"loss": "the loss", "output": f"the output of {layer}",
             "activations": f"the activations of {layer}", "gradient": f"the gradient of {layer}",
-            "weights": f"the weights of {layer}"}.get(kind, "a value")
+            "weights": f"the weights of {layer}", "input": "the batch"}.get(kind, "a value")
     pass_ = {"forward": " in the forward pass", "backward": " in backprop"}.get(
         where.get("direction") or "", "") if kind != "loss" else ""
     msg = f"{what} became NaN/Inf{pass_} at step {step}"

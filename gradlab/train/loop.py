@@ -20,7 +20,7 @@ import math
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,13 @@ import torch
 from torch import nn
 
 from gradlab.build.dataset import Dataset
+from gradlab.build.discover import display_name
 from gradlab.build.optim import Loss, build_optimizer, loss_function, lr_at
 from gradlab.build.probed import Built, ProbedLayer
 from gradlab.config import ClipConfig, Config
 from gradlab.train.events import Evaluated, Logged, Observers, StepEnd
 from gradlab.train.probe import F64, LOW_PRECISION, Probe
+from gradlab.train.sentinel import Sentinel
 
 
 @torch.no_grad()
@@ -216,6 +218,8 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
     probe = Probe(layers, every=cfg.probe.every, last_step=steps - 1,
                   activations=cfg.probe.activations, time=built.time,
                   enabled=cfg.probe.enabled, precision=t.precision)
+    # the first-NaN sentinel: keeps each training forward's inputs, replays one if it diverges
+    sentinel = Sentinel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     device = data.x_train.device
     low = t.precision != "fp32"
@@ -253,8 +257,12 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                 amp.backward(loss, optimizer, probe)
             probe.after_backward(step)
             if low and probe.wants(step):  # entries lost to underflow: float32 on the same batch
-                probe.underflow(reference_grads(model, layers, (data.x_train[idx],
-                                                                data.y_train[idx]), loss_fn))
+                sentinel.paused = True  # the sentinel keeps the training forward, not this one
+                try:
+                    probe.underflow(reference_grads(model, layers, (data.x_train[idx],
+                                                                    data.y_train[idx]), loss_fn))
+                finally:
+                    sentinel.paused = False
 
             # measure the gradients; clipping waits until they are known to be finite
             m = measure_step(loss, params, t.clip)
@@ -267,9 +275,8 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                 # weights the previous update overflowed show here first, as a NaN/Inf loss
                 result.first_nonfinite = (
                     _where_nonfinite_weights(step - 1, layers)
-                    or where_nonfinite(step, m.loss, model, layers,
-                                       (data.x_train[idx], data.y_train[idx]), loss_fn,
-                                       precise))
+                    or where_nonfinite(step, m.loss, sentinel, model, layers, precise,
+                                       amp.scale() if amp is not None else None))
                 _before_divergence(recent, layers if probe.enabled else [], params, tell)
                 tell.on_log(_logged(step, lr, m, probe.flush(step), None, probe.time_grads))
                 break
@@ -327,6 +334,7 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
         result.traceback = traceback.format_exc()
     finally:
         probe.close()
+        sentinel.close()
         if amp is not None:
             result.precision = amp.summary(t.precision, t.loss_scale)
     result.seconds = time.perf_counter() - started
@@ -360,6 +368,10 @@ class _Amp:
         self.scaler.scale(loss).backward()
         probe.set_loss_scale(self.scaler._get_scale_async())  # ∂L/∂z_l were read scaled
         self.scaler.unscale_(optimizer)  # the probe and clipping see the true gradients
+
+    def scale(self) -> torch.Tensor | None:
+        """The loss scale this step's backward ran with (None without a grad scaler)."""
+        return self.scaler._get_scale_async() if self.scaling else None
 
     def skips(self, m: Measured) -> bool:
         """Whether the scaler skips this step: its scaled gradients overflowed, the loss is
@@ -480,65 +492,28 @@ def initial_evaluation(model: nn.Module, data: Dataset, loss_fn: Loss) -> dict[s
         model.train(was_training)
 
 
-def where_nonfinite(step: int, loss: float, model: nn.Module, layers: list[ProbedLayer],
-                    batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Loss,
-                    precise: contextlib.AbstractContextManager[Any] | None = None
-                    ) -> dict[str, Any]:
-    """Where NaN/Inf appeared first, in `direction` forward or backward.
-
-    Forward: the step's batch is run once more, watching each probed layer's output z_l and
-    activation in the order they are computed; the first non-finite one *produced* it (the
-    layers after it only passed it on). Failing that, the loss itself (say, a log of 0).
-    Backward: the probed layer nearest the output whose gradient entries are non-finite.
-    """
-    def replay() -> torch.Tensor:
-        with precise or contextlib.nullcontext():  # in the run's precision: fp16 overflows again
-            return loss_fn(model(batch[0]), batch[1])
-
-    forward = _first_nonfinite_forward(model, layers, replay)
-    if forward is not None:
-        layer, what = forward
-        return {"step": step, "layer": layer, "what": what, "direction": "forward"}
-    if not math.isfinite(loss):
-        return {"step": step, "layer": None, "what": "loss", "direction": "forward"}
-    grads = [p.weight.grad for p in layers]
-    yes = torch.tensor(True, device=layers[0].weight.device)
-    finite = torch.stack([g.isfinite().all() if g is not None else yes
-                          for g in grads]).tolist()  # note: one sync, once per run
-    bad = [p.name for p, ok in zip(layers, finite) if not ok]
-    return {"step": step, "layer": bad[-1] if bad else None, "what": "gradient",
-            "direction": "backward"}
-
-
-@torch.no_grad()
-def _first_nonfinite_forward(model: nn.Module, layers: list[ProbedLayer],
-                             replay: Callable[[], torch.Tensor]) -> tuple[str, str] | None:
-    """(layer, "output" or "activations") of the first probed module whose forward output is
-    NaN/Inf when the batch is replayed, in the order the modules ran; None if all are finite."""
-    seen: list[tuple[str, str, torch.Tensor]] = []
-
-    def watch(name: str, what: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                seen.append((name, what, output.isfinite().all()))
-        return hook
-
-    handles = []
-    for layer in layers:
-        if layer.module is not None:
-            handles.append(layer.module.register_forward_hook(watch(layer.name, "output")))
-        if layer.activation is not None:
-            handles.append(layer.activation.register_forward_hook(watch(layer.name,
-                                                                        "activations")))
-    try:
-        replay()
-    finally:
-        for h in handles:
-            h.remove()
-    if not seen:
-        return None
-    finite = torch.stack([ok for _, _, ok in seen]).tolist()  # note: one sync, once per run
-    return next(((name, what) for (name, what, _), ok in zip(seen, finite) if not ok), None)
+def where_nonfinite(step: int, loss: float, sentinel: Sentinel, model: nn.Module,
+                    layers: list[ProbedLayer],
+                    precise: contextlib.AbstractContextManager[Any] | None = None,
+                    scale: torch.Tensor | None = None) -> dict[str, Any]:
+    """Where NaN/Inf appeared first, in `direction` forward or backward: the first-NaN sentinel
+    (`train.sentinel`, as `gradlab.watch` has it) replays the step in the run's precision and
+    names the module that *produced* it (`module`) and those that passed it on; `layer` is the
+    probed layer that module belongs to (its Linear, or its activation: `what` "activations"),
+    None for a module outside them (or the loss)."""
+    with precise or contextlib.nullcontext():  # in the run's precision: fp16 overflows again
+        where = sentinel.locate(loss_finite=math.isfinite(loss), scale=scale)
+    named = {display_name(name, module, model): module for name, module in model.named_modules()}
+    module = named.get(where.get("module") or "")
+    layer, what = None, where["what"]
+    for probed in layers:
+        if module is not None and module is probed.module:
+            layer = probed.name
+        elif module is not None and module is probed.activation:
+            layer, what = probed.name, "activations" if what == "output" else what
+    return {"step": step, "layer": layer, "what": what, "direction": where["direction"],
+            "module": where.get("module"), "passed_on": where.get("passed_on") or [],
+            "value": where.get("value")}
 
 
 def _where_nonfinite_weights(step: int, layers: list[ProbedLayer]) -> dict[str, Any] | None:
