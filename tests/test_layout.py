@@ -104,4 +104,4 @@ def test_the_torch_free_stages_load_without_torch() -> None:
 def test_every_module_belongs_to_a_stage_or_is_a_driver() -> None:
     top = {m.name for m in pkgutil.iter_modules(gradlab.__path__)}
     assert top == {*STAGES, "runner", "compare", "predict", "fix", "cli", "watch", "sweep",
-                   "cluster", "export", "__main__"}
+                   "cluster", "export", "adapters", "__main__"}
