@@ -16,6 +16,13 @@ Workers (`_serve`) ignore SIGINT and SIGHUP, which a terminal sends to the whole
 group (this process forwards them); they take SIGTERM as a stop request too, and stop
 by themselves when this process dies (`_watch_parent`). The table is made from the records
 on disk, so it always says what they say.
+
+Workers are forked by multiprocessing's fork server (`_context`), where the platform has one:
+a fresh process that imports this module (torch) once and forks a worker per request, so a
+comparison pays one torch import for all its workers, not one each. The fork server is started
+with the stop signals blocked, so neither it nor the workers it forks receive one before their
+handlers are in place; it only imports (it runs no torch work, so no torch threads are forked),
+and it ends with this process and its workers. Without a fork server (Windows) the workers are spawned.
 """
 
 from __future__ import annotations
@@ -196,7 +203,18 @@ def _ask_hurry(signum: int, frame: Any) -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """A worker whose parent died (killed, even with SIGKILL) stops its variant by itself."""
+    """A worker whose parent died (killed, even with SIGKILL) stops its variant by itself.
+
+    A spawned worker's parent is the comparison (`parent`): it is gone when the worker's parent
+    pid changes. A worker forked by the fork server watches its multiprocessing parent's
+    sentinel instead (the comparison's end of a pipe: readable once that process has exited,
+    even as an unreaped zombie), since its own parent is the fork server."""
+    if os.getppid() != parent:
+        sentinel = getattr(multiprocessing.parent_process(), "sentinel", None)
+        if sentinel is not None:
+            wait_ready([sentinel])
+            os.kill(os.getpid(), STOP)
+            return
     while os.getppid() == parent:
         time.sleep(POLL)
     os.kill(os.getpid(), STOP)
@@ -520,9 +538,26 @@ class _Worker:
     sent_at: float = 0.0
 
 
+def _context(plots: bool) -> Any:
+    """Where workers come from: the fork server, preloaded with what every worker imports
+    (this module and torch; `torch._dynamo`, which torch.optim imports when a run builds its
+    optimiser, a second or two; matplotlib when the workers draw figures); else (no fork server
+    on this platform) spawn. Never a fork of this process, which may hold torch threads."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # Read when the fork server starts (at the first worker): later calls change nothing. A
+    # module that fails to import is skipped (the worker imports it as it would have).
+    ctx.set_forkserver_preload(["gradlab.compare", "torch._dynamo"]
+                               + (["gradlab.render.run_figures"] if plots else []))
+    return ctx
+
+
 def _start_worker(ctx: Any) -> _Worker:
     """A fresh worker process. Stop signals are blocked while it starts, so it inherits them
-    blocked and receives none before its own handlers are in place (it unblocks them)."""
+    blocked and receives none before its own handlers are in place (it unblocks them). The
+    fork server, started with the first worker, inherits them blocked too, and so does every
+    worker it forks."""
     ours, theirs = ctx.Pipe()
     proc = ctx.Process(target=_serve, args=(theirs, os.getpid()), daemon=True)
     if not hasattr(signal, "pthread_sigmask"):
@@ -569,7 +604,7 @@ def _task(v: Variant, out: Path, threads: int, plots: bool) -> tuple[Any, ...]:
 def _run_processes(todo: list[Variant], jobs: int, threads: int, out: Path, plots: bool,
                    on_done: Callable[[Variant], None] | None) -> bool:
     """Run variants in up to `jobs` worker processes; return whether a signal stopped them."""
-    ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding torch threads
+    ctx = _context(plots)
     queue = deque(todo)
     workers: list[_Worker] = []
     acted = 0  # stop signals acted on

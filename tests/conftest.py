@@ -2,6 +2,13 @@
 
 Tests train small networks for a handful of steps, so torch gets one thread: on a shared
 2-core machine more threads only contend (a 50-layer net runs ~10x slower with two).
+
+Scheduling (`pytest -n 2`, `make test`): unless `--dist` is given, the tests are handed out one
+work unit at a time to whichever worker is free (`pytest_xdist_make_scheduler`): a test, or a
+whole module or test function of `SHARED_FIXTURES`, so its module fixture runs once.
+Units go out in collection order, which puts the modules of `SLOWEST_FIRST` first: the
+real-process tests, which mostly wait on other processes, start at once and the quick unit
+tests fill the end, so both workers finish together.
 """
 
 from __future__ import annotations
@@ -16,6 +23,58 @@ import torch
 import yaml
 
 torch.set_num_threads(1)
+
+# Modules by the wall time they take, slowest first (real processes, then the runs and figures
+# of module fixtures); every other module follows in its usual order.
+SLOWEST_FIRST = [
+    "test_signals.py", "test_cluster.py", "test_interrupt.py", "test_disks.py",
+    "test_compare.py", "test_examples.py", "test_configs.py", "test_corrupt.py",
+    "test_layout.py", "test_cli.py", "test_figures_runs.py", "test_plots.py",
+    "test_render_robust.py", "test_watch.py", "test_fix.py", "test_seeds.py", "test_sweep.py",
+    "test_report.py", "test_hostile.py", "test_runner.py", "test_sequences.py",
+]
+# What shares a module-scoped fixture (real processes, several runs, a huge record) and so goes
+# to one worker whole, for the fixture to run once: these modules, and these test functions
+# (with all their parameters). Every other test is a unit of its own.
+SHARED_FIXTURES = ["test_interrupt.py", "test_corrupt.py", "test_fix.py", "test_figures_runs.py",
+                   "test_plots.py", "test_figures_compare.py", "test_render_width.py",
+                   "test_signals.py::test_sigterm_and_sighup_stop_a_run_like_ctrl_c",
+                   "test_layout.py::test_a_stage_imports_only_the_stages_before_it"]
+
+
+def _work_unit(nodeid: str) -> str:
+    """What one worker runs together: a module or function of SHARED_FIXTURES, else the test."""
+    path, _, test = nodeid.partition("::")
+    module, function = Path(path).name, test.split("[")[0]
+    if module in SHARED_FIXTURES:
+        return path
+    if f"{module}::{function}" in SHARED_FIXTURES:
+        return f"{path}::{function}"
+    return nodeid
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`pytest -n N` without a `--dist` of its own: work units (`_work_unit`) handed out one at
+    a time, in collection order, to whichever worker is free. (xdist's `--dist loadgroup` cannot
+    be used: with pytest 9 its `xdist_group` marks no longer reach the scheduler.)"""
+    if config.getvalue("dist") != "load" or any(
+            a.startswith("--dist") or a == "-d" for a in config.invocation_params.args):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection order: slowest first
+    return ByWorkUnit(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -46,7 +46,8 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two `gradlab run` of one config into one runs/ at once; then Ctrl-C one, kill -9 the other."""
     tmp = tmp_path_factory.mktemp("signals")
     config = write(tmp / "long.yaml", LONG)
-    started = [start("run", str(config), "--out", "runs", "-q", cwd=tmp) for _ in range(2)]
+    started = [start("run", str(config), "--out", "runs", "-q", "--no-plots", cwd=tmp)
+               for _ in range(2)]  # no figures: the killed one's are drawn by `report` below
     out = tmp / "runs"
     wait_until(lambda: len([d for d in run_dirs(out, "long") if (d / "summary.json").is_file()])
                == 2, "both run directories")
@@ -224,7 +225,8 @@ def test_a_non_finite_gradient_stops_the_run_before_any_update(
     result, unchanged = train_tiny(monkeypatch, poison, train={"clip": clip})
     assert result.status == "diverged" and result.steps_done == 0
     assert result.first_nonfinite == {"step": 0, "layer": "fc2", "what": "gradient",
-                                      "direction": "backward"}
+                                      "direction": "backward", "module": "linears.1",
+                                      "passed_on": [], "value": "NaN" if bad != bad else "Inf"}
     assert unchanged
 
 
