@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import merge
+from conftest import merge, read_csv
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
@@ -105,7 +105,7 @@ def test_time_grads_match_autograd_through_the_fused_module(kind, extra, task):
                                          for p in ("ih", "hh")] + ["head"]
 
 
-def test_unrolling_happens_only_on_logged_steps_and_never_in_evaluation():
+def test_unrolling_happens_only_on_sparse_logged_steps_and_never_in_evaluation():
     cfg = seq_config()
     built = build_model(cfg.model, 2, 1)
     model, layers = built.model, built.layers
@@ -118,11 +118,14 @@ def test_unrolling_happens_only_on_logged_steps_and_never_in_evaluation():
     model(x)
     assert tapped == []  # an unlogged step runs the fused module
     probe.before_forward(5)
+    model(x)
+    assert tapped == []  # a logged step between the sparse ones runs it fused too
+    probe.before_forward(9)
     with torch.no_grad():
         model(x)
     assert tapped == []  # evaluation never unrolls
     model(x)
-    assert len(tapped) == 7
+    assert len(tapped) == 7  # the last step (as the first, and every 8th logged) unrolls
     probe.close()
     model(x)
     assert len(tapped) == 7  # closed: the model runs fused again
@@ -235,7 +238,10 @@ def test_run_shows_the_time_table_and_records_time_grads(write_yaml, tmp_path):
     assert [float(g) for _, g, _ in rows] == pytest.approx(init, rel=5e-3)
     assert "by time step t" in result.output
     steps = {line.split(",")[0] for line in (run / "time_grads.csv").read_text().splitlines()[1:]}
-    assert steps == {"0", "2", "4", "5"}  # every logged step, the last one included
+    # the first and the last step (and every 8th logged one): unrolling costs 3× a fused step
+    assert steps == {"0", "5"}
+    _, layer_rows = read_csv(run / "layers.csv")
+    assert {r["step"] for r in layer_rows} == {"0", "2", "4", "5"}  # every logged step
 
 
 def verdict_kinds(summary: dict, **model) -> dict[str, dict]:

@@ -66,6 +66,10 @@ QUANTILE_SAMPLE = 1024
 # Sorting the samples costs milliseconds: quantiles are taken at the first and the last step and
 # every QUANTILE_EVERY-th logged step in between (every 80 steps at probe.every 10), not on all
 QUANTILE_EVERY = 8
+# ‖∂L/∂h_t‖ of a recurrent model needs its top layer run one time step at a time, about 3× a
+# fused step: the gradients through time are taken on the same sparse steps as the quantiles
+# (the first, the last and every QUANTILE_EVERY-th logged step); the other logged steps run
+# the fused module and have every per-layer statistic but no time_grads row
 ACTIVATION_STATS = ("act_mean", "act_std", "act_saturated", "act_dead")
 # Measured in bf16/fp16 runs only: the largest |z_l| of the forward pass, the non-finite entries
 # of z_l and of ∂L/∂W, the entries of ∂L/∂W that are 0 but nonzero in a float32 backward of the
@@ -271,7 +275,7 @@ class Probe:
         else:
             self._detach()
         if self.time is not None and self.enabled:
-            self.time.unroll(self._armed)
+            self.time.unroll(self._quantiles)
 
     def set_precision(self, precision: str) -> None:
         """Measure headroom against `precision`'s limits (bf16, fp16), or not (fp32)."""
