@@ -283,9 +283,11 @@ def _analyse(model: nn.Module, calls: list[_Call], bad_weights: list[tuple[str, 
 
 
 def _names(calls: list[_Call]) -> list[str]:
+    """The modules that passed a NaN/Inf on, once each, at most MOST_PASSED_ON; an
+    `nn.Identity` (a built net's "no normalisation") hands on what it gets and is not named."""
     seen: list[str] = []
     for c in calls:
-        if c.name not in seen:
+        if c.name not in seen and not isinstance(c.module, nn.Identity):
             seen.append(c.name)
     return seen[:MOST_PASSED_ON]
 
