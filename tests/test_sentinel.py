@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 from torch.nn import functional as F
 
@@ -231,8 +232,6 @@ def test_the_trainer_names_the_module_that_produced_an_overflow_as_the_api_does(
     """gradlab run's trainer locates a divergence with the same sentinel: a net whose init
     multiplies the signal by ~1e7 per layer overflows float32 in a middle layer at step 0. The
     producing Linear is found independently by a bare forward pass of the same batch."""
-    from conftest import tiny_config
-
     from gradlab.runner import build_run
     from gradlab.train.loop import batches
 
