@@ -343,7 +343,7 @@ def compare(
         raise _fail(f"--out {out}: cannot create records there: {unusable}")
     cluster = _cluster(executor, slurm, jobs)
     try:
-        from gradlab import compare as comparing  # torch: a stop signal may come while it loads
+        from gradlab import compare as comparing  # a stop signal may come while it loads
         from gradlab.render.compare_table import comparison_table, pairs_table
     except KeyboardInterrupt as stop:
         raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",

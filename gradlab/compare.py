@@ -18,8 +18,10 @@ by themselves when this process dies (`_watch_parent`). The table is made from t
 on disk, so it always says what they say.
 
 Workers are forked by multiprocessing's fork server (`_context`), where the platform has one:
-a fresh process that imports this module (torch) once and forks a worker per request, so a
-comparison pays one torch import for all its workers, not one each. The fork server is started
+a fresh process that imports this module and the runner (torch) once and forks a worker per
+request, so a comparison pays one torch import for all its workers, not one each. This process
+itself imports no torch (pre-flight settles most configs without it, `build.budget`): it
+plans, waits and collects. The fork server is started
 with the stop signals blocked, so neither it nor the workers it forks receive one before their
 handlers are in place; it only imports (it runs no torch work, so no torch threads are forked),
 and it ends with this process and its workers. Without a fork server (Windows) the workers are spawned.
@@ -62,7 +64,6 @@ from gradlab.record.guard import RecordWriteError
 from gradlab.record.reader import Record, is_run_dir, is_training_row, read_summary, run_started
 from gradlab.record.validate import CorruptRecord
 from gradlab.render.compare_table import comparison_markdown
-from gradlab.runner import run_config
 
 if TYPE_CHECKING:
     from gradlab.cluster import Cluster
@@ -269,6 +270,9 @@ def _run_task(path: str, overrides: list[str], out: str, threads: int, plots: bo
     cfg: Config | None = None
     _state = "running"
     try:
+        from gradlab.runner import run_config  # torch: preloaded by the fork server, never
+        # imported by the parent, which only plans and waits
+
         cfg = load_config(path, overrides)
         outcome = run_config(cfg, Path(out), threads=threads,
                              place=(Path(place[0]), place[1]) if place else None,
@@ -540,7 +544,7 @@ class _Worker:
 
 def _context(plots: bool) -> Any:
     """Where workers come from: the fork server, preloaded with what every worker imports
-    (this module and torch; `torch._dynamo`, which torch.optim imports when a run builds its
+    (this module, the runner and torch; `torch._dynamo`, which torch.optim imports when a run builds its
     optimiser, a second or two; matplotlib when the workers draw figures); else (no fork server
     on this platform) spawn. Never a fork of this process, which may hold torch threads."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -548,7 +552,7 @@ def _context(plots: bool) -> Any:
     ctx = multiprocessing.get_context("forkserver")
     # Read when the fork server starts (at the first worker): later calls change nothing. A
     # module that fails to import is skipped (the worker imports it as it would have).
-    ctx.set_forkserver_preload(["gradlab.compare", "torch._dynamo"]
+    ctx.set_forkserver_preload(["gradlab.compare", "gradlab.runner", "torch._dynamo"]
                                + (["gradlab.render.run_figures"] if plots else []))
     return ctx
 
@@ -731,6 +735,8 @@ def _run_threads(todo: list[Variant], jobs: int, threads: int, out: Path, plots:
 def _run_in_thread(path: str, overrides: list[str], out: str, threads: int, plots: bool,
                    place: tuple[str, str] | None) -> dict[str, Any]:
     try:
+        from gradlab.runner import run_config  # torch, as in a worker process
+
         outcome = run_config(load_config(path, overrides), Path(out),
                              place=(Path(place[0]), place[1]) if place else None,
                              overrides=shown_overrides(overrides))

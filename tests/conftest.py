@@ -14,20 +14,18 @@ tests fill the end, so both workers finish together.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from pathlib import Path
 from typing import Any
 
 import procs
 import pytest
-import torch
 import yaml
-
-torch.set_num_threads(1)
 
 # Modules by the wall time they take, slowest first (real processes, then the runs and figures
 # of module fixtures); every other module follows in its usual order.
 SLOWEST_FIRST = [
-    "test_signals.py", "test_cluster.py", "test_interrupt.py", "test_disks.py",
+    "test_signals.py", "test_cluster.py", "test_adapters.py", "test_interrupt.py", "test_disks.py",
     "test_compare.py", "test_examples.py", "test_configs.py", "test_corrupt.py",
     "test_layout.py", "test_cli.py", "test_figures_runs.py", "test_plots.py",
     "test_render_robust.py", "test_watch.py", "test_fix.py", "test_seeds.py", "test_sweep.py",
@@ -39,17 +37,21 @@ SLOWEST_FIRST = [
 SHARED_FIXTURES = ["test_interrupt.py", "test_corrupt.py", "test_fix.py", "test_figures_runs.py",
                    "test_plots.py", "test_figures_compare.py", "test_render_width.py",
                    "test_signals.py::test_sigterm_and_sighup_stop_a_run_like_ctrl_c",
-                   "test_layout.py::test_a_stage_imports_only_the_stages_before_it"]
+                   "test_layout.py::test_a_stage_imports_only_the_stages_before_it",
+                   # one worker imports Lightning (~5 s), the other may take Hugging Face
+                   "test_adapters.py::test_lightning_*", "test_adapters.py::test_hugging_face_*"]
 
 
 def _work_unit(nodeid: str) -> str:
-    """What one worker runs together: a module or function of SHARED_FIXTURES, else the test."""
+    """What one worker runs together: a module, or the functions matching an entry (a name or
+    a `*` pattern), of SHARED_FIXTURES; else the test on its own."""
     path, _, test = nodeid.partition("::")
     module, function = Path(path).name, test.split("[")[0]
     if module in SHARED_FIXTURES:
         return path
-    if f"{module}::{function}" in SHARED_FIXTURES:
-        return f"{path}::{function}"
+    for entry in SHARED_FIXTURES:
+        if fnmatch.fnmatchcase(f"{module}::{function}", entry):
+            return f"{path}::{entry.partition('::')[2]}"
     return nodeid
 
 
@@ -69,6 +71,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     config.option.loadscopereorder = False  # keep the collection order: slowest first
     return ByWorkUnit(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread wherever tests run. The controller of `pytest -n N` runs none, and
+    skips the import (two seconds of CPU the workers want at start)."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -157,3 +157,58 @@ def test_the_budget_counts_the_evaluation_of_a_large_split() -> None:
     est = memory_estimate(cfg)
     assert est["evaluation"] == 4 * 4096 * (2 * 4096 + 1)  # a 4096-example chunk, two layers
     assert est["evaluation"] > est["activations"]  # here evaluation, not the batch, dominates
+
+
+BOUND_CASES: dict[str, tuple[dict[str, Any], int, int]] = {
+    **{name: (m, 8, 3) for name, m in MLP_CASES.items()},
+    **{name: (m, 2, 1) for name, m in SEQ_CASES.items()},
+    "linear": ({"depth": 0, "width": 16}, 8, 3),
+    "wide_inputs": ({"depth": 2, "width": 4, "norm": "batch", "activation": "prelu"}, 500, 3),
+    "many_outputs": ({"depth": 2, "width": 4, "residual": True}, 3, 300),
+    "lstm_wide_inputs": ({"kind": "lstm", "depth": 3, "width": 4}, 90, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUND_CASES))
+def test_the_bound_is_never_below_the_built_models_count(case: str) -> None:
+    model, n_in, n_out = BOUND_CASES[case]
+    cfg = config_for(model)
+    exact = count_parameters(cfg, n_in, n_out)
+    bound = budget.parameters_bound(cfg, n_in, n_out)
+    assert bound is not None and exact <= bound <= 2 * exact, (exact, bound)
+
+
+def test_the_bound_holds_for_every_canonical_config() -> None:
+    from conftest import CONFIGS
+
+    from gradlab.config import load_config
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        cfg = load_config(path)
+        n_in, n_out, _ = budget.io_sizes(cfg.data)
+        assert count_parameters(cfg, n_in, n_out) <= budget.parameters_bound(cfg, n_in, n_out), path
+
+
+def test_a_run_that_fits_even_at_the_bound_builds_no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: Any) -> int:
+        raise AssertionError("the model was built although the bound fits")
+
+    monkeypatch.setattr(budget, "count_parameters", never)
+    monkeypatch.setattr(budget, "available_memory", lambda: 8 * 1024 ** 3)
+    assert memory_problems(tiny_config()) == []
+
+
+def test_planning_a_comparison_imports_no_torch(tmp_path) -> None:
+    """`compare`'s parent only plans and waits (its workers train): loading and pre-flighting a
+    config that fits takes no torch, two seconds less before the first run starts."""
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS
+
+    code = ("import sys; import gradlab.compare; from gradlab.config import load_config; "
+            "from gradlab.build.budget import preflight; "
+            f"preflight(load_config({str(CONFIGS / 'deep_sigmoid.yaml')!r}), 'x'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -55,17 +55,25 @@ CASES = {
 }
 
 
+def case_run(case: str, tmp_path: Path) -> Path:
+    metrics, layers, summary = CASES[case]
+    return write_run(tmp_path / "r" / "20250101T000000Z", metrics, layers, summary)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("width", [80, 120])
-def test_every_report_and_figure_renders(case: str, width: int, tmp_path: Path) -> None:
-    metrics, layers, summary = CASES[case]
-    path = write_run(tmp_path / "r" / "20250101T000000Z", metrics, layers, summary)
-    record = read_record(path)
+def test_every_report_renders_within_the_terminal(case: str, width: int, tmp_path: Path) -> None:
+    record = read_record(case_run(case, tmp_path))
     console = Console(width=width, record=True)
     console.print(run_report(record))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= width
-    drawn = plot_run(path)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_figure_renders(case: str, tmp_path: Path) -> None:
+    """Once per record: a figure's size does not depend on the terminal's."""
+    drawn = plot_run(case_run(case, tmp_path))
     assert drawn and all(p.read_bytes().startswith(b"\x89PNG") for p in drawn)
 
 

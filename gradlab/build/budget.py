@@ -4,21 +4,31 @@
 the parameter count is the network's own; activations and data follow from the sizes.
 `preflight(cfg)` compares the total with the memory available now; `run`, `validate` and
 `compare` call it explicitly, after the schema (which never reads the machine).
+
+Most runs are far smaller than the machine: for them `preflight` settles the question with
+`parameters_bound`, an upper bound on the parameter count that needs no torch, so `compare`'s
+parent and `validate` do not import torch (two seconds) for it. Only when even the bound does
+not fit is the model built on `meta` and counted.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+from gradlab.config import Config, ConfigError, TrainConfig
+from gradlab.config.schema import DIGITS_SAMPLES, GATES, RECURRENT_KINDS
 
-from gradlab.build.model import build_model
-from gradlab.build.optim import STATE_SLOTS
-from gradlab.build.recurrent import GATES
-from gradlab.config import Config, ConfigError
-from gradlab.config.schema import DIGITS_SAMPLES
+# Optimiser state tensors kept per parameter (`build.optim`'s optimisers).
+STATE_SLOTS: dict[str, Callable[[TrainConfig], int]] = {
+    "sgd": lambda t: int(t.momentum > 0),
+    "adam": lambda t: 2,
+    "adamw": lambda t: 2,
+    "rmsprop": lambda t: 1 + int(t.momentum > 0),
+    "adagrad": lambda t: 1,
+}
 
 
 def io_sizes(data: Any) -> tuple[int, int, int]:
@@ -38,18 +48,44 @@ def io_sizes(data: Any) -> tuple[int, int, int]:
 
 def count_parameters(cfg: Config, n_in: int, n_out: int) -> int:
     """Parameters of the network `cfg.model` describes, counted on a model built on `meta`."""
+    import torch  # here only: most runs are settled by `parameters_bound`, without torch
+
+    from gradlab.build.model import build_model
+
     with torch.device("meta"):
         built = build_model(cfg.model, n_in, n_out)
     return sum(p.numel() for p in built.model.parameters())
 
 
-def memory_estimate(cfg: Config, n_in: int | None = None, n_out: int | None = None) -> dict[str, int]:
+def parameters_bound(cfg: Config, n_in: int, n_out: int) -> int | None:
+    """At least as many parameters as `count_parameters` finds, from the sizes alone (None for
+    a kind it does not know): every Linear map with its bias, and per hidden unit up to three
+    more (a norm's scale and shift, a PReLU slope); a recurrent layer's G gates of input and
+    hidden maps with their two biases. `tests/test_budget.py` holds it against the built models
+    (never below their count, never above twice it)."""
+    m = cfg.model
+    w, depth = m.width, m.depth
+    if m.kind == "mlp":
+        if depth == 0:
+            return (n_in + 1) * n_out
+        return (n_in + 1) * w + (depth - 1) * (w + 1) * w + (w + 1) * n_out + 3 * w * depth
+    if m.kind in RECURRENT_KINDS:
+        gates = GATES[m.kind]
+        return sum(gates * w * ((n_in if i == 0 else w) + w + 2) for i in range(depth)) \
+            + (w + 1) * n_out
+    return None
+
+
+def memory_estimate(cfg: Config, n_in: int | None = None, n_out: int | None = None,
+                    n_params: int | None = None) -> dict[str, int]:
     """Bytes training would need, by part: parameters with their gradients, probe copies and
-    optimiser state; activations kept for backward; the dataset. float32 throughout."""
+    optimiser state; activations kept for backward; the dataset. float32 throughout.
+    `n_params`: a parameter count to use instead of building the model (`parameters_bound`)."""
     m, t = cfg.model, cfg.train
     implied_in, implied_out, steps_in_time = io_sizes(cfg.data)
     n_in, n_out = n_in or implied_in, n_out or implied_out
-    n_params = count_parameters(cfg, n_in, n_out)
+    if n_params is None:
+        n_params = count_parameters(cfg, n_in, n_out)
     slots = STATE_SLOTS[t.optimizer](t)
     # Per unit and layer, backward keeps the linear output, the normalised one, the activation
     # and the probe's capture: about four floats (a recurrent cell: two per gate).
@@ -114,10 +150,16 @@ def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
 def memory_problems(cfg: Config, n_in: int | None = None,
                     n_out: int | None = None) -> list[tuple[str, str]]:
     """The `model` problem of a run that would not fit in the memory available now."""
-    est = memory_estimate(cfg, n_in, n_out)
-    need = est["parameters"] + max(est["activations"], est["evaluation"]) + est["data"]
     have = available_memory()
-    if have is None or need <= have:
+    if have is None:
+        return []
+    implied_in, implied_out, _ = io_sizes(cfg.data)
+    bound = parameters_bound(cfg, n_in or implied_in, n_out or implied_out)
+    if bound is not None and _need(memory_estimate(cfg, n_in, n_out, bound)) <= have:
+        return []  # fits even with the bound's parameters: no model need be built
+    est = memory_estimate(cfg, n_in, n_out)
+    need = _need(est)
+    if need <= have:
         return []
     m = cfg.model
     advice = "lower model.width or model.depth"
@@ -129,6 +171,10 @@ def memory_problems(cfg: Config, n_in: int | None = None,
              f"{cfg.train.optimizer} state; activations {_bytes(est['activations'])}; "
              f"evaluation {_bytes(est['evaluation'])}; data "
              f"{_bytes(est['data'])}), more than the {_bytes(have)} available: {advice}")]
+
+
+def _need(est: dict[str, int]) -> int:
+    return est["parameters"] + max(est["activations"], est["evaluation"]) + est["data"]
 
 
 def preflight(cfg: Config, source: str, n_in: int | None = None, n_out: int | None = None) -> None:

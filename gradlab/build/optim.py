@@ -27,15 +27,6 @@ OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], torch.optim.Optimizer]] = {
     "adagrad": lambda p, t: torch.optim.Adagrad(p, t.lr, eps=t.eps, weight_decay=t.weight_decay),
 }
 
-# Optimiser state tensors kept per parameter (for the memory budget).
-STATE_SLOTS: dict[str, Callable[[TrainConfig], int]] = {
-    "sgd": lambda t: int(t.momentum > 0),
-    "adam": lambda t: 2,
-    "adamw": lambda t: 2,
-    "rmsprop": lambda t: 1 + int(t.momentum > 0),
-    "adagrad": lambda t: 1,
-}
-
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

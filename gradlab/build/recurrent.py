@@ -18,13 +18,13 @@ from torch.nn import functional as F
 from gradlab.build.initialisers import init_bias, init_weight
 from gradlab.build.probed import ProbedLayer
 from gradlab.config import ModelConfig
+from gradlab.config.schema import GATES
 
 # A cell maps (x_t W_ihᵀ + b_ih, state, W_hh, b_hh) to the next state; state[0] is h_t and an
 # LSTM's state is (h_t, c_t).
 State = tuple[torch.Tensor, ...]
 Cell = Callable[[torch.Tensor, State, torch.Tensor, torch.Tensor], State]
 MODULES: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 

@@ -35,6 +35,7 @@ RELU_FAMILY = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu")
 # PReLU, ELU, SELU and GELU still pass a gradient below 0, so none of their units is dead.
 DYING = ("relu",)
 RECURRENT_KINDS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # a recurrent cell's gates, each its own weight map
 
 MAX_SEEDS = 100  # seeds of one group
 
