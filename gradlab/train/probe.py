@@ -120,20 +120,56 @@ def _per_example(h: torch.Tensor) -> torch.Tensor:
     return h.reshape(h.shape[0], -1) if h.dim() > 1 else h.reshape(1, -1)
 
 
-def activation_stats(h: torch.Tensor, kind: str | None) -> torch.Tensor:
-    """(mean, std, saturated, dead) of each activation in `h` (activations, examples, units),
-    float64 on its device; NaN where a statistic does not apply to `kind`. Moments in float64:
-    a collapsed forward signal (std ~1e-25) must not square to 0. Reductions run over one
-    contiguous dimension (on the CPU, reducing over two dimensions is several times slower);
-    the float64 copy is centred in place and its norm taken, so the deviations are never
-    squared into a tensor of their own (a third of the passes over memory)."""
-    flat = h.reshape(h.shape[0], -1).to(F64, copy=True)  # ours to change: never the model's
+class Scratch:
+    """Buffers a probe reuses from one logged step to the next, by name and shape. A tensor of a
+    few hundred KiB or more, allocated anew, comes from fresh pages of memory (the C library maps
+    large blocks and unmaps them when freed), and touching them costs more than the statistics
+    computed in them: on a 50 × 100 sigmoid net's activations, about 4.7 ms against 1.9 ms."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        key = (name, shape, dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.device != device:
+            buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buffer
+
+
+def activation_stats(h: torch.Tensor | list[torch.Tensor], kind: str | None,
+                     scratch: Scratch | None = None) -> torch.Tensor:
+    """(mean, std, saturated, dead) of each activation in `h` (activations, examples, units), or
+    of each (examples, units) tensor of a list, float64 on its device; NaN where a statistic
+    does not apply to `kind`. Moments in float64: a collapsed forward signal (std ~1e-25) must
+    not square to 0. Reductions run over one contiguous dimension (on the CPU, reducing over two
+    dimensions is several times slower); the float64 copy is centred in place and its norm
+    taken, so the deviations are never squared into a tensor of their own (a third of the passes
+    over memory). With `scratch`, the copies and masks are made in its buffers."""
+    if isinstance(h, list):
+        shape = (len(h), *h[0].shape)
+        if scratch is None:
+            h = torch.stack(h)
+        else:
+            h = torch.stack(h, out=scratch.get("stacked", shape, h[0].dtype, h[0].device))
+    n = h.shape[0]
+    if scratch is None:
+        flat = h.reshape(n, -1).to(F64, copy=True)  # ours to change: never the model's
+    else:
+        flat = scratch.get("float64", (n, h[0].numel()), F64, h.device)
+        flat.copy_(h.reshape(n, -1))
+
+    def mask(name: str) -> torch.Tensor | None:
+        return None if scratch is None else scratch.get(name, tuple(flat.shape), torch.bool,
+                                                        flat.device)
+
     mean = flat.mean(dim=1)
     nan = torch.full_like(mean, math.nan)
-    if kind == "sigmoid":
-        saturated = ((flat < 0.01) | (flat > 0.99)).to(F64).mean(dim=1)
-    elif kind == "tanh":
-        saturated = (flat.abs() > 0.99).to(F64).mean(dim=1)
+    if kind in ("sigmoid", "tanh"):  # sigmoid: h < 0.01 or h > 0.99; tanh: |h| > 0.99
+        low = torch.lt(flat, 0.01 if kind == "sigmoid" else -0.99, out=mask("below"))
+        saturated = low.logical_or_(torch.gt(flat, 0.99, out=mask("above")))
+        saturated = saturated.sum(dim=1, dtype=F64) / flat.shape[1]
     else:
         saturated = nan
     # a unit is dead when it is off for the whole batch; max ≤ 0 is (h ≤ 0).all() at a tenth
@@ -197,6 +233,7 @@ class Probe:
         self._at_once: set[int] = set()  # rows whose outputs are changed in place later
         self._learned = False  # a logged step has shown which rows those are
         self._deltas: dict[int, torch.Tensor] = {}  # layer index → ‖∂L/∂z_l‖ (0-d, float64)
+        self._scratch = Scratch()
         self._state_norms: list[torch.Tensor | None] = []
         self._extra: dict[str, torch.Tensor] = {}
         self.set_precision(precision)
@@ -599,8 +636,8 @@ class Probe:
                 groups.setdefault((tuple(h.shape), self._kinds[i]), []).append(i)
         for (_, kind), index in groups.items():
             rows += index
-            parts.append(activation_stats(
-                torch.stack([_per_example(self._outputs[i]) for i in index]), kind))
+            parts.append(activation_stats([_per_example(self._outputs[i]) for i in index], kind,
+                                          self._scratch))
         if rows:
             block[torch.tensor(rows, device=block.device)] = torch.cat(parts).to(block.device)
         columns = {name: block[:, k] for k, name in enumerate(ACTIVATION_STATS)}
