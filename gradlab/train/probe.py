@@ -137,6 +137,14 @@ class Scratch:
             buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buffer
 
+    def spaced(self, n: int, device: torch.device) -> torch.Tensor:
+        """The QUANTILE_SAMPLE evenly spaced indices into n entries (`_sample`), made once."""
+        key = ("spaced", (n,), torch.long)
+        index = self._buffers.get(key)
+        if index is None or index.device != device:
+            index = self._buffers[key] = _spaced(n, device)
+        return index
+
 
 def activation_stats(h: torch.Tensor | list[torch.Tensor], kind: str | None,
                      scratch: Scratch | None = None) -> torch.Tensor:
@@ -180,22 +188,29 @@ def activation_stats(h: torch.Tensor | list[torch.Tensor], kind: str | None,
     return torch.stack([mean, std, saturated, dead], dim=1)
 
 
-def _sample(row: torch.Tensor) -> torch.Tensor:
+def _sample(row: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     """At most QUANTILE_SAMPLE evenly spaced entries of a 1-D tensor (all of a smaller one)."""
     if row.numel() > QUANTILE_SAMPLE:
-        index = torch.linspace(0, row.numel() - 1, QUANTILE_SAMPLE, device=row.device).long()
-        return row[index]
+        return row[_spaced(row.numel(), row.device) if scratch is None
+                   else scratch.spaced(row.numel(), row.device)]
     return row
 
 
-def _samples(rows: list[torch.Tensor]) -> torch.Tensor:
+def _spaced(n: int, device: torch.device) -> torch.Tensor:
+    return torch.linspace(0, n - 1, QUANTILE_SAMPLE, device=device).long()
+
+
+def _samples(rows: list[torch.Tensor], scratch: Scratch | None = None) -> torch.Tensor:
     """Each 1-D tensor as a row of QUANTILE_SAMPLE float64 values: evenly spaced entries of a
     larger one, every entry of a smaller one (padded with NaN, which nanquantile skips)."""
-    out = torch.full((len(rows), QUANTILE_SAMPLE), math.nan, dtype=F64,
-                     device=rows[0].device if rows else None)
+    device = rows[0].device if rows else torch.device("cpu")
+    shape = (len(rows), QUANTILE_SAMPLE)
+    out = torch.empty(shape, dtype=F64, device=device) if scratch is None \
+        else scratch.get("samples", shape, F64, device)
+    out.fill_(math.nan)
     for i, row in enumerate(rows):
-        row = _sample(row)
-        out[i, :row.numel()] = row.to(F64)
+        row = _sample(row, scratch)
+        out[i, :row.numel()] = row
     return out
 
 
@@ -381,7 +396,7 @@ class Probe:
         if not self._learned or i in self._at_once:
             self._act[i] = activation_stats(_per_example(h)[None], kind)[0]
             if self._quantiles:
-                self._act_samples[i] = _sample(h.flatten()).clone()
+                self._act_samples[i] = _sample(h.flatten(), self._scratch).clone()
 
     def _keep_output(self, i: int, kind: str | None) -> Hook:
         """A declared activation module (`ProbedLayer.activation`)."""
@@ -571,11 +586,13 @@ class Probe:
         entries, from at most QUANTILE_SAMPLE evenly spaced entries each, in one call."""
         n = len(self.layers)
         acts = [i for i in valid if i in self._act_samples or i not in self._act]
-        rows = [g.abs().flatten() for g in grads] + [
+        rows = [g.flatten() for g in grads] + [
             self._act_samples[i] if i in self._act_samples else self._outputs[i].flatten()
             for i in acts]
-        q = torch.nanquantile(_samples(rows), torch.tensor(QUANTILES, dtype=F64,
-                                                           device=self._nan.device), dim=1)
+        samples = _samples(rows, self._scratch)
+        samples[:n].abs_()  # |∂L/∂W| of the sampled entries: the same as sampling |∂L/∂W|
+        q = torch.nanquantile(samples, torch.tensor(QUANTILES, dtype=F64,
+                                                    device=self._nan.device), dim=1)
         out: dict[str, torch.Tensor] = {}
         for k, name in enumerate(("grad_q05", "grad_q50", "grad_q95")):
             out[name] = q[k, :n]
