@@ -73,20 +73,24 @@ def make_config(name: str, spec: dict[str, Any], steps: int, changes: dict[str, 
 
 
 class Clock:
-    """A trainer observer reading the CPU clock where the training loop starts and ends: after
-    the first evaluation (step 0) and at the end of the last step."""
+    """A trainer observer reading the CPU clock where the training loop starts and ends (after
+    the first evaluation, and at the end of the last step) and at the end of every step."""
 
     def __init__(self) -> None:
         self.started: float | None = None
         self.ended: float | None = None
+        self.steps: list[float] = []  # CPU seconds of each step
 
     def on_eval_end(self, event: Evaluated) -> None:
         if self.started is None:
-            self.started = time.process_time()
+            self.started = self.last = time.process_time()
 
     def on_step_end(self, event: StepEnd) -> None:
+        now = time.process_time()
+        self.steps.append(now - self.last)
+        self.last = now
         if event.step == event.total - 1:
-            self.ended = time.process_time()
+            self.ended = now
 
     def on_phase_start(self, phase: str) -> None:
         pass
@@ -139,15 +143,23 @@ def bare_loop(cfg: Config, check: bool = False, unrolled: bool = False) -> float
     return time.process_time() - started
 
 
-def trainer(cfg: Config, out: Path) -> float:
+def trainer(cfg: Config, out: Path, logged: list[float] | None = None) -> float:
     """CPU seconds of gradlab's training loop: the steps and the evaluation at the last step,
-    including writing the record's rows."""
+    including writing the record's rows. With `logged`, append what a logged step costs beyond
+    an unlogged one, in CPU seconds: the mean of the logged steps (every `probe.every`-th, but
+    not the first or the last; a mean, for the sparse steps that also take quantiles and
+    gradients through time) less the median of the others."""
     clock = Clock()
     summary = run_config(cfg, out, (clock,)).summary
     if summary["status"] != "completed" or summary["steps_done"] != cfg.train.steps:
         raise RuntimeError(f"{cfg.name}: {summary['status']} after {summary['steps_done']} steps; "
                            "a benchmark must run every step")
     assert clock.started is not None and clock.ended is not None
+    if logged is not None:
+        every, times = cfg.probe.every, clock.steps[1:-1]  # no first or last step
+        probed = [t for step, t in enumerate(times, 1) if step % every == 0]
+        plain = [t for step, t in enumerate(times, 1) if step % every not in (0, 1)]
+        logged.append(sum(probed) / len(probed) - median(plain))
     return clock.ended - clock.started
 
 
@@ -156,6 +168,7 @@ def measure(quick: bool = False) -> list[Row]:
     steps, reps = (60, 3) if quick else (200, 5)
     torch.set_num_threads(1)  # as one `compare` worker per core runs; steadier when shared
     times: dict[tuple[str, str], list[float]] = {}
+    logged: dict[str, list[float]] = {name: [] for name in MODELS}  # a logged step's extra
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             for name, spec in MODELS.items():
@@ -168,14 +181,16 @@ def measure(quick: bool = False) -> list[Row]:
                     if variant == FLUSHED and "sigmoid" not in name:
                         continue
                     cfg = make_config(name, spec, steps, changes(steps))
-                    jobs.append((variant, partial(trainer, cfg, Path(tmp))))
+                    jobs.append((variant, partial(trainer, cfg, Path(tmp),
+                                                  logged[name] if variant == EVERY_10 else None)))
                 shift = rep % len(jobs)  # rotate the order so no variant always runs first
                 for variant, job in jobs[shift:] + jobs[:shift]:
                     times.setdefault((name, variant), []).append(job())
-    return rows_from(times, steps)
+    return rows_from(times, steps, logged)
 
 
-def rows_from(times: dict[tuple[str, str], list[float]], steps: int) -> list[Row]:
+def rows_from(times: dict[tuple[str, str], list[float]], steps: int,
+              logged: dict[str, list[float]]) -> list[Row]:
     rows = []
     for name in MODELS:
         bare = times[(name, BARE)]
@@ -188,6 +203,14 @@ def rows_from(times: dict[tuple[str, str], list[float]], steps: int) -> list[Row
             ratios = [t / b for t, b in zip(ts, bare)]
             rows.append(ratio_row("overhead", f"{name}: {variant}", ratios, TARGETS.get(variant),
                                   f"{steps / median(ts):.0f} steps/CPU-s"))
+        # a logged step against the unlogged steps of the same runs: far steadier than the
+        # ratios of whole runs, which vary by ±15 % from one repetition to the next
+        if logged[name]:
+            extra = median(logged[name])
+            step = median(bare) / steps
+            rows.append(Row("overhead", f"{name}: a logged step's probe, every 10",
+                            f"{extra * 1e3:.1f} ms", note=f"{extra / step:.2f} bare steps; "
+                            f"{extra / step / 10:.1%} of the run's time at every 10"))
         # the trainer's one piece of per-step work beyond the bare loop is that same check
         ratios = [t / b for t, b in zip(times[(name, PROBE_OFF)], times[(name, BARE_CHECK)])]
         rows.append(ratio_row("overhead", f"{name}: probing off / bare loop + check", ratios,

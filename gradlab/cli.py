@@ -609,10 +609,12 @@ def validate(
     for path in config_paths(configs):
         try:
             cfg = load_config(path, set_ or [])
-            from gradlab.build.budget import preflight  # torch, only for a config the schema took
-            from gradlab.build.data import check_data
+            from gradlab.build.budget import preflight  # torch only for a run near the limit
 
-            check_data(cfg.data, str(path))  # a data file is read, as `run` reads it
+            if cfg.data.kind == "file":  # read as `run` reads it (torch); others need no check
+                from gradlab.build.data import check_data
+
+                check_data(cfg.data, str(path))
             preflight(cfg, str(path))
             out_console.print(f"{path}: ok", markup=False, highlight=False, soft_wrap=True)
         except ConfigError as e:

@@ -275,7 +275,9 @@ def test_every_kind_of_run_writes_every_figure(runs, kind):
         assert drawn[-1] == "activations.png"
     for name in drawn:
         pixels = matplotlib.image.imread(runs[kind] / "plots" / name)
-        assert pixels.shape[0] > 200 and pixels.std() > 0.01, name
+        assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 400, name
+        assert pixels.std() > 0.01, f"{name} is blank"
+    assert not list((runs[kind] / "plots").glob(".*.tmp"))  # written atomically
 
 
 # ------------------------------------------------------------------ NaN/Inf never crash

@@ -75,7 +75,8 @@ def assert_png(path: Path) -> None:
     assert pixels.std() > 0.01, f"{path} is blank"
 
 
-@pytest.mark.parametrize("kind", ["completed", "diverged", "interrupted", "killed"])
+# completed and diverged runs draw every figure in test_figures_runs.py too
+@pytest.mark.parametrize("kind", ["interrupted", "killed"])
 def test_every_run_figure_is_a_valid_png(runs, kind):
     record = read_record(runs[kind])
     assert record.status == {"killed": "incomplete"}.get(kind, kind)

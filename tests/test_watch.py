@@ -8,9 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -259,10 +256,8 @@ def test_the_record_reads_like_a_gradlab_run_record(tmp_path: Path) -> None:
     assert record.status == "completed" and len(record.layers) == 9
 
     # the CLI reads it as it reads any run: report (with its figures) and runs
-    cli = [sys.executable, "-m", "gradlab"]
-    shown = subprocess.run([*cli, "report", str(path)], capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "COLUMNS": "80"})
-    assert shown.returncode == 0, shown.stderr
+    shown = CliRunner().invoke(app, ["report", str(path)], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
     assert "mine" in shown.stdout and "Linear[2]" in shown.stdout and "verdict" in shown.stdout
     assert {p.name for p in (path / "plots").iterdir()} >= {"loss.png", "grad_flow.png",
                                                            "grad_heatmap.png", "activations.png"}
