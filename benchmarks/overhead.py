@@ -4,7 +4,9 @@ Each model is trained for the same steps with the same data, batches and optimis
 bare loop written here, (b) gradlab's trainer with probing off, (c) probing every 10 steps and
 (d) every step with activation statistics. Times are CPU seconds of one torch thread (on a
 shared machine far steadier than wall time); repetitions are interleaved and each ratio is the
-median over repetitions of time / time of (a). Run: `.venv/bin/python benchmarks/overhead.py`.
+median over repetitions of time / time of (a). Within (c)'s runs, the step times also give what
+a logged step costs beyond an unlogged one, which varies far less between repetitions than the
+runs' ratios. Run: `.venv/bin/python benchmarks/overhead.py`.
 """
 
 from __future__ import annotations
