@@ -20,11 +20,11 @@ on disk, so it always says what they say.
 Workers are forked by multiprocessing's fork server (`_context`), where the platform has one:
 a fresh process that imports this module and the runner (torch) once and forks a worker per
 request, so a comparison pays one torch import for all its workers, not one each. This process
-itself imports no torch (pre-flight settles most configs without it, `build.budget`): it
-plans, waits and collects. The fork server is started
-with the stop signals blocked, so neither it nor the workers it forks receive one before their
-handlers are in place; it only imports (it runs no torch work, so no torch threads are forked),
-and it ends with this process and its workers. Without a fork server (Windows) the workers are spawned.
+itself imports no torch (pre-flight settles most configs without it, `build.budget`): it plans,
+waits and collects. The fork server is started with the stop signals blocked, so neither it nor
+the workers it forks receive one before their handlers are in place; it only imports (it runs
+no torch work, so no torch threads are forked), and it ends with this process and its workers.
+Without a fork server (Windows) the workers are spawned.
 """
 
 from __future__ import annotations
@@ -544,9 +544,10 @@ class _Worker:
 
 def _context(plots: bool) -> Any:
     """Where workers come from: the fork server, preloaded with what every worker imports
-    (this module, the runner and torch; `torch._dynamo`, which torch.optim imports when a run builds its
-    optimiser, a second or two; matplotlib when the workers draw figures); else (no fork server
-    on this platform) spawn. Never a fork of this process, which may hold torch threads."""
+    (this module, the runner and torch; `torch._dynamo`, which torch.optim imports at a run's
+    first optimiser step, a second or two; matplotlib when the workers draw figures); else (no
+    fork server on this platform) spawn. Never a fork of this process (it imports no torch
+    today, but a library caller's may hold torch threads)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")

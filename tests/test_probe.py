@@ -147,3 +147,40 @@ def test_deep_sigmoid_vanishes_while_relu_he_does_not(tmp_path) -> None:
     norms = [layer["init"]["grad_norm"] for layer in relu["layers"]]
     assert min(norms) > 1e-2 * max(norms)  # every layer, not just the two ends
     assert "vanishing" not in [v["kind"] for v in relu["verdicts"]]
+
+
+def test_scratch_keeps_buffers_up_to_its_limit_and_hands_out_fresh_ones_beyond() -> None:
+    """Buffers the probe keeps between logged steps stay allocated while training runs, so only
+    up to `limit` bytes are kept; beyond it each call gets a tensor of its own."""
+    from gradlab.train.probe import Scratch
+
+    scratch = Scratch(limit=1000)
+    cpu = torch.device("cpu")
+    a = scratch.get("a", (100,), torch.float64, cpu)  # 800 bytes: kept
+    assert scratch.get("a", (100,), torch.float64, cpu) is a
+    b = scratch.get("b", (100,), torch.float64, cpu)  # 800 more would pass the limit
+    assert scratch.get("b", (100,), torch.float64, cpu) is not b
+    assert scratch.get("c", (50,), torch.bool, cpu) is scratch.get("c", (50,), torch.bool, cpu)
+    assert scratch.get("a", (101,), torch.float64, cpu) is not a  # another shape, another key
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh", "relu", None])
+def test_activation_stats_are_the_same_in_kept_fresh_or_no_buffers(kind: str | None) -> None:
+    from gradlab.train.probe import Scratch, activation_stats
+
+    g = torch.Generator().manual_seed(0)
+    hs = [torch.randn(16, 12, generator=g) * 3 for _ in range(5)]
+    if kind == "sigmoid":
+        hs = [torch.sigmoid(h) for h in hs]
+    elif kind == "tanh":
+        hs = [torch.tanh(h) for h in hs]
+    before = [h.clone() for h in hs]
+    plain = activation_stats(torch.stack(hs), kind)
+    kept = Scratch()
+    for scratch in (kept, kept, Scratch(limit=0)):  # kept twice: the buffers are reused
+        assert torch.equal(activation_stats(hs, kind, scratch).nan_to_num(-1),
+                           plain.nan_to_num(-1))
+    assert all(torch.equal(h, b) for h, b in zip(hs, before))  # the inputs are never changed
+    if kind == "tanh":  # |h| > 0.99, as two comparisons
+        by_hand = torch.stack([(h.double().abs() > 0.99).double().mean() for h in hs])
+        assert torch.equal(plain[:, 2], by_hand)
