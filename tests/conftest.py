@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,42 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# Set in the child run of a disk test (`pytest_pyfunc_call`), which is root in its namespace.
+IN_NAMESPACE = "GRADLAB_TESTS_IN_USER_NAMESPACE"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """A test that mounts a small tmpfs (test_disks.py's `disk` fixture: a disk that fills up or
+    turns read-only) needs root. Run as another user, it runs again in a new user and mount
+    namespace in which it is root (`unshare --user --map-root-user --mount`), and that run's
+    outcome is this test's: it is never skipped. Without unprivileged user namespaces it fails,
+    saying so."""
+    if ("disk" not in pyfuncitem.fixturenames or os.geteuid() == 0
+            or os.environ.get(IN_NAMESPACE)):
+        return None
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="gradlab-namespace-")
+    command = ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-m", "pytest",
+               "-q", "-p", "no:cacheprovider", f"--basetemp={base}/t", pyfuncitem.nodeid]
+    try:
+        done = subprocess.run(command, cwd=pyfuncitem.config.rootpath, capture_output=True,
+                              text=True, env={**os.environ, IN_NAMESPACE: "1"}, timeout=600)
+    except FileNotFoundError:
+        pytest.fail("this test mounts a tmpfs: run it as root, or where `unshare` (util-linux) "
+                    "can make a user namespace", pytrace=False)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if done.returncode != 0:
+        pytest.fail(f"run as root in a user namespace ({' '.join(command[:4])}), it failed:\n"
+                    f"{done.stdout[-4000:]}{done.stderr[-2000:]}", pytrace=False)
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -96,6 +96,15 @@ def report(path: Path) -> str:
     return str(shown.output)
 
 
+def assert_failed_after_two_steps(name_dir: Path) -> None:
+    """The one record under `name_dir` is a failed run of two steps, with the error's traceback."""
+    (path,) = name_dir.iterdir()
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps_done"] == 2
+    assert "RuntimeError: a bad batch" in summary["error"]
+    assert "a bad batch" in (path / "traceback.txt").read_text()
+
+
 def test_importing_gradlab_imports_no_framework() -> None:
     code = ("import sys, gradlab, gradlab.adapters; gradlab.watch; "
             "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers', "
@@ -180,11 +189,7 @@ def test_lightning_gradient_accumulation_records_the_accumulated_gradient(
 def test_lightning_a_raise_leaves_a_failed_record(pl: Any, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="a bad batch"):
         lightning_fit(pl, tmp_path, fail_at=2)
-    (path,) = (tmp_path / "runs" / "pl").iterdir()
-    summary = json.loads((path / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["steps_done"] == 2
-    assert "RuntimeError: a bad batch" in summary["error"]
-    assert "a bad batch" in (path / "traceback.txt").read_text()
+    assert_failed_after_two_steps(tmp_path / "runs" / "pl")
 
 
 def test_lightning_a_nan_completes_the_record_as_diverged_and_stops(pl: Any, tmp_path: Path) -> None:
@@ -290,10 +295,7 @@ def test_hugging_face_gradient_accumulation_records_the_accumulated_gradient(
 def test_hugging_face_a_raise_leaves_a_failed_record(hf: Any, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="a bad batch"):
         hf_train(hf, tmp_path, fail_at=2)
-    (path,) = (tmp_path / "runs" / "hf").iterdir()
-    summary = json.loads((path / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["steps_done"] == 2
-    assert "a bad batch" in (path / "traceback.txt").read_text()
+    assert_failed_after_two_steps(tmp_path / "runs" / "hf")
 
 
 def test_hugging_face_refuses_fp16_and_several_processes(hf: Any, tmp_path: Path) -> None:
