@@ -43,7 +43,7 @@ def test_run_prints_the_report_and_writes_the_record(tiny_yaml: Path, tmp_path: 
 
 
 def test_run_json_prints_exactly_summary_json(tiny_yaml: Path, tmp_path: Path) -> None:
-    result = invoke("run", tiny_yaml, "--out", tmp_path / "runs", "--json")
+    result = invoke("run", tiny_yaml, "--out", tmp_path / "runs", "--json", "--no-plots")
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)  # nothing else on stdout
     (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()

@@ -121,7 +121,7 @@ def test_a_divergence_is_a_result_with_its_step_and_layer(run_tiny) -> None:
 def test_the_cli_exits_0_on_a_divergence(write_yaml, tmp_path: Path) -> None:
     path = write_yaml(tiny(**BOOM))
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs"),
-                                      "--json"])
+                                      "--json", "--no-plots"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "diverged"
 

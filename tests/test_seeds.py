@@ -160,7 +160,8 @@ def test_runs_lists_a_group_once_and_report_reads_it(tmp_path):
         report.output
     latest = run_cli("report", str(out / "g"), "--no-plots")  # a name directory: its latest
     assert latest.exit_code == 0 and "over seeds 0, 1" in latest.output
-    as_json = run_cli("run", str(path), "--out", str(out), "--seeds", "0,3", "--json")
+    as_json = run_cli("run", str(path), "--out", str(out), "--seeds", "0,3", "--json",
+                      "--no-plots")
     assert json.loads(as_json.stdout)["seeds"] == [0, 3]
 
 

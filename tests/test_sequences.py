@@ -223,7 +223,7 @@ def test_mismatched_sequence_settings_are_config_errors(changes, message):
 def test_run_shows_the_time_table_and_records_time_grads(write_yaml, tmp_path):
     path = write_yaml(SEQ, "tiny_seq.yaml")
     out = tmp_path / "runs"
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out)],
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--no-plots"],
                                 env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     [run] = list((out / "tiny_seq").iterdir())
