@@ -1,12 +1,14 @@
 """Per-layer distributions: the 5/50/95% quantiles of each layer's |∂L/∂W| and outputs."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from test_faithful import step_zero_gradients
 
 from gradlab.record.reader import read_record
-from gradlab.train.probe import QUANTILE_SAMPLE, _samples
+from gradlab.train.probe import QUANTILE_SAMPLE, QUANTILES, _samples, nanquantiles
 
 
 def test_a_small_tensor_gives_its_exact_quantiles_and_a_large_one_a_spread_sample():
@@ -19,6 +21,25 @@ def test_a_small_tensor_gives_its_exact_quantiles_and_a_large_one_a_spread_sampl
     assert q[:, 1].tolist() == pytest.approx(np.quantile(large.numpy(), [0.05, 0.5, 0.95]),
                                              rel=0.01)
     assert rows[1, 0] == 0 and rows[1, -1] == large[-1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, QUANTILE_SAMPLE])
+def test_the_probes_quantiles_are_torchs_nanquantile_value_for_value(n):
+    """The probe sorts with NumPy but must give exactly what torch.nanquantile gives: rows
+    padded with NaN to any length (one all NaN), ties, values near 1e-40, ±inf."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(40, n, generator=g, dtype=torch.float64)
+    x[:10] = x[:10].round()  # ties
+    x[10:20] = x[10:20].abs() * 1e-40
+    x[20, 0], x[21, -1] = math.inf, -math.inf
+    for i, k in enumerate(torch.randint(0, n + 1, (40,), generator=g).tolist()):
+        x[i, k:] = math.nan
+    x[39] = math.nan
+    q = torch.tensor(QUANTILES, dtype=torch.float64)
+    expected, got = torch.nanquantile(x, q, dim=1), nanquantiles(x, q)
+    assert got.shape == expected.shape == (3, 40)
+    assert torch.equal(got.isnan(), expected.isnan()) and got[:, 39].isnan().all()
+    assert torch.equal(got.nan_to_num(0.5), expected.nan_to_num(0.5))
 
 
 def test_the_recorded_gradient_quantiles_are_those_of_a_bare_backward(run_tiny):

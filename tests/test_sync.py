@@ -83,7 +83,9 @@ def probed_step_syncs(depth: int) -> tuple[Counter, Counter, int]:
 def test_a_probed_step_fetches_all_layers_in_one_transfer_whatever_the_depth() -> None:
     shallow_backward, shallow_step, _ = probed_step_syncs(3)
     deep_backward, deep_step, _ = probed_step_syncs(12)
-    assert shallow_backward == deep_backward == Counter()  # statistics stay on the device
+    # statistics stay on the device; on the CPU, where no device waits, the quantiles' samples
+    # are sorted through one NumPy view (`probe.nanquantiles`; on a GPU torch sorts them)
+    assert shallow_backward == deep_backward == Counter({"numpy": 1})
     assert shallow_step == deep_step
     assert sum(deep_step.values()) <= 2  # .cpu() then .tolist() of one flat tensor
 

@@ -300,7 +300,10 @@ def test_a_logged_step_fetches_once_whatever_the_depth(tmp_path: Path) -> None:
     shallow, deep = syncs(2), syncs(10)
     assert shallow == deep
     logged_backward, logged_step, backward, step = deep
-    assert logged_backward == backward == 1  # the loss and gradient norm: the NaN check
+    assert backward == 1  # the loss and gradient norm: the NaN check
+    # and on a logged step that takes quantiles (step 0), on the CPU, the NumPy view through
+    # which their samples are sorted (`probe.nanquantiles`: no device waits for it)
+    assert logged_backward == 2
     assert 1 <= logged_step <= 2 and step == 0  # the probe's one fetch
 
 
