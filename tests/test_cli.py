@@ -14,7 +14,7 @@ import pytest
 import torch
 import typer
 import yaml
-from conftest import ROOT, tiny
+from conftest import CONFIGS, ROOT, tiny
 from typer.testing import CliRunner
 
 from gradlab.cli import app
@@ -149,3 +149,13 @@ def test_help_of_each_command_lists_its_options(command: str) -> None:
         for opt in getattr(param, "opts", []):
             if opt.startswith("--"):
                 assert opt in result.stdout
+
+
+def test_the_abridged_tables_note_is_never_wrapped_at_the_tables_width(tmp_path: Path) -> None:
+    """explode_lr diverges at step 4 and its table at 80 columns is narrower than the note
+    saying how many layers it shows: the note takes a line of its own, whole."""
+    result = CliRunner().invoke(app, ["run", str(CONFIGS / "explode_lr.yaml"), "--out",
+                                      str(tmp_path / "runs"), "--no-plots"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert any(line.strip() == "11 of 16 layers shown; --all-layers for every one"
+               for line in result.stdout.splitlines()), result.stdout

@@ -139,8 +139,9 @@ def test_the_run_report_fits_and_prints_every_number_whole(runs, kind):
             assert printed[:2] == grads, (r, grads)
             per_row.append(len(printed))
         counts[width] = per_row
-        if kind == "deep":
-            assert f"{len(rows)} of 51 layers shown" in "\n".join(lines)
+        if kind == "deep":  # on one line, not wrapped at the table's width
+            assert any(f"{len(rows)} of 51 layers shown; --all-layers for every one" in line
+                       for line in lines), lines
     if kind == "deep":  # the extra columns (‖∂L/∂z‖, weight norm, act mean) come at 120
         assert all(a < b for a, b in zip(counts[80], counts[120])), counts
 

@@ -220,14 +220,15 @@ def _layer_table(record: Record, layers: list[dict[str, Any]], all_layers: bool,
                 lambda r, when=when, key=key: short(_stat(r, when, key))), drop=drop))
     if any(_stat(layers[i], "final", unit_stat) is not None for i in shown):
         columns.append(Column(unit_label, cells(lambda r: pct(_stat(r, "final", unit_stat)))))
-    caption = (f"{len(shown)} of {len(layers)} layers shown; --all-layers for every one"
-               if len(shown) < len(layers) else None)
-    table = fit_table(columns, width, caption=caption)
+    table = fit_table(columns, width)
     assert table is not None  # fit_table shortens names rather than give up
-    # the title on a line of its own: a narrow table would wrap it
+    # the title and the notes on lines of their own: a narrow table would wrap them
     parts: list[RenderableType] = [
         Text("per-layer statistics (gradient norm at init and at the end)", style="italic"),
         table]
+    if len(shown) < len(layers):
+        parts.append(Text(f"{len(shown)} of {len(layers)} layers shown; --all-layers for "
+                          "every one", style="dim"))
     if "‖∂L/∂z‖\ninit" in {c.header for c in table.columns}:
         parts.append(Text("‖∂L/∂z‖: the backward signal at the layer's output (its "
                           "pre-activation); grad: the weight's gradient", style="dim"))
