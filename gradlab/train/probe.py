@@ -188,7 +188,8 @@ def activation_stats(h: torch.Tensor | list[torch.Tensor], kind: str | None,
     if kind in ("sigmoid", "tanh"):  # sigmoid: h < 0.01 or h > 0.99; tanh: |h| > 0.99
         low = torch.lt(flat, 0.01 if kind == "sigmoid" else -0.99, out=mask("below"))
         saturated = low.logical_or_(torch.gt(flat, 0.99, out=mask("above")))
-        saturated = saturated.sum(dim=1, dtype=F64) / flat.shape[1]
+        # a count of whole numbers, exact in float64: count_nonzero is 3x faster than a sum
+        saturated = saturated.count_nonzero(dim=1).to(F64) / flat.shape[1]
     else:
         saturated = nan
     # a unit is dead when it is off for the whole batch; max ≤ 0 is (h ≤ 0).all() at a tenth
