@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from gradlab.build.model import build_model
 from gradlab.config import ModelConfig
-from gradlab.train.probe import QUANTILE_SAMPLE, QUANTILES, Probe, nanquantiles
+from gradlab.train.probe import QUANTILE_SAMPLE, QUANTILES, Probe, Scratch, activation_stats, nanquantiles
 
 
 def measure(activation: str, steps: int) -> dict[str, float]:
@@ -37,6 +37,7 @@ def measure(activation: str, steps: int) -> dict[str, float]:
     hidden: list[torch.Tensor] = []  # the hidden activations, kept by a hook of our own
     for act in model.acts:  # type: ignore[union-attr]
         act.register_forward_hook(lambda m, i, out: hidden.append(out.detach()))
+    scratch = Scratch()
     parts: dict[str, list[float]] = defaultdict(list)
     for step in range(steps + 5):
         clock = [time.process_time()]
@@ -65,6 +66,8 @@ def measure(activation: str, steps: int) -> dict[str, float]:
         lap("  stack the hidden activations")
         stacked.to(torch.float64)
         lap("  ... and copy them to float64")
+        activation_stats(hidden, activation, scratch)
+        lap("  the activation statistics, batched")
         probe.after_backward(step)
         lap("probe.after_backward")
         opt.step()
