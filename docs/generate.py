@@ -8,11 +8,15 @@ README.md marks each generated block:
     ```
     <!-- /make docs -->
 
-The command runs in a shell at the repository's root, with `COLUMNS` (80 unless the marker says
-`COLUMNS=N` first), `{runs}` a records directory shared by every block of one generation (so a
-later block can `gradlab report` what an earlier one ran), and `{docs}` this directory (a block
-may copy figures here: `cp {runs}/…/grad_flow.png {docs}/`). In the output, the records
-directory reads `runs`. Only stdout is kept (progress lines go to stderr; add `2>&1` to a command
+The command runs in a shell with `COLUMNS` (80 unless the marker says `COLUMNS=N` first),
+`{runs}` a records directory shared by every block of one generation (so a later block can
+`gradlab report` what an earlier one ran), and `{docs}` this directory (a block may copy figures
+here: `cp {runs}/…/grad_flow.png {docs}/`). A command without `{runs}` runs at the repository's
+root (`make reproduce`'s records in `runs/` are reused there); one with `{runs}` runs in a
+temporary copy of the root's layout (`configs` and `examples` linked in) where `{runs}` is
+`runs`, so its output shows the paths, and wraps its lines where, a user running it from the
+repository with `--out runs` sees; there `{root}` is the repository (`{root}/runs/…` for
+`make reproduce`'s records). Only stdout is kept (progress lines go to stderr; add `2>&1` to a command
 to keep its errors). Lines a marker's `| keep N` suffix would drop are left out (the first N
 lines). The exit code is not checked: some samples show a failure on purpose.
 
@@ -81,10 +85,13 @@ def run(command: str, runs: Path) -> str:
     m = re.match(r"(.*?)\s*\| keep (\d+)$", command)
     if m:
         command, keep = m.group(1), int(m.group(2))
-    shell = command.replace("{runs}", str(runs)).replace("{docs}", str(DOCS))
+    own = "{runs}" in command
+    shell = command.replace("{runs}", "runs").replace("{docs}", str(DOCS)) \
+        .replace("{root}", str(ROOT))
     env = {**os.environ, "COLUMNS": columns, "NO_COLOR": "1", "TERM": "dumb",
            "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(shell, shell=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(shell, shell=True, cwd=runs.parent if own else ROOT, env=env,
+                          capture_output=True, text=True)
     # stdout: the progress lines are on stderr
     lines = [_shortened(line, str(runs)) for line in done.stdout.splitlines()]
     if keep is not None:
@@ -92,9 +99,19 @@ def run(command: str, runs: Path) -> str:
     return "\n".join(lines).strip("\n") + "\n"
 
 
+def workspace(tmp: Path) -> Path:
+    """The records directory `tmp/runs`, beside links to the repository's configs and examples:
+    the layout a `{runs}` command runs in."""
+    for name in ("configs", "examples"):
+        (tmp / name).symlink_to(ROOT / name, target_is_directory=True)
+    runs = tmp / "runs"
+    runs.mkdir()
+    return runs
+
+
 def _shortened(line: str, tmp: str) -> str:
-    """The line with the records directory read as `runs`; inside a box the right border keeps
-    its column."""
+    """The line with the records directory's absolute path (should a command print one) read
+    as `runs`; inside a box the right border keeps its column."""
     short = line.replace(tmp, "runs")
     if short != line and line.rstrip().endswith("│"):
         body = short.rstrip()[:-1]
@@ -117,7 +134,7 @@ def main() -> int:
         return 1 if stale else 0
     fresh: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="gradlab-docs-") as tmp:
-        runs = Path(tmp) / "runs"
+        runs = workspace(Path(tmp))
 
         def replace(m: re.Match[str]) -> str:
             command = m["command"]
