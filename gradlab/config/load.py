@@ -46,6 +46,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(source, [("", f"cannot read: {e}")]) from None
     try:
+        _check_depth(text, source)
         _check_shape(yaml.compose(text), source)
         raw = yaml.safe_load(text)  # safe: tags never construct Python objects
     except RecursionError:
@@ -85,6 +86,20 @@ def _beside(raw: dict[str, Any], path: Path) -> None:
         value = data.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             data[key] = str(path.resolve().parent / value)
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH from its parse events, as soon as the
+    depth is reached: composing 10 000 nested lists first took 1 s before Python's recursion
+    limit stopped it, the events to depth 65 a quarter of that."""
+    depth = 0
+    for event in yaml.parse(text):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(source, [("", f"nested more than {MAX_DEPTH} levels deep")])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:
