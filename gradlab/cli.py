@@ -869,6 +869,19 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
+def _one_line_summaries() -> None:
+    """Each command's line in `gradlab --help`: its docstring's first paragraph, reflowed
+    (typer's rich help keeps the paragraph's line breaks there, and breaks it mid-sentence)."""
+    for command in app.registered_commands:
+        doc = (command.callback.__doc__ or "") if command.callback else ""
+        first = doc.strip().split("\n\n")[0]
+        if command.short_help is None and "\n" in first:
+            command.short_help = " ".join(first.split())
+
+
+_one_line_summaries()
+
+
 def main() -> None:
     """The console script: SIGTERM and SIGHUP stop gradlab as Ctrl-C does, and the exit code
     is 128 + the signal's number."""

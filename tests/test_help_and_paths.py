@@ -25,6 +25,17 @@ def test_help_shows_no_type_placeholders(command):
         assert placeholder not in result.output, f"{command} --help shows {placeholder}"
 
 
+def test_each_commands_summary_is_one_reflowed_paragraph():
+    """`gradlab --help` lists each command with its docstring's first paragraph, wrapped only
+    at the terminal's width: at 200 columns, on one line."""
+    listing = CliRunner().invoke(app, ["-h"], env={"COLUMNS": "200"}, prog_name="gradlab").output
+    for command in app.registered_commands:
+        first = " ".join(command.callback.__doc__.strip().split("\n\n")[0].split())
+        row = next(line for line in listing.splitlines()
+                   if line.strip("│ ").startswith(command.name or command.callback.__name__))
+        assert first in row, (first, row)
+
+
 def test_version_and_short_help():
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.strip() == f"gradlab {__version__}"
