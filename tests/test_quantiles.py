@@ -23,10 +23,12 @@ def test_a_small_tensor_gives_its_exact_quantiles_and_a_large_one_a_spread_sampl
     assert rows[1, 0] == 0 and rows[1, -1] == large[-1]
 
 
+@pytest.mark.parametrize("numpy_sort", [True, False])  # False: a GPU's path, run on the CPU
 @pytest.mark.parametrize("n", [1, 2, 17, QUANTILE_SAMPLE])
-def test_the_probes_quantiles_are_torchs_nanquantile_value_for_value(n):
-    """The probe sorts with NumPy but must give exactly what torch.nanquantile gives: rows
-    padded with NaN to any length (one all NaN), ties, values near 1e-40, ±inf."""
+def test_the_probes_quantiles_are_torchs_nanquantile_value_for_value(n, numpy_sort):
+    """The probe sorts with NumPy on the CPU (with torch elsewhere) but must give exactly what
+    torch.nanquantile gives: rows padded with NaN to any length (one all NaN), ties, values
+    near 1e-40, ±inf."""
     g = torch.Generator().manual_seed(n)
     x = torch.randn(40, n, generator=g, dtype=torch.float64)
     x[:10] = x[:10].round()  # ties
@@ -36,7 +38,7 @@ def test_the_probes_quantiles_are_torchs_nanquantile_value_for_value(n):
         x[i, k:] = math.nan
     x[39] = math.nan
     q = torch.tensor(QUANTILES, dtype=torch.float64)
-    expected, got = torch.nanquantile(x, q, dim=1), nanquantiles(x, q)
+    expected, got = torch.nanquantile(x, q, dim=1), nanquantiles(x, q, numpy_sort=numpy_sort)
     assert got.shape == expected.shape == (3, 40)
     assert torch.equal(got.isnan(), expected.isnan()) and got[:, 39].isnan().all()
     assert torch.equal(got.nan_to_num(0.5), expected.nan_to_num(0.5))
