@@ -12,12 +12,12 @@ The command runs in a shell with `COLUMNS` (80 unless the marker says `COLUMNS=N
 `{runs}` a records directory shared by every block of one generation (so a later block can
 `gradlab report` what an earlier one ran), and `{docs}` this directory (a block may copy figures
 here: `cp {runs}/…/grad_flow.png {docs}/`). A command without `{runs}` runs at the repository's
-root (`make reproduce`'s records in `runs/` are reused there); one with `{runs}` runs in a
+root (`make reproduce`'s records in `runs/` are reused there). One with `{runs}` runs in a
 temporary copy of the root's layout (`configs` and `examples` linked in) where `{runs}` is
-`runs`, so its output shows the paths, and wraps its lines where, a user running it from the
-repository with `--out runs` sees; there `{root}` is the repository (`{root}/runs/…` for
-`make reproduce`'s records). Only stdout is kept (progress lines go to stderr; add `2>&1` to a command
-to keep its errors). Lines a marker's `| keep N` suffix would drop are left out (the first N
+`runs`: its output shows the paths a user running it from the repository with `--out runs`
+sees, and wraps its lines where theirs wrap. There `{root}` is the repository (`{root}/runs/…`
+for `make reproduce`'s records). Only stdout is kept (progress lines go to stderr; add `2>&1`
+to a command to keep its errors). Lines a marker's `| keep N` suffix would drop are left out (the first N
 lines). The exit code is not checked: some samples show a failure on purpose.
 
 `docs/generated.json` records, for each block, its command and the SHA-256 of every config it

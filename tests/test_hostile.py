@@ -49,6 +49,18 @@ def test_deep_nesting_is_refused_without_a_recursion_error(tmp_path: Path) -> No
     refused(path, "nested more than 64 levels deep")
 
 
+def test_64_levels_of_nesting_are_read_and_65_refused(tmp_path: Path) -> None:
+    """The top-level mapping is the first level: 63 lists inside it are read (and then refused
+    by the schema, for what they hold), 64 are too deep."""
+    for lists, too_deep in ((63, False), (64, True)):
+        path = tmp_path / f"nested{lists}.yaml"
+        path.write_text("name: x\ndata: {kind: teacher}\nexpect: " + "[" * lists + "]" * lists
+                        + "\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(path)
+        assert ("nested more than 64 levels deep" in str(e.value)) == too_deep, str(e.value)
+
+
 def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_text("name: x\ndata: {kind: teacher}\n" + "# padding\n" * 200_000)

@@ -89,9 +89,10 @@ def _beside(raw: dict[str, Any], path: Path) -> None:
 
 
 def _check_depth(text: str, source: str) -> None:
-    """Refuse a document nested deeper than MAX_DEPTH from its parse events, as soon as the
-    depth is reached: composing 10 000 nested lists first took 1 s before Python's recursion
-    limit stopped it, the events to depth 65 a quarter of that."""
+    """Refuse a document with mappings and lists nested more than MAX_DEPTH deep (the top-level
+    mapping is the first), from its parse events and as soon as the depth is reached:
+    composing 10 000 nested lists first took 1 s before Python's recursion limit stopped it,
+    the events to depth 65 a quarter of that."""
     depth = 0
     for event in yaml.parse(text):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
@@ -103,20 +104,18 @@ def _check_depth(text: str, source: str) -> None:
 
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:
-    """Refuse a document nested deeper than MAX_DEPTH or larger than MAX_NODES once its
-    aliases are expanded (each alias counts the whole subtree it repeats)."""
+    """Refuse a document larger than MAX_NODES once its aliases are expanded (each alias counts
+    the whole subtree it repeats). Its depth is already bounded (`_check_depth`)."""
     sizes: dict[int, int] = {}
 
-    def size(node: yaml.Node, depth: int) -> int:
-        if depth > MAX_DEPTH:
-            raise ConfigError(source, [("", f"nested more than {MAX_DEPTH} levels deep")])
+    def size(node: yaml.Node) -> int:
         if id(node) in sizes:  # an alias: the same node again
             return sizes[id(node)]
         total = 1
         if isinstance(node, yaml.MappingNode):
-            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+            total += sum(size(k) + size(v) for k, v in node.value)
         elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(v, depth + 1) for v in node.value)
+            total += sum(size(v) for v in node.value)
         if total > MAX_NODES:
             raise ConfigError(source, [("", f"more than {MAX_NODES} values once its aliases "
                                             "are expanded (an alias bomb?)")])
@@ -124,7 +123,7 @@ def _check_shape(root: yaml.Node | None, source: str) -> None:
         return total
 
     if root is not None:
-        size(root, 0)
+        size(root)
 
 
 def default_name(path: Path) -> str:
