@@ -69,8 +69,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import Row, median, print_table, ratio_row
-from overhead import MODELS, make_config
+from common import MODELS, Row, median, print_table, ratio_row
+from overhead import make_config
 from torch import nn
 from torch.nn import functional as F
 

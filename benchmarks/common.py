@@ -11,10 +11,32 @@ import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+# The models the overhead benchmarks train (`overhead.py`, `api_overhead.py`, `checkouts.py`):
+# each a config's data, model and train sections. Plain data, importing nothing of gradlab, so
+# `checkouts.py` can train them with another checkout's code.
+TEACHER = {"kind": "teacher", "n_samples": 2048, "n_features": 100}
+HE = {"init": "kaiming_normal", "bias_init": "zeros"}
+MODELS: dict[str, dict[str, Any]] = {
+    "sigmoid 50×100": {"data": TEACHER,
+                       "model": {"depth": 50, "width": 100, "activation": "sigmoid"},
+                       "train": {"optimizer": "sgd", "lr": 0.1}},
+    "relu+He 50×100": {"data": TEACHER,
+                       "model": {"depth": 50, "width": 100, "activation": "relu", **HE},
+                       "train": {"optimizer": "sgd", "lr": 0.01}},
+    "residual+BN 50×100": {"data": TEACHER,
+                           "model": {"depth": 50, "width": 100, "activation": "relu",
+                                     "residual": True, "norm": "batch", **HE},
+                           "train": {"optimizer": "sgd", "lr": 0.01}},
+    "LSTM adding T=50": {"data": {"kind": "adding", "n_samples": 2048, "length": 50},
+                         "model": {"kind": "lstm", "depth": 1, "width": 64},
+                         "train": {"optimizer": "adam", "lr": 0.001}},
+}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import Row, median, print_table, ratio_row
+from common import MODELS, Row, median, print_table, ratio_row
 from torch.nn import functional as F
 
 from gradlab.build.data import load_data
@@ -29,24 +29,6 @@ from gradlab.build.model import build_model
 from gradlab.config import Config, config_from_dict
 from gradlab.runner import run_config
 from gradlab.train.events import Evaluated, Logged, StepEnd
-
-TEACHER = {"kind": "teacher", "n_samples": 2048, "n_features": 100}
-HE = {"init": "kaiming_normal", "bias_init": "zeros"}
-MODELS: dict[str, dict[str, Any]] = {
-    "sigmoid 50×100": {"data": TEACHER,
-                       "model": {"depth": 50, "width": 100, "activation": "sigmoid"},
-                       "train": {"optimizer": "sgd", "lr": 0.1}},
-    "relu+He 50×100": {"data": TEACHER,
-                       "model": {"depth": 50, "width": 100, "activation": "relu", **HE},
-                       "train": {"optimizer": "sgd", "lr": 0.01}},
-    "residual+BN 50×100": {"data": TEACHER,
-                           "model": {"depth": 50, "width": 100, "activation": "relu",
-                                     "residual": True, "norm": "batch", **HE},
-                           "train": {"optimizer": "sgd", "lr": 0.01}},
-    "LSTM adding T=50": {"data": {"kind": "adding", "n_samples": 2048, "length": 50},
-                         "model": {"kind": "lstm", "depth": 1, "width": 64},
-                         "train": {"optimizer": "adam", "lr": 0.001}},
-}
 
 # The trainer variants: each is a probe section (and, for the denormal row, a top-level change).
 PROBE_OFF = "trainer, probing off"
