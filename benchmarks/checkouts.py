@@ -103,8 +103,10 @@ def checkout(ref: str, stack: ExitStack) -> Path:
     if ref == ".":
         return ROOT
     where = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gradlab-ref-"))) / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), ref],
-                   check=True)
+    made = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
+                           str(where), ref], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise SystemExit(f"cannot check out {ref!r}: {made.stderr.strip()}")
     stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force",
                                     str(where)], check=False)
     return where
