@@ -61,6 +61,15 @@ def test_64_levels_of_nesting_are_read_and_65_refused(tmp_path: Path) -> None:
         assert ("nested more than 64 levels deep" in str(e.value)) == too_deep, str(e.value)
 
 
+@pytest.mark.parametrize("value", ["&x [*x]", "&x {a: *x}", "&x [1, [2, *x]]"])
+def test_an_anchor_aliased_inside_itself_is_refused_by_name(tmp_path: Path, value: str) -> None:
+    """YAML lets an anchor's own value alias it: a value that contains itself, which no
+    config can mean."""
+    path = tmp_path / "recursive.yaml"
+    path.write_text(f"name: x\ndata: {{kind: teacher}}\nexpect: {value}\n")
+    refused(path, "line 3: an anchor is aliased inside its own value")
+
+
 def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_text("name: x\ndata: {kind: teacher}\n" + "# padding\n" * 200_000)

@@ -49,8 +49,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         _check_depth(text, source)
         _check_shape(yaml.compose(text), source)
         raw = yaml.safe_load(text)  # safe: tags never construct Python objects
-    except RecursionError:
-        raise ConfigError(source, [("", f"nested more than {MAX_DEPTH} levels deep")]) from None
     except yaml.constructor.ConstructorError as e:
         raise ConfigError(source, [_tag_problem(text, e)]) from None
     except yaml.YAMLError as e:
@@ -105,12 +103,19 @@ def _check_depth(text: str, source: str) -> None:
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:
     """Refuse a document larger than MAX_NODES once its aliases are expanded (each alias counts
-    the whole subtree it repeats). Its depth is already bounded (`_check_depth`)."""
+    the whole subtree it repeats), or holding an anchor aliased inside its own node
+    (`a: &x [*x]`, a value that contains itself). Its depth is already bounded (`_check_depth`)."""
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes whose values are being counted
 
     def size(node: yaml.Node) -> int:
         if id(node) in sizes:  # an alias: the same node again
             return sizes[id(node)]
+        if id(node) in open_nodes:
+            mark = node.start_mark
+            raise ConfigError(source, [("", f"line {mark.line + 1}: an anchor is aliased inside "
+                                            "its own value, which would contain itself")])
+        open_nodes.add(id(node))
         total = 1
         if isinstance(node, yaml.MappingNode):
             total += sum(size(k) + size(v) for k, v in node.value)
@@ -120,6 +125,7 @@ def _check_shape(root: yaml.Node | None, source: str) -> None:
             raise ConfigError(source, [("", f"more than {MAX_NODES} values once its aliases "
                                             "are expanded (an alias bomb?)")])
         sizes[id(node)] = total
+        open_nodes.discard(id(node))
         return total
 
     if root is not None:
