@@ -1,12 +1,12 @@
 """What a logged step costs in two checkouts of gradlab, measured side by side.
 
-`overhead.py` holds one checkout against a bare loop; its whole-run ratios move by 20 % from
-one run to the next on a shared machine, too much to tell whether a change made probing
-dearer by a few percent. This script times the same four models (`common.MODELS`, 400 steps,
-probing every 10 steps and every step) in two checkouts of the code, alternating between them repetition by
+`overhead.py` holds one checkout against a bare loop; its whole-run ratios move by 20 % from one
+run to the next on a shared machine, too much to tell whether a change made probing dearer by a
+few percent. This script times the same four models (`common.MODELS`, 400 steps, probing every
+10 steps and every step) in two checkouts of the code, alternating between them repetition by
 repetition, and compares what a logged step costs beyond an unlogged one: the CPU time between
-two optimiser steps, which is the one event every version of the trainer has. Each repetition
-of each checkout runs in a fresh Python process with the checkout first on `sys.path`, so a
+two optimiser steps, which is the one event every version of the trainer has. Each repetition of
+each checkout runs in a fresh Python process with the checkout first on `sys.path`, so a
 checkout is timed with its own code; the models and the timing are this script's.
 
     .venv/bin/python benchmarks/checkouts.py ab196cd          # that commit against this tree

@@ -14,11 +14,11 @@ The command runs in a shell with `COLUMNS` (80 unless the marker says `COLUMNS=N
 here: `cp {runs}/…/grad_flow.png {docs}/`). A command without `{runs}` runs at the repository's
 root (`make reproduce`'s records in `runs/` are reused there). One with `{runs}` runs in a
 temporary copy of the root's layout (`configs` and `examples` linked in) where `{runs}` is
-`runs`: its output shows the paths a user running it from the repository with `--out runs`
-sees, and wraps its lines where theirs wrap. There `{root}` is the repository (`{root}/runs/…`
-for `make reproduce`'s records). Only stdout is kept (progress lines go to stderr; add `2>&1`
-to a command to keep its errors). Lines a marker's `| keep N` suffix would drop are left out (the first N
-lines). The exit code is not checked: some samples show a failure on purpose.
+`runs`: its output shows the paths a user running it from the repository with `--out runs` sees,
+and wraps its lines where theirs wrap. There `{root}` is the repository (`{root}/runs/…` for
+`make reproduce`'s records). Only stdout is kept (progress lines go to stderr; add `2>&1` to a
+command to keep its errors). Lines a marker's `| keep N` suffix would drop are left out (the
+first N lines). The exit code is not checked: some samples show a failure on purpose.
 
 `docs/generated.json` records, for each block, its command and the SHA-256 of every config it
 names and of the renderer's sources; `tests/test_docs.py` fails when one of them has changed

@@ -16,6 +16,10 @@ from __future__ import annotations
 import copy
 import fnmatch
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +102,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if ("disk" not in pyfuncitem.fixturenames or os.geteuid() == 0
             or os.environ.get(IN_NAMESPACE)):
         return None
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
     base = tempfile.mkdtemp(prefix="gradlab-namespace-")
     command = ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-m", "pytest",
                "-q", "-p", "no:cacheprovider", f"--basetemp={base}/t", pyfuncitem.nodeid]
