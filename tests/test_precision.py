@@ -27,6 +27,7 @@ from gradlab.build.model import build_model
 from gradlab.config import ConfigError, config_from_dict, load_config, resolved
 from gradlab.record.reader import Record, read_record
 from gradlab.render.report import header as report_header
+from gradlab.render.report import precision_line
 from gradlab.runner import run_config
 from gradlab.train.loop import reference_grads
 from gradlab.train.probe import PRECISION_STATS, Probe
@@ -182,6 +183,22 @@ def test_fp16_underflow_without_a_loss_scale_and_the_grad_scaler_as_its_remedy(
     paired = check_versus(remedy.expect, {0: scaled}, {"precision_fp16": {0: lost}})
     assert len(paired) == 2 and all(e.ok for e in paired)
 
+
+@pytest.mark.parametrize("scale, skipped, shown", [
+    ("dynamic", 0, "0 steps skipped"), ("dynamic", 1, "1 step skipped"),
+    ("dynamic", 3, "3 steps skipped"), ("none", 0, None)])
+def test_a_dynamic_scale_always_says_how_often_it_backed_off(scale, skipped, shown) -> None:
+    """A dynamic scale's count is news even at 0 (whether the scaler had to back off depends on
+    the CPU's rounding: seed 0 of precision_fp16_scaled skips 1 step on one machine, 0 on
+    another); a static scale never skips, so nothing is said."""
+    p = {"dtype": "fp16", "loss_scale": scale, "skipped_steps": skipped,
+         "scale_init": 2.0 ** 16 if scale == "dynamic" else None,
+         "scale_final": 2.0 ** 16 if scale == "dynamic" else None}
+    line = ", ".join(precision_line(p))
+    if shown is None:
+        assert "skipped" not in line
+    else:
+        assert f", {shown}" in line
 
 def test_a_bf16_run_reports_headroom_and_the_precision_verdict(run_tiny) -> None:
     outcome = run_tiny(train={"precision": "bf16"})

@@ -122,8 +122,9 @@ def precision_line(p: object) -> list[str]:
         if p.get("scale_init") is not None and p.get("scale_final") is not None:
             scale += f" {num(p['scale_init'])} → {num(p['scale_final'])}"
         parts.append(scale)
-    if p.get("skipped_steps"):
-        n = p["skipped_steps"]
+    n = p.get("skipped_steps")
+    if isinstance(n, int) and (n or p.get("loss_scale") == "dynamic"):
+        # a dynamic scale says how often it backed off, 0 included; a static one never skips
         parts.append(f"{n} step{'s' if n != 1 else ''} skipped")
     under = p.get("underflow_init")
     if isinstance(under, (int, float)) and not isinstance(under, bool):
