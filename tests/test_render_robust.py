@@ -71,6 +71,7 @@ def test_every_report_renders_within_the_terminal(case: str, width: int, tmp_pat
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no overflow warning reaches the user
 def test_every_figure_renders(case: str, tmp_path: Path) -> None:
     """Once per record: a figure's size does not depend on the terminal's."""
     drawn = plot_run(case_run(case, tmp_path))

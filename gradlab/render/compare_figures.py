@@ -40,6 +40,7 @@ from gradlab.render.figures import (  # noqa: E402
     layer_grid,
     log_floor,
     log_scale,
+    quiet_overflow,
     run_name,
     save,
     smooth,
@@ -49,6 +50,7 @@ from gradlab.render.figures import (  # noqa: E402
 )
 
 
+@quiet_overflow
 def plot_comparison(records: list[Record], out_dir: Path) -> list[Path]:
     """Many runs side by side: loss.png (loss ÷ baseline, by task), grad_flow.png (gradient
     norms at init by depth, by task) and grad_ratio.png (first ÷ last layer, every variant)."""

@@ -6,11 +6,13 @@ Reads records through `gradlab.record` only (no torch, no trainer); needs no dis
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import matplotlib
 
@@ -44,6 +46,24 @@ def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, *,
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
                         top=1 - top / height, wspace=wspace, hspace=hspace)
     return fig, axes
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def quiet_overflow(draw: Callable[P, R]) -> Callable[P, R]:
+    """A figure entry point drawing with numpy's overflow warning off: values near the float
+    maximum (a record with 1e308 in it) put a log axis's autoscale margin past it, where
+    matplotlib's exp overflows to inf, which it handles, but numpy would print a RuntimeWarning
+    for each axis."""
+
+    @functools.wraps(draw)
+    def drawing(*args: P.args, **kwargs: P.kwargs) -> R:
+        with np.errstate(over="ignore"):
+            return draw(*args, **kwargs)
+
+    return drawing
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -41,6 +41,7 @@ from gradlab.render.figures import (  # noqa: E402
     nonfinite_legend,
     nothing_finite,
     pick,
+    quiet_overflow,
     save,
     smooth,
     spans_decades,
@@ -61,6 +62,7 @@ from gradlab.render.style import num  # noqa: E402
 STEP_LINES = 5  # gradient-flow lines per run: init, three in between, final
 
 
+@quiet_overflow
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw every figure of one run into RUN/plots/ and return their paths."""
     record = read_record(Path(run_dir))

@@ -30,7 +30,7 @@ from gradlab.analyse.theory import (
 from gradlab.record.group import field_stats, is_group_dir, member_dirs, read_group
 from gradlab.record.reader import read_config
 from gradlab.record.sweep import default_field, read_sweep, read_table
-from gradlab.render.figures import new_figure, save
+from gradlab.render.figures import new_figure, quiet_overflow, save
 
 HEATMAP = "heatmap.png"
 DEPTH_KEY = "model.depth"
@@ -250,6 +250,7 @@ def _format(x: float) -> str:
     return f"{x:.2f}" if 0.01 <= abs(x) < 1 else f"{x:.3g}"
 
 
+@quiet_overflow
 def plot_sweep(sweep_dir: Path, field: str | None = None) -> Path:
     """Draw SWEEP/heatmap.png of `field` (default: the sweep's `plot`, else the test metric);
     ValueError for a field no row has."""
