@@ -7,6 +7,7 @@ measured" and non-finite values on the record; batch norm's first evaluation.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import CONFIGS, tiny_config
+from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 
@@ -23,6 +25,7 @@ from gradlab.build.model import build_model
 from gradlab.build.probed import ProbedLayer
 from gradlab.config import load_config
 from gradlab.record.reader import read_record
+from gradlab.render.report import header as report_header
 from gradlab.runner import denormals_flushed, run_config
 from gradlab.train.loop import batches
 from gradlab.train.probe import Probe
@@ -105,9 +108,35 @@ def test_every_layer_with_a_nonzero_entry_has_its_true_norm(overrides, tmp_path)
         else:
             assert row["grad_norm"] == 0
     assert nonzero == len(grads)  # without flushing, no layer's gradient is exactly 0
+    # the layers whose every entry is denormal are counted, and the report says so
+    tiny = torch.finfo(torch.float32).tiny
+    denormal = sum(1 for g in grads if 0 < g.abs().max().item() < tiny)
+    assert denormal > 0 if cfg.model.depth == 50 else denormal == 0
+    record = read_record(outcome.path)
+    assert record.summary["denormal_layers"] == denormal
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(report_header(record))
+    said = " ".join(console.export_text().split())
+    assert (f"{denormal} layers' gradients were denormal" in said) == (denormal > 1), said
     # and the decay is smooth: no cliff where float32 squares used to underflow
     logs = [math.log10(r["grad_norm"]) for r in recorded[:-1]]
     assert max(abs(b - a) for a, b in zip(logs, logs[1:])) < 2.0
+
+
+def test_a_flushing_run_counts_the_layers_it_zeroed_instead(tmp_path) -> None:
+    cfg = load_config(CONFIGS / "deep_sigmoid.yaml",
+                      [*DEEPER, "model.depth=50", "flush_denormal=true"])
+    torch.set_num_threads(1)
+    summary = read_record(run_config(cfg, tmp_path).path).summary
+    with denormals_flushed(True) as flushed:
+        grads = step_zero_gradients(cfg)
+    assert summary["flush_denormal"] is flushed
+    if flushed:  # the CPU flushes: the layers whose gradient became 0, and no denormal left
+        zeroed = sum(1 for g in grads if g.abs().max() == 0)
+        assert zeroed > 0 and summary["flushed_zero_layers"] == zeroed
+        assert summary["denormal_layers"] is None
+    else:  # a CPU that cannot flush keeps IEEE arithmetic, and the record says that
+        assert summary["flushed_zero_layers"] is None and summary["denormal_layers"] > 0
 
 
 def test_a_huge_but_finite_gradient_is_not_a_divergence(tmp_path) -> None:

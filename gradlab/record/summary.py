@@ -51,7 +51,9 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
                   "fraction": clipped / steps_done if steps_done else None}
                  if outcome.get("clip") else None),
         "flushed_zero_layers": (sum(1 for r in first if r.get("grad_norm") == 0)
-                                if base.get("flush_denormal") else None),
+                                if base.get("flush_denormal") and first else None),
+        "denormal_layers": (sum(1 for r in first if _denormal(r.get("grad_absmax")))
+                            if not base.get("flush_denormal") and first else None),
         "first_nonfinite": outcome.get("first_nonfinite"),
         "layers": [
             {"index": i, "name": row["name"], "shape": shapes[i] if i < len(shapes) else None,
@@ -85,6 +87,16 @@ def _gap(final: dict[str, Any]) -> float | None:
 
 def _stats(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("step", "layer", "name", "phase")}
+
+
+# float32's smallest normal number: below it a value is denormal (subnormal), which IEEE
+# arithmetic keeps and some CPUs compute several times slower
+FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def _denormal(absmax: object) -> bool:
+    """Whether a layer's largest |gradient entry| is denormal: every entry is, or is 0."""
+    return isinstance(absmax, float) and 0 < absmax < FLOAT32_TINY
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -130,6 +130,7 @@ SUMMARY_SCHEMA: dict[str, Check] = {
     **{f"{k}_{w}": _optional(_number) for k in ("grad_ratio", "grad_norm_min", "weight_norm")
        for w in ("init", "final")},
     "clip_fraction": _optional(_number), "first_nonfinite": _where,
+    "flushed_zero_layers": _optional(_whole), "denormal_layers": _optional(_whole),
     "layers": _optional(_list_of(_layer)),
     "time_grads_init": _optional(_list_of(_optional(_number))),
     "time_grads_final": _optional(_list_of(_optional(_number))),

@@ -102,6 +102,12 @@ def _header(record: Record, width: int) -> RenderableType:
                      "gradient that small shows as exactly 0"
                      + (f"; at the first step {which} exactly 0" if zeroed else "") + "\n",
                      style="dim")
+    denormal = s.get("denormal_layers")
+    if denormal:
+        which = "1 layer's gradient was" if denormal == 1 else f"{denormal} layers' gradients were"
+        lines.append(f"at the first step {which} denormal (every entry below 1.2e-38): kept, "
+                     "as IEEE arithmetic has them, but some CPUs compute such numbers several "
+                     "times slower; flush_denormal: true rounds them to 0\n", style="dim")
     if s.get("error"):
         lines.append(f"error: {s['error']}\n", style="red")
     if record.summary is None or record.status == "incomplete":
