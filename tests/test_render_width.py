@@ -23,6 +23,7 @@ from rich.console import Console
 from gradlab.config import config_from_dict
 from gradlab.record.reader import read_record
 from gradlab.render.compare_table import comparison_table
+from gradlab.render.fix_table import fix_table
 from gradlab.render.listing import run_list
 from gradlab.render.report import run_report
 from gradlab.render.style import num, pct, short, shorten_names
@@ -342,6 +343,29 @@ def test_the_comparison_fits_with_every_number_and_distinct_names(long, claims):
         if not long:  # the configs' own names all fit at 80 and at 120
             assert cells == [r["variant"] for r in rows] or claims and width == 80
     assert shown[120] > shown[80], shown  # steps/s at 120
+
+
+def test_the_fix_table_fits_with_every_setting_and_verdict_whole():
+    """rnn_clip's remedies: the longest --set token and two-word verdict names beside it."""
+    def row(rank, overrides, verdict, metric, ratio):
+        return {"rank": rank, "overrides": overrides, "status": "completed", "test_metric": metric,
+                "grad_ratio_final": ratio, "verdict": verdict, "metric": "test_loss",
+                "beats_baseline": False}
+
+    rows = [row(1, "model.recurrent_init.gain=1.0", "vanishing_time, not_learning", 0.154, 0.41),
+            row(2, "train.lr=0.001 train.clip.max_norm=1.0",
+                "exploding, exploding_time, not_learning", 2080.0, 0.26)]
+    original = {**row(None, "(as given)", "exploding, exploding_time, not_learning", 0.517, 21),
+                "baseline": 0.155}
+    for width in WIDTHS:
+        lines = render(fix_table(rows, original, "rnn_clip.yaml"), width)
+        assert max(len(line.rstrip()) for line in lines) <= width
+        tokens = " ".join(lines).split()
+        for r in [*rows, original]:
+            for word in [*r["overrides"].split(), *r["verdict"].split(", ")]:
+                assert word.strip("()") in " ".join(tokens), (width, word)
+        assert tokens.count("exploding_time") == 2 and tokens.count("vanishing_time") == 1
+        assert {"0.154", "2.08e+03", "0.517"} <= set(tokens)
 
 
 def test_claims_show_only_when_asked():

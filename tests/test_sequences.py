@@ -270,7 +270,17 @@ def test_verdict_through_time_names_remedies_that_fit_the_model():
                            kind="lstm")
     assert learnt["vanishing_time"]["severity"] == "info"
     exploding = verdict_kinds({"time_grad_ratio_init": 1e5, "time_grad_ratio_final": 1e4})
-    assert ["train.clip.max_norm=1.0"] in sets(exploding["exploding_time"])
+    assert sets(exploding["exploding_time"]) == [["train.clip.max_norm=1.0"],
+                                                 ["model.recurrent_init=orthogonal"]]
+    # orthogonal already, but scaled past a spectral radius of 1 (rnn_clip): the gain is the cause
+    config = {"model": {"kind": "rnn", "recurrent_init": {"scheme": "orthogonal", "gain": 1.75}},
+              "train": {"clip": {"by": "norm", "max_norm": 1.0}, "lr": 0.01}}
+    found = {v["kind"]: v for v in diagnose(
+        {"status": "completed", "time_grad_ratio_init": 1e5, "time_grad_ratio_final": 18.0,
+         "over_run": {"grad_norm_max": {"value": 9e11, "step": 0, "layer": "l1.hh"}}}, config)}
+    assert sets(found["exploding_time"]) == [["model.recurrent_init.gain=1.0"]]
+    assert "now 1.75" in found["exploding_time"]["fixes"][0]["why"]
+    assert sets(found["exploding"])[0] == ["model.recurrent_init.gain=1.0"]
     assert not {"vanishing_time", "exploding_time"} & set(verdict_kinds({"time_grad_ratio_init": 0.3}))
 
 

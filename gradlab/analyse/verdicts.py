@@ -407,8 +407,7 @@ def _through_time(ctx: _Context) -> Verdict | None:
         msg = f"exploding through time: ‖∂L/∂h₁‖ is {_fmt(init)} × ‖∂L/∂h_T‖ at init"
         fixes = [] if ctx.train.get("clip") else [
             _fix("bounds each step's update", "train.clip.max_norm=1.0")]
-        fixes.append(_fix("a spectral radius of at most 1 stops the growth step by step",
-                          "model.recurrent_init=orthogonal"))
+        fixes += _recurrent_fixes(ctx, "stops the growth step by step")
         return _verdict("exploding_time", "info" if ctx.learned else "warning", "init", [], msg,
                         _not_in_place(fixes, ctx))
     return None
@@ -484,8 +483,7 @@ def _exploding_fixes(ctx: _Context) -> list[Fix]:
 def _init_fixes(ctx: _Context, exploding: bool = False) -> list[Fix]:
     """Remedies for a network that is wrong before any step: its init, its skips, its norms."""
     if ctx.kind != "mlp":
-        return _not_in_place([_fix("a spectral radius of at most 1",
-                                   "model.recurrent_init=orthogonal")], ctx)
+        return _not_in_place(_recurrent_fixes(ctx), ctx)
     fixes = []
     if ctx.model.get("residual") and exploding:
         fixes.append(_fix("each block starts as the identity, so depth adds nothing at init "
@@ -496,6 +494,19 @@ def _init_fixes(ctx: _Context, exploding: bool = False) -> list[Fix]:
     if ctx.model.get("norm", "none") == "none":
         fixes.append(_fix("normalised pre-activations", "model.norm=batch"))
     return _not_in_place(fixes, ctx)
+
+
+def _recurrent_fixes(ctx: _Context, why: str = "") -> list[Fix]:
+    """An orthogonal W_hh (spectral radius 1) for a recurrent model; where it is orthogonal
+    already but scaled by a gain above 1 (radius = gain), that gain brought back to 1."""
+    init = ctx.model.get("recurrent_init")
+    scheme = init.get("scheme") if isinstance(init, dict) else init
+    gain = _num(init.get("gain")) if isinstance(init, dict) else None
+    tail = f": {why}" if why else ""
+    if scheme == "orthogonal" and gain is not None and gain > 1:
+        return [_fix(f"now {gain:g}; an orthogonal W_hh of gain 1 has spectral radius 1{tail}",
+                     "model.recurrent_init.gain=1.0")]
+    return [_fix(f"a spectral radius of at most 1{tail}", "model.recurrent_init=orthogonal")]
 
 
 def _lr_fixes(ctx: _Context) -> list[Fix]:

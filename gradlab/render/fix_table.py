@@ -18,7 +18,10 @@ def fix_table(rows: list[dict[str, Any]], original: dict[str, Any], config: str)
     """Ranked remedies (a remedy's overrides wrap in their column; no number is ever cut)."""
     metric = original.get("metric") or (rows[0]["metric"] if rows else "test_loss")
     label = "test\nacc" if metric == "test_accuracy" else "test\nloss"
+    # padding shared between neighbouring cells: six columns of which one holds whole --set
+    # tokens (never cut) fit in 80 columns with the verdict names whole
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1), show_edge=False,
+                  collapse_padding=True, pad_edge=False,
                   title="remedies, best first", title_justify="left")
     table.add_column("#", justify="right", no_wrap=True)
     width = max([len(x) for r in rows for x in r["overrides"].split()] + [16])
