@@ -172,6 +172,29 @@ def test_digits_sequence_is_eight_rows_of_eight_pixels():
     assert abs(float(data.x_train.mean())) < 1e-5  # standardised with the training split
 
 
+def test_the_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
+    """Read from the file scikit-learn ships: the arrays of `load_digits`, without importing
+    scikit-learn (checked in a fresh process); where the file is not found, `load_digits`."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from gradlab.build import tabular
+
+    bunch = load_digits()
+    for found in (True, False):
+        if not found:
+            monkeypatch.setattr(tabular.importlib.util, "find_spec", lambda name: None)
+        images, labels = tabular.digit_images()
+        assert images.dtype == np.float64 and labels.dtype == np.int64
+        assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    code = ("import sys; from gradlab.build.tabular import digits; x, y = digits(); "
+            "assert x.shape == (1797, 64) and 'sklearn' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
 @pytest.mark.parametrize("data_cfg", [
     {"kind": "adding", "n_samples": 100, "length": 12},
     {"kind": "copy", "n_samples": 100, "length": 5},
