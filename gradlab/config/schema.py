@@ -66,10 +66,10 @@ SUMMARY_FIELDS = (
     "initial_metrics", "final_loss", "loss_ratio", "final_metrics", "grad_ratio_init",
     "grad_ratio_final", "delta_ratio_init", "delta_ratio_final", "grad_norm_min_init",
     "grad_norm_min_final", "weight_norm_init", "weight_norm_final", "clip_fraction", "clip",
-    "flushed_zero_layers", "denormal_layers", "layers", "first_nonfinite", "verdicts", "time_grads_init",
-    "time_grads_final", "time_grad_ratio_init", "time_grad_ratio_final", "pretrain", "prediction",
-    "baseline_accuracy", "over_run", "overrides", "generalisation_gap", "unit_spread_init",
-    "unit_spread_final",
+    "flushed_zero_layers", "denormal_layers", "layers", "first_nonfinite", "verdicts",
+    "time_grads_init", "time_grads_final", "time_grad_ratio_init", "time_grad_ratio_final",
+    "pretrain", "prediction", "baseline_accuracy", "over_run", "overrides", "generalisation_gap",
+    "unit_spread_init", "unit_spread_final",
     "precision",
 )
 
