@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from torch.nn import functional as F
 from typer.testing import CliRunner
 
 from gradlab.analyse.verdicts import diagnose
+from gradlab.build import tabular
 from gradlab.build.data import load_data
 from gradlab.build.model import build_model
 from gradlab.build.sequences import adding_problem, copy_task
@@ -175,13 +178,7 @@ def test_digits_sequence_is_eight_rows_of_eight_pixels():
 def test_the_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
     """Read from the file scikit-learn ships: the arrays of `load_digits`, without importing
     scikit-learn (checked in a fresh process); where the file is not found, `load_digits`."""
-    import subprocess
-    import sys
-
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    from gradlab.build import tabular
+    from sklearn.datasets import load_digits  # here: at the top, every worker would import it
 
     bunch = load_digits()
     for found in (True, False):

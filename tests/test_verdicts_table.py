@@ -198,6 +198,22 @@ def test_remedies_come_as_runnable_overrides_and_skip_what_is_in_place() -> None
     assert ["model.norm=batch"] not in [f["set"] for f in v["fixes"]]
 
 
+def test_a_mapping_is_in_place_only_if_the_setting_would_leave_it_as_it_is() -> None:
+    """`--set model.init=kaiming_normal` replaces the whole init: against a kaiming init of
+    gain 3 it changes the net (gain back to 1), against the resolved default gain it does not."""
+    exploding = summary(ratio_init=2.6e4, ratio_final=3e4, **NOT_LEARNING)
+
+    def sets(init: dict[str, Any]) -> list[list[str]]:
+        cfg = config(activation="relu", init=init)
+        return [f["set"] for f in by_kind(exploding, cfg)["exploding"]["fixes"]]
+
+    resolved = {"scheme": "kaiming_normal", "value": 0.0, "mean": 0.0, "std": 0.01, "low": -0.05,
+                "high": 0.05, "gain": 1.0, "mode": "fan_in", "nonlinearity": None}
+    assert ["model.init=kaiming_normal"] not in sets(resolved)
+    assert ["model.init=kaiming_normal"] in sets({**resolved, "gain": 3.0})
+    assert ["model.init=kaiming_normal"] in sets({"scheme": "default"})
+
+
 def test_a_diverging_pretraining_names_its_phase_and_rate() -> None:
     where = {"phase": "pretrain_layer_2", "step": 3, "layer": "fc2", "what": "gradient"}
     cfg = {**TANH, "pretrain": {"lr": 0.5, "optimizer": "sgd"}}

@@ -11,9 +11,9 @@ already in place are not suggested, and they come in the order most likely to wo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
-from gradlab.config.schema import SATURATING
+from gradlab.config.schema import SATURATING, Config
 
 VANISHING_RATIO = 1e-3  # first layer's gradient this far below the last's: vanishing
 EXPLODING_RATIO = 1e3
@@ -436,10 +436,34 @@ def _already(setting: str, ctx: _Context) -> bool:
             node = node.get(part)
         else:
             return False
-    if isinstance(node, dict):  # `model.init=kaiming_normal` against {scheme: ...}
+    if isinstance(node, dict):
+        # `--set model.init=kaiming_normal` replaces the whole mapping: it is in place only if
+        # the mapping already is what the setting makes (a gain of 1.75 is not)
+        made = _mapping_made_by(key, value)
+        if made is not None:
+            return all(made.get(k) == v for k, v in node.items())
         node = node.get("scheme", node.get("name"))
     return str(node).lower() == value.lower() or (value in ("true", "false")
                                                   and str(node).lower() == value)
+
+
+def _mapping_made_by(key: str, value: str) -> dict[str, Any] | None:
+    """What `--set key=value` puts at a mapping section of the schema (`model.init`,
+    `train.schedule`, ...): the section's defaults with the shorthand set; None where `key` is
+    not such a section or `value` is not valid there."""
+    section: Any = Config
+    for part in key.split("."):
+        field = getattr(section, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        section = next((t for t in (field.annotation, *get_args(field.annotation))
+                        if isinstance(t, type) and hasattr(t, "model_fields")), None)
+        if section is None:
+            return None
+    try:
+        return dict(section.model_validate(value).model_dump())
+    except ValueError:
+        return None
 
 
 def _adam(ctx: _Context) -> Fix:
