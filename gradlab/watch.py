@@ -634,6 +634,11 @@ REMEDIES: dict[str, list[str]] = {
         "try other learning rates (×10 and ×0.1)",
         "use Adam (lr 1e-3)",
     ],
+    "overfitting": [
+        "weight decay (weight_decay=0.1 in the optimiser)",
+        "more training data",
+        "fewer steps: stop where the test loss stops falling",
+    ],
 }
 
 

@@ -48,6 +48,11 @@ def classified(accuracy: float, chance: float = 0.1, **extra: Any) -> dict[str, 
     return s
 
 
+def fitted(s: dict[str, Any], train_loss: float) -> dict[str, Any]:
+    """The same run with its final training loss on the record."""
+    return {**s, "final_metrics": {**s["final_metrics"], "train_loss": train_loss}}
+
+
 def config(**model: Any) -> dict[str, Any]:
     base = {"kind": "mlp", "activation": "tanh", "norm": "none", "residual": False,
             "init": {"scheme": "default"}, "recurrent_init": {"scheme": "default"},
@@ -75,6 +80,15 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], list[str]]] = [
     ("not_learning_with_healthy_gradients", summary(**NOT_LEARNING), RELU, ["not_learning"]),
     ("not_learning_at_chance", classified(0.08), RELU, ["not_learning"]),
     ("learning_above_chance", classified(0.9), RELU, ["ok"]),
+    # the training set fitted, the test split not (l2_off): memorised, not "not learning",
+    # and dead units are not its cause
+    ("memorised_the_training_set", fitted(summary(**NOT_LEARNING), 0.01), RELU, ["overfitting"]),
+    ("memorised_classes", fitted(classified(0.1), 0.05), RELU, ["overfitting"]),
+    ("memorised_with_dead_units",
+     fitted(summary(layers=mlp_layers(final={1: {"act_dead": 0.7}}), **NOT_LEARNING), 0.01),
+     RELU, ["overfitting", "dead"]),
+    ("fitted_only_halfway", fitted(summary(**NOT_LEARNING), 0.6), RELU, ["not_learning"]),
+    ("learned_with_a_gap", fitted(summary(), 0.001), RELU, ["ok"]),
     # hard case: ReLU + Xavier, weight-gradient ratio near 1, forward signal collapsing, chance
     ("relu_xavier_forward_collapse",
      classified(0.08, layers=mlp_layers(init={0: {"act_std": 1.0}, 1: {"act_std": 0.1},
@@ -147,6 +161,20 @@ def test_only_the_unlearned_cases_warn() -> None:
     stuck = by_kind(summary(ratio_init=2.6e4, ratio_final=0.65, **NOT_LEARNING), RELU_BN)
     assert stuck["not_learning"]["severity"] == "warning"
     assert "test loss 0.98 against the baseline's 1" in stuck["not_learning"]["message"]
+
+
+def test_overfitting_says_what_was_fitted_and_offers_weight_decay_once() -> None:
+    v = by_kind(fitted(summary(**NOT_LEARNING), 0.0123), RELU)["overfitting"]
+    assert v["severity"] == "warning" and v["when"] == "end"
+    assert ("the training loss fell to 0.0123 but its test loss 0.98 is no better than the "
+            "baseline's 1") in v["message"]
+    assert [f["set"] for f in v["fixes"]] == [["train.weight_decay=0.1"]]
+    assert "more training data" in v["remedies"]
+    decayed = config(activation="relu", init={"scheme": "kaiming_normal"},
+                     train={"weight_decay": 0.2})
+    assert by_kind(fitted(summary(**NOT_LEARNING), 0.0123), decayed)["overfitting"]["fixes"] == []
+    chance = by_kind(fitted(classified(0.1), 0.05), RELU)["overfitting"]
+    assert "its test accuracy 10% is near chance 10%" in chance["message"]
 
 
 def test_messages_carry_their_numbers_and_say_when() -> None:

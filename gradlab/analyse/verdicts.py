@@ -23,6 +23,7 @@ BLOWUP_RATIO = 1e2  # ... or this far above it
 SATURATED = 0.5  # a hidden layer with more of its units saturated than this is named
 DEAD = 0.5
 LEARNED = 0.9  # learning: the final test loss below this fraction of the baseline's
+MEMORISED = 0.5  # not learning, yet the final training loss below this fraction of the baseline
 BLOWN_UP_LOSS = 1e3  # an initial loss this many times the baseline: the forward pass explodes
 # mixed precision: a layer losing this fraction of its gradient entries to underflow is named
 UNDERFLOW = 0.1
@@ -88,6 +89,7 @@ class _Context:
         self.over = s.get("over_run") or {}
         metrics = s.get("final_metrics") or {}
         self.test_loss = _num(metrics.get("test_loss"))
+        self.train_loss = _num(metrics.get("train_loss"))
         self.accuracy = _num(metrics.get("test_accuracy"))
         self.baseline = _num(s.get("baseline_loss"))
         self.chance = _num(s.get("baseline_accuracy"))
@@ -141,6 +143,9 @@ def _learning(ctx: _Context) -> Verdict | None:
     (or the accuracy above chance)."""
     if ctx.learned is not False:
         return None
+    if ctx.train_loss is not None and ctx.baseline is not None \
+            and ctx.train_loss < MEMORISED * ctx.baseline:
+        return _overfitting(ctx)
     if ctx.accuracy is not None and ctx.chance is not None:
         numbers = (f"test accuracy {ctx.accuracy:.0%} against chance {ctx.chance:.0%} "
                    f"(test loss {_fmt(ctx.test_loss)}, baseline {_fmt(ctx.baseline)})")
@@ -149,6 +154,24 @@ def _learning(ctx: _Context) -> Verdict | None:
                    f"{_fmt(ctx.baseline)}, a predictor that ignores the inputs")
     return _verdict("not_learning", "warning", "end", [],
                     f"not learning: {numbers}", _learning_fixes(ctx))
+
+
+def _overfitting(ctx: _Context) -> Verdict:
+    """The training set is fitted and the test split is not: the net memorised its training
+    samples (their noise included) instead of learning what carries over."""
+    if ctx.accuracy is not None and ctx.chance is not None:
+        test = f"its test accuracy {ctx.accuracy:.0%} is near chance {ctx.chance:.0%}"
+    else:
+        test = (f"its test loss {_fmt(ctx.test_loss)} is no better than the baseline's "
+                f"{_fmt(ctx.baseline)}, a predictor that ignores the inputs")
+    fixes = []
+    if not _num(ctx.train.get("weight_decay")):
+        fixes.append(_fix("L2 pulls the weights towards 0, so the net cannot fit the noise",
+                          "train.weight_decay=0.1"))
+    return _verdict("overfitting", "warning", "end", [],
+                    f"overfitting: the training loss fell to {_fmt(ctx.train_loss)} but {test}: "
+                    "the net memorised its training set", fixes,
+                    ["more training data", "fewer steps: stop where the test loss stops falling"])
 
 
 def _causes_first(verdicts: list[Verdict]) -> None:
