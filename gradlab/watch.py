@@ -652,8 +652,8 @@ def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> 
             where = summary["first_nonfinite"]
             v["message"] = describe(where)  # the producer, and who passed it on
             v["remedies"] = _divergence_remedies(where)
-        elif v.get("remedies"):
-            v["remedies"] = list(REMEDIES.get(v["kind"], []))
+        elif v["kind"] in REMEDIES:  # in torch's words; the rest (traceback.txt) hold as given
+            v["remedies"] = list(REMEDIES[v["kind"]])
         out.append(v)
     if not out and summary.get("status") == "completed" and summary.get("layers"):
         out.append({"kind": "ok", "severity": "info", "when": "end", "layers": [],

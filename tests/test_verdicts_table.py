@@ -174,7 +174,11 @@ def test_overfitting_says_what_was_fitted_and_offers_weight_decay_once() -> None
                      train={"weight_decay": 0.2})
     assert by_kind(fitted(summary(**NOT_LEARNING), 0.0123), decayed)["overfitting"]["fixes"] == []
     chance = by_kind(fitted(classified(0.1), 0.05), RELU)["overfitting"]
-    assert "its test accuracy 10% is near chance 10%" in chance["message"]
+    assert ("its test accuracy 10% is short of the 28% that counts as learning (chance 10%)"
+            in chance["message"])
+    above = by_kind(fitted(classified(0.27), 0.05), RELU)["overfitting"]  # above chance, not near
+    assert "its test accuracy 27% is short of the 28%" in above["message"]
+    assert "overfitting" not in by_kind(fitted(classified(0.29), 0.05), RELU)
 
 
 def test_messages_carry_their_numbers_and_say_when() -> None:

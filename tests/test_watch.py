@@ -408,6 +408,8 @@ def test_an_exception_in_the_loop_leaves_a_failed_or_interrupted_record(tmp_path
             _ = 1 / 0
     assert status(probe) == ("failed", "ZeroDivisionError: division by zero")
     assert "_ = 1 / 0" in (probe.path / "traceback.txt").read_text()
+    [failed] = json.loads((probe.path / "summary.json").read_text())["verdicts"]
+    assert failed["remedies"] == ["see traceback.txt in the run directory"]
     assert read_record(probe.path).status == "failed"
 
     with pytest.raises(KeyboardInterrupt):

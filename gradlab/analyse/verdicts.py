@@ -94,6 +94,8 @@ class _Context:
         self.baseline = _num(s.get("baseline_loss"))
         self.chance = _num(s.get("baseline_accuracy"))
         self.clip_fraction = _num(s.get("clip_fraction"))
+        # a fifth of the way from chance to every sample right counts as learning
+        self.learning_accuracy = None if self.chance is None else self.chance + 0.2 * (1 - self.chance)
         self.learned = self._learned()
         end = _num(s.get("grad_ratio_final"))
         self.reaches_every_layer = end is None or VANISHING_RATIO <= end <= EXPLODING_RATIO
@@ -103,8 +105,8 @@ class _Context:
             return None
         if self.baseline is None or self.baseline <= 0:
             return None
-        if self.accuracy is not None and self.chance is not None:
-            return self.accuracy >= self.chance + 0.2 * (1 - self.chance)
+        if self.accuracy is not None and self.learning_accuracy is not None:
+            return self.accuracy >= self.learning_accuracy
         return self.test_loss < LEARNED * self.baseline
 
 
@@ -160,7 +162,8 @@ def _overfitting(ctx: _Context) -> Verdict:
     """The training set is fitted and the test split is not: the net memorised its training
     samples (their noise included) instead of learning what carries over."""
     if ctx.accuracy is not None and ctx.chance is not None:
-        test = f"its test accuracy {ctx.accuracy:.0%} is near chance {ctx.chance:.0%}"
+        test = (f"its test accuracy {ctx.accuracy:.0%} is short of the {ctx.learning_accuracy:.0%} "
+                f"that counts as learning (chance {ctx.chance:.0%})")
     else:
         test = (f"its test loss {_fmt(ctx.test_loss)} is no better than the baseline's "
                 f"{_fmt(ctx.baseline)}, a predictor that ignores the inputs")
