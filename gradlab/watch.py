@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from gradlab import __version__
-from gradlab.analyse.verdicts import diagnose
+from gradlab.analyse.verdicts import describe_fix, diagnose
 from gradlab.build.discover import (
     DiscoveryError,
     Found,
@@ -646,14 +646,18 @@ def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> 
     """The verdicts with remedies for a user's own model: `--set` fixes name gradlab config
     keys, which a watched model does not have."""
     out = []
-    for v in verdicts:
-        v = {**v, "fixes": []}
+    for given in verdicts:
+        v = {**given, "fixes": []}
         if v["kind"] == "diverged" and summary.get("first_nonfinite"):
             where = summary["first_nonfinite"]
             v["message"] = describe(where)  # the producer, and who passed it on
             v["remedies"] = _divergence_remedies(where)
-        elif v["kind"] in REMEDIES:  # in torch's words; the rest (traceback.txt) hold as given
-            v["remedies"] = list(REMEDIES[v["kind"]])
+        elif v["remedies"]:  # none where the verdict points to its cause's remedies instead
+            # in torch's words; other kinds keep the remedies not made from `--set` fixes
+            # (failed's "see traceback.txt")
+            settings = {describe_fix(f) for f in given["fixes"]}
+            v["remedies"] = list(REMEDIES.get(v["kind"])
+                                 or [r for r in v["remedies"] if r not in settings])
         out.append(v)
     if not out and summary.get("status") == "completed" and summary.get("layers"):
         out.append({"kind": "ok", "severity": "info", "when": "end", "layers": [],

@@ -5,6 +5,7 @@ per case a verdict must call right (the hard cases included), then messages and 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -252,3 +253,20 @@ def test_a_diverging_pretraining_names_its_phase_and_rate() -> None:
     v = by_kind(summary("diverged", first_nonfinite=where), cfg)["diverged"]
     assert "phase pretrain_layer_2, hidden layer 2" in v["message"]
     assert v["fixes"][0]["set"] == ["pretrain.lr=0.05"]
+
+
+@pytest.mark.parametrize(("summ", "cfg"), [c[1:3] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_watched_model_keeps_its_remedies_in_words(summ: dict[str, Any],
+                                                     cfg: dict[str, Any]) -> None:
+    """`gradlab.watch` rewords the remedies for a user's own model: no verdict that had some
+    loses them, no `--set` fix survives, and none names a gradlab config key."""
+    from gradlab.watch import custom_remedies  # torch: the rest of this file needs none
+
+    for given, worded in zip(diagnose(summ, cfg), custom_remedies(diagnose(summ, cfg), summ),
+                             strict=True):
+        assert worded["kind"] == given["kind"] and worded["fixes"] == []
+        if not given["kind"].endswith("_time"):  # watch records no gradients through time
+            assert bool(worded["remedies"]) == bool(given["remedies"]), given["kind"]
+        for remedy in worded["remedies"]:
+            assert not re.search(r"--set|\b(data|model|train|pretrain|probe)\.\w+=", remedy), \
+                (given["kind"], remedy)

@@ -112,12 +112,13 @@ class _Context:
 
 def _verdict(kind: str, severity: str, when: str, layers: list[str], message: str,
              fixes: list[Fix], extra_remedies: list[str] | None = None) -> Verdict:
-    remedies = [_describe(f) for f in fixes] + (extra_remedies or [])
+    remedies = [describe_fix(f) for f in fixes] + (extra_remedies or [])
     return {"kind": kind, "severity": severity, "when": when, "layers": layers,
             "message": message, "remedies": remedies, "fixes": fixes}
 
 
-def _describe(fix: Fix) -> str:
+def describe_fix(fix: Fix) -> str:
+    """A fix as its remedy line: the `--set` overrides, then why."""
     return " ".join(f"--set {s}" for s in fix["set"]) + f"  ({fix['why']})"
 
 
