@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gradlab.analyse.expect import check_seeds, check_versus
+from gradlab.analyse.expect import check_seeds, check_versus, needed_seeds
 from gradlab.cli import app
 from gradlab.compare import compare, comparison_rows
 from gradlab.config import ConfigError, load_config
@@ -73,6 +73,47 @@ def test_claims_over_seeds_name_the_seed_that_fails():
     assert status.ok
     [mean] = check_seeds({"over": "mean", "final_loss": {"max": 0.5}}, summaries)
     assert mean.ok and mean.measured == pytest.approx(0.4)
+
+
+def test_a_claim_over_a_share_of_the_seeds_counts_them_all():
+    losses = [0.2, 0.7, 0.3, 0.9, 0.1]  # ≤ 0.5 for seeds 0, 2 and 4: three of five
+    summaries = {seed: {"final_loss": x, "status": "completed"} for seed, x in enumerate(losses)}
+    claim = {"final_loss": {"max": 0.5}, "status": "completed"}
+    [loss, status] = check_seeds({**claim, "over": {"at_least": 0.6}}, summaries)
+    assert loss.ok and (loss.held, loss.of, loss.needed) == (3, 5, 3)
+    assert status.ok and (status.held, status.needed) == (5, 3)  # literals are counted too
+    [short, _] = check_seeds({**claim, "over": {"at_least": 0.8}}, summaries)
+    assert not short.ok and short.seed == 1 and short.measured == 0.7  # the first that failed
+    assert short.describe() == ("final_loss: expected ≤ 0.5, measured 0.7 (seed 1), held for 3 "
+                                "of 5 seeds (4 needed)")
+    [every, _] = check_seeds(claim, summaries)  # the default stops at the first failure
+    assert not every.ok and every.held is None and "held for" not in every.describe()
+    # rounded up, and 0.55 × 100 is 55 although it is 55.00000000000001 in floating point
+    assert [needed_seeds({"over": {"at_least": x}}, n) for x, n in
+            ((0.9, 40), (0.55, 100), (0.5, 3), (0.01, 3), (1, 7), (0.9, 41))] == \
+        [36, 55, 2, 1, 7, 37]
+    assert needed_seeds({}, 40) == needed_seeds({"over": "every"}, 40) == 40
+
+    mine = {0: {"final_loss": 0.2}, 1: {"final_loss": 0.9}, 2: {"final_loss": 0.3}}
+    theirs = {0: {"final_loss": 1.0}, 1: {"final_loss": 1.0}, 2: {"final_loss": 1.0}}
+    spec = {"versus": {"partner": "p", "final_loss": {"less_by": 0.5}}}
+    [two_of_three] = check_versus({**spec, "over": {"at_least": 0.6}}, mine, {"p": theirs})
+    assert two_of_three.ok and (two_of_three.held, two_of_three.needed) == (2, 2)
+    [all_three] = check_versus({**spec, "over": {"at_least": 1.0}}, mine, {"p": theirs})
+    assert not all_three.ok and all_three.seed == 1 and all_three.theirs == 1.0
+    assert all_three.describe().endswith("(seed 1), held for 2 of 3 seeds (3 needed)")
+
+
+@pytest.mark.parametrize("over", [{"at_least": 0}, {"at_least": 1.5}, {"at_least": "most"},
+                                  {"at_least": True}, {"atleast": 0.9}, {"at_least": 0.9,
+                                                                         "mean": 1}])
+def test_a_bad_share_of_seeds_is_a_config_error(tmp_path, over):
+    bad = write(tmp_path, "y", expect={"status": "completed", "over": over})
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "over: {at_least: x} takes one share of the seeds, 0 < x ≤ 1" in str(e.value)
+    good = write(tmp_path, "z", expect={"status": "completed", "over": {"at_least": 0.9}})
+    assert load_config(good).expect["over"] == {"at_least": 0.9}
 
 
 def test_paired_claims_hold_seed_by_seed():

@@ -6,7 +6,9 @@ value is a literal (`status: diverged`) or a range (`{min: x}`, `{max: y}` or bo
 
 Two keys are not summary fields:
 - `over: mean` checks the ranges against the mean over a group's seeds; by default (`over:
-  every`) a claim holds when it holds for every seed (`check_seeds`).
+  every`) a claim holds when it holds for every seed (`check_seeds`); with `over: {at_least:
+  0.9}` when it holds for at least that share of the seeds (rounded up: 36 of 40), each seed
+  checked as with `every`, and the count is on the result.
 - `versus: {partner: NAME, KEY: {less_by: x, ...}}` states a claim against another config run
   with the same seeds, checked seed by seed (`check_versus`): `less_by` (partner − this ≥ x),
   `more_by` (this − partner ≥ x), `factor_min` (this / partner ≥ x), `factor_max`
@@ -35,17 +37,26 @@ class Expectation:
     seed: int | None = None  # the seed a group's claim failed at (None: a single run, or the mean)
     partner: str | None = None  # a paired claim's partner config
     theirs: Any = None  # the partner's value, for a paired claim
+    held: int | None = None  # with `over: {at_least: x}`: the seeds it held for,
+    of: int | None = None  # of this many,
+    needed: int | None = None  # where this many were needed
+
+    def _count(self) -> str:
+        if self.needed is None:
+            return ""
+        return f", held for {self.held} of {self.of} seeds ({self.needed} needed)"
 
     def describe(self) -> str:
         """`grad_ratio_init: expected ≤ 1e-06, measured 0.52 (seed 2)`"""
         measured = "missing" if self.measured is MISSING else _show(self.measured)
         at = f" (seed {self.seed})" if self.seed is not None else ""
         if self.partner is None:
-            return f"{self.key}: expected {describe_wanted(self.wanted)}, measured {measured}{at}"
+            return (f"{self.key}: expected {describe_wanted(self.wanted)}, measured {measured}"
+                    f"{at}{self._count()}")
         theirs = "missing" if self.theirs is MISSING else _show(self.theirs)
         return (f"versus {self.partner}: {self.key}: expected {describe_paired(self.wanted)}, "
                 f"measured {measured} against {theirs}{_difference(self.measured, self.theirs)}"
-                f"{at}")
+                f"{at}{self._count()}")
 
 
 def _difference(mine: Any, theirs: Any) -> str:
@@ -128,11 +139,47 @@ def mean_of(summaries: dict[int, dict[str, Any] | None], key: str) -> Any:
     return field_stats([float(v) for v in values], key).get("mean", MISSING)
 
 
+def needed_seeds(expect: dict[str, Any], seeds: int) -> int:
+    """How many of `seeds` a claim must hold for: all, or with `over: {at_least: x}` the share
+    x of them rounded up (never fewer than one)."""
+    over = expect.get("over")
+    if not isinstance(over, dict):
+        return seeds
+    return max(1, math.ceil(float(over["at_least"]) * seeds - 1e-9))
+
+
+def _seed_by_seed(key: str, wanted: Any, expect: dict[str, Any], seeds: list[int],
+                  fails: Any, partner: str | None = None) -> Expectation:
+    """A claim checked on each seed: `fails(seed)` is None where it holds, else the values
+    (mine, theirs) it failed with. The first failing seed is named; with `over: {at_least}`
+    every seed is checked and the count decides."""
+    counting = isinstance(expect.get("over"), dict)
+    first: tuple[int, Any] | None = None
+    held = 0
+    for seed in seeds:
+        failure = fails(seed)
+        if failure is None:
+            held += 1
+            continue
+        if first is None:
+            first = (seed, failure)
+        if not counting:
+            break
+    need = needed_seeds(expect, len(seeds))
+    count = {"held": held, "of": len(seeds), "needed": need} if counting else {}
+    if first is None:
+        return Expectation(key, wanted, None, True, partner=partner, **count)
+    seed, (mine, theirs) = first
+    return Expectation(key, wanted, mine, counting and held >= need, seed=seed, partner=partner,
+                       theirs=theirs, **count)
+
+
 def check_seeds(expect: dict[str, Any],
                 summaries: dict[int, dict[str, Any] | None]) -> list[Expectation]:
     """A group's claims: one Expectation per key, holding when it holds for every seed (the
-    first seed it fails at is named), or, with `over: mean`, a range checked on the mean over
-    the seeds (a literal, such as `status`, is always checked seed by seed)."""
+    first seed it fails at is named), or for the share `over: {at_least: x}` gives, or, with
+    `over: mean`, a range checked on the mean over the seeds (a literal, such as `status`, is
+    then checked seed by seed)."""
     over_mean = expect.get("over") == "mean"
     results = []
     for key, wanted in own_claims(expect).items():
@@ -140,13 +187,12 @@ def check_seeds(expect: dict[str, Any],
             measured = mean_of(summaries, key)
             results.append(Expectation(key, wanted, measured, holds(wanted, measured)))
             continue
-        found = Expectation(key, wanted, None, True)
-        for seed, summary in summaries.items():
-            measured = lookup(summary or {}, key)
-            if not holds(wanted, measured):
-                found = Expectation(key, wanted, measured, False, seed=seed)
-                break
-        results.append(found)
+
+        def fails(seed: int, key: str = key, wanted: Any = wanted) -> Any:
+            measured = lookup(summaries[seed] or {}, key)
+            return None if holds(wanted, measured) else (measured, None)
+
+        results.append(_seed_by_seed(key, wanted, expect, list(summaries), fails))
     return results
 
 
@@ -179,14 +225,14 @@ def check_versus(expect: dict[str, Any], mine: dict[int, dict[str, Any] | None],
     results = []
     for spec in versus_specs(expect):
         partner = str(spec.get("partner"))
-        results += _paired(spec, partner, expect.get("over") == "mean", mine,
-                           partners.get(partner, {}))
+        results += _paired(spec, partner, expect, mine, partners.get(partner, {}))
     return results
 
 
-def _paired(spec: dict[str, Any], partner: str, over_mean: bool,
+def _paired(spec: dict[str, Any], partner: str, expect: dict[str, Any],
             mine: dict[int, dict[str, Any] | None],
             theirs: dict[int, dict[str, Any] | None]) -> list[Expectation]:
+    over_mean = expect.get("over") == "mean"
     results = []
     for key, wanted in spec.items():
         if key == "partner":
@@ -196,12 +242,11 @@ def _paired(spec: dict[str, Any], partner: str, over_mean: bool,
             results.append(Expectation(key, wanted, a, paired_holds(wanted, a, b),
                                        partner=partner, theirs=b))
             continue
-        found = Expectation(key, wanted, None, True, partner=partner)
-        for seed, summary in mine.items():
-            a = lookup(summary or {}, key)
+
+        def fails(seed: int, key: str = key, wanted: Any = wanted) -> Any:
+            a = lookup(mine[seed] or {}, key)
             b = lookup(theirs[seed] or {}, key) if seed in theirs else MISSING
-            if not paired_holds(wanted, a, b):
-                found = Expectation(key, wanted, a, False, seed=seed, partner=partner, theirs=b)
-                break
-        results.append(found)
+            return None if paired_holds(wanted, a, b) else (a, b)
+
+        results.append(_seed_by_seed(key, wanted, expect, list(mine), fails, partner))
     return results

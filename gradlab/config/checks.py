@@ -99,12 +99,27 @@ def test_size(n: int, test_fraction: float) -> int:
     return max(1, round(n * test_fraction))
 
 
+def over_problems(over: Any) -> list[tuple[str, str]]:
+    """`over:` is every, mean, or {at_least: a share of the seeds, above 0 and at most 1}."""
+    if isinstance(over, dict):
+        share = over.get("at_least")
+        if set(over) != {"at_least"} or not isinstance(share, (int, float)) \
+                or isinstance(share, bool) or not 0 < share <= 1:
+            return [("over", f"{{at_least: x}} takes one share of the seeds, 0 < x ≤ 1 (0.9: "
+                             f"at least 90% of them), got {over!r}")]
+        return []
+    if over not in OVER:
+        return [("over", f"must be one of {', '.join(OVER)} or {{at_least: x}}, got {over!r}")]
+    return []
+
+
 def expect_problems(expect: dict[str, Any]) -> list[tuple[str, str]]:
     """Keys that are not summary fields, and values that are neither literals nor ranges;
-    an `over` other than every/mean; a `versus` block that is not a partner and comparisons."""
+    an `over` other than every/mean/at_least; a `versus` block that is not a partner and
+    comparisons."""
     problems = []
-    if "over" in expect and expect["over"] not in OVER:
-        problems.append(("over", f"must be one of {', '.join(OVER)}, got {expect['over']!r}"))
+    if "over" in expect:
+        problems += over_problems(expect["over"])
     if "versus" in expect:
         problems += versus_problems(expect["versus"])
     for key, want in expect.items():
