@@ -19,6 +19,7 @@ from gradlab.config import ConfigError, load_config
 from gradlab.config.schema import MAX_SEEDS
 
 if TYPE_CHECKING:  # the events are only annotations here: the CLI starts without torch
+    from gradlab.compare import Variant
     from gradlab.train.events import Evaluated, Logged, StepEnd
 
 app = typer.Typer(
@@ -400,9 +401,15 @@ def compare(
         else:
             held = sum(len(v.expectations) for v in variants)
             paired = sum(e.partner is not None for v in variants for e in v.expectations)
-            over = f" ({paired} of them paired; over every seed of {groups} groups)" \
+            over = f" ({paired} of them paired; over {_seed_rules(variants)})" \
                 if groups else (f" ({paired} of them paired)" if paired else "")
             out_console.print(f"all {held} expectations held{over}", style="green")
+            missed = [(v, e) for v in variants for e in v.expectations  # over: {at_least}
+                      if e.needed is not None and e.held is not None and e.held < (e.of or 0)]
+            if missed:
+                out_console.print("held for their share of the seeds, not for all:")
+            for v, e in missed:
+                out_console.print(f"  {v.name}: {e.describe()}", markup=False, highlight=False)
     _write_failures(variants)
     if stopped:
         err_console.print("interrupted: the comparison covers the variants that finished",
@@ -414,6 +421,19 @@ def compare(
         raise typer.Exit(WRITE_FAILED)
     if broken or any(v.status in ("failed", "incomplete") for v in variants):  # or its worker died
         raise typer.Exit(1)
+
+
+def _seed_rules(variants: list[Variant]) -> str:
+    """How the groups' claims were checked over their seeds: `every seed of 38 groups`, or
+    `every seed of 36 groups, at least 90% of the seeds of 2 groups` as their `over:` says."""
+    rules: dict[str, int] = {}
+    for v in variants:
+        if v.is_group and v.config is not None:
+            over = v.config.expect.get("over", "every")
+            rule = (f"at least {over['at_least']:.0%} of the seeds" if isinstance(over, dict)
+                    else "the mean over the seeds" if over == "mean" else "every seed")
+            rules[rule] = rules.get(rule, 0) + 1
+    return ", ".join(f"{rule} of {n} group{'s' if n > 1 else ''}" for rule, n in rules.items())
 
 
 @app.command()

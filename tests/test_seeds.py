@@ -254,6 +254,28 @@ def test_a_broken_pair_fails_with_the_paired_message(tmp_path):
     assert "pairs: the problem" in run_cli("report", str(record), "--no-plots").output
 
 
+def test_compare_names_the_seeds_a_share_claim_let_through(tmp_path):
+    for d in ("plain", "share0.5", "share1"):
+        (tmp_path / d).mkdir()
+    first = write(tmp_path / "plain", "g")
+    [group] = compare([first], tmp_path / "first", overrides=["seeds=[0, 1]"], plots=False)
+    low, high = sorted(m.record.summary["final_loss"] for m in group.members)
+    assert low < high
+    cut = (low + high) / 2  # seed by seed: one holds, one does not
+    for share, code in ((0.5, 0), (1, 1)):
+        d = tmp_path / f"share{share}"
+        write(d, "g", expect={"final_loss": {"max": cut}, "over": {"at_least": share}})
+        result = run_cli("compare", str(d), "--out", str(tmp_path / "runs"), "--seeds", "0,1",
+                         "--check", "--no-plots")
+        assert result.exit_code == code, result.output
+        assert f"measured {high:.3g}" in result.output
+        assert f"held for 1 of 2 seeds ({1 if share == 0.5 else 2} needed)" in result.output
+    held = run_cli("compare", str(tmp_path / "share0.5"), "--out", str(tmp_path / "runs"),
+                   "--seeds", "0,1", "--check", "--no-plots", "--reuse")
+    assert "all 1 expectations held (0 of them paired; over at least 50% of the seeds of 1 " \
+        "group)\nheld for their share of the seeds, not for all:\n  g: final_loss:" in held.output
+
+
 def test_a_missing_partner_or_other_seeds_is_a_config_error(tmp_path):
     d = tmp_path / "c"
     d.mkdir()
