@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
+from gradlab.analyse.expect import over_rule
 from gradlab.config import ConfigError, load_config
 from gradlab.config.schema import MAX_SEEDS
 
@@ -404,8 +406,7 @@ def compare(
             over = f" ({paired} of them paired; over {_seed_rules(variants)})" \
                 if groups else (f" ({paired} of them paired)" if paired else "")
             out_console.print(f"all {held} expectations held{over}", style="green")
-            missed = [(v, e) for v in variants for e in v.expectations  # over: {at_least}
-                      if e.needed is not None and e.held is not None and e.held < (e.of or 0)]
+            missed = [(v, e) for v in variants for e in v.expectations if e.missed_seeds]
             if missed:
                 out_console.print("held for their share of the seeds, not for all:")
             for v, e in missed:
@@ -426,13 +427,8 @@ def compare(
 def _seed_rules(variants: list[Variant]) -> str:
     """How the groups' claims were checked over their seeds: `every seed of 38 groups`, or
     `every seed of 36 groups, at least 90% of the seeds of 2 groups` as their `over:` says."""
-    rules: dict[str, int] = {}
-    for v in variants:
-        if v.is_group and v.config is not None:
-            over = v.config.expect.get("over", "every")
-            rule = (f"at least {over['at_least']:.0%} of the seeds" if isinstance(over, dict)
-                    else "the mean over the seeds" if over == "mean" else "every seed")
-            rules[rule] = rules.get(rule, 0) + 1
+    rules = Counter(over_rule(v.config.expect) for v in variants
+                    if v.is_group and v.config is not None)
     return ", ".join(f"{rule} of {n} group{'s' if n > 1 else ''}" for rule, n in rules.items())
 
 

@@ -18,6 +18,7 @@ Two keys are not summary fields:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,11 @@ class Expectation:
     held: int | None = None  # with `over: {at_least: x}`: the seeds it held for,
     of: int | None = None  # of this many,
     needed: int | None = None  # where this many were needed
+
+    @property
+    def missed_seeds(self) -> bool:
+        """Held for its share of the seeds (`over: {at_least}`) while some seeds missed."""
+        return self.ok and self.held is not None and self.held < (self.of or 0)
 
     def _count(self) -> str:
         if self.needed is None:
@@ -139,6 +145,14 @@ def mean_of(summaries: dict[int, dict[str, Any] | None], key: str) -> Any:
     return field_stats([float(v) for v in values], key).get("mean", MISSING)
 
 
+def over_rule(expect: dict[str, Any]) -> str:
+    """How an `expect:` block is checked over a group's seeds, in words."""
+    over = expect.get("over", "every")
+    if isinstance(over, dict):
+        return f"at least {over['at_least']:.0%} of the seeds"
+    return "the mean over the seeds" if over == "mean" else "every seed"
+
+
 def needed_seeds(expect: dict[str, Any], seeds: int) -> int:
     """How many of `seeds` a claim must hold for: all, or with `over: {at_least: x}` the share
     x of them rounded up (never fewer than one)."""
@@ -149,7 +163,8 @@ def needed_seeds(expect: dict[str, Any], seeds: int) -> int:
 
 
 def _seed_by_seed(key: str, wanted: Any, expect: dict[str, Any], seeds: list[int],
-                  fails: Any, partner: str | None = None) -> Expectation:
+                  fails: Callable[[int], tuple[Any, Any] | None],
+                  partner: str | None = None) -> Expectation:
     """A claim checked on each seed: `fails(seed)` is None where it holds, else the values
     (mine, theirs) it failed with. The first failing seed is named; with `over: {at_least}`
     every seed is checked and the count decides."""
@@ -188,7 +203,7 @@ def check_seeds(expect: dict[str, Any],
             results.append(Expectation(key, wanted, measured, holds(wanted, measured)))
             continue
 
-        def fails(seed: int, key: str = key, wanted: Any = wanted) -> Any:
+        def fails(seed: int, key: str = key, wanted: Any = wanted) -> tuple[Any, Any] | None:
             measured = lookup(summaries[seed] or {}, key)
             return None if holds(wanted, measured) else (measured, None)
 
@@ -243,7 +258,7 @@ def _paired(spec: dict[str, Any], partner: str, expect: dict[str, Any],
                                        partner=partner, theirs=b))
             continue
 
-        def fails(seed: int, key: str = key, wanted: Any = wanted) -> Any:
+        def fails(seed: int, key: str = key, wanted: Any = wanted) -> tuple[Any, Any] | None:
             a = lookup(mine[seed] or {}, key)
             b = lookup(theirs[seed] or {}, key) if seed in theirs else MISSING
             return None if paired_holds(wanted, a, b) else (a, b)
