@@ -61,6 +61,7 @@ from gradlab.build.discover import (
     parameter_signature,
 )
 from gradlab.build.probed import ProbedLayer
+from gradlab.build.stepwise import time_steps
 from gradlab.config.schema import NAME_PATTERN
 from gradlab.record.files import uninterrupted
 from gradlab.record.guard import GuardedWriter
@@ -198,7 +199,14 @@ class Watch:
         self._order: list[int] | None = None
         self._log_this = False
         self._error: WatchError | None = None
-        self.config = _describe_model(self.name, model, found, every, activations, optimizer)
+        # the last recurrent module watched: its h_t are run a step at a time on the steps
+        # that record ‖∂L/∂h_t‖ (time_grads.csv), as gradlab's own recurrent models are
+        recurrent = [f.owner for f in found if isinstance(f.owner, nn.RNNBase)]
+        steps_of = time_steps(recurrent[-1]) if recurrent else None
+        through_time = None if steps_of is None else next(
+            display_name(n, m, model) for n, m in model.named_modules() if m is recurrent[-1])
+        self.config = _describe_model(self.name, model, found, every, activations, optimizer,
+                                      through_time)
         device = next(model.parameters()).device
         self._base: dict[str, Any] = {
             "name": self.name, "pid": os.getpid(), "device": device.type,
@@ -215,7 +223,8 @@ class Watch:
         last = start + steps - 1 if steps is not None else -1
         self._probe = Probe([f.layer for f in found], every=every, last_step=last,
                             activations=activations, precision=precision, model=model,
-                            owners=[f.owner for f in found])
+                            owners=[f.owner for f in found],
+                            time=steps_of)
         self._sentinel = Sentinel(model)
         try:
             self._writer = GuardedWriter(Path(out), self.name)
@@ -458,7 +467,8 @@ class Watch:
         order = self._row_order()
         layer_rows = [] if not rows else [{**rows[j], "layer": k} for k, j in enumerate(order)]
         return {"step": last.get("step"), "loss": last.get("loss"), "lr": last.get("lr"),
-                "grad_norm": last.get("grad_norm"), "_layers": layer_rows}
+                "grad_norm": last.get("grad_norm"), "_layers": layer_rows,
+                "_time": self._probe.time_grads if rows else None}
 
     def _flush_row(self) -> None:
         if self._row is not None:
@@ -467,7 +477,7 @@ class Watch:
 
     def _write_row(self, row: dict[str, Any]) -> None:
         layers = row.pop("_layers", [])
-        self._writer.on_log(Logged(row["step"], row, layers, None))
+        self._writer.on_log(Logged(row["step"], row, layers, row.pop("_time", None)))
 
     def _complete(self, status: str, error: str | None = None, tb: str | None = None) -> None:
         """Write the last row, the summary and the verdicts; remove every hook."""
@@ -571,8 +581,8 @@ def _run_name(name: str | None, model: nn.Module) -> str:
 
 
 def _describe_model(name: str, model: nn.Module, found: list[Found], every: int,
-                    activations: bool, optimizer: torch.optim.Optimizer | None
-                    ) -> dict[str, Any]:
+                    activations: bool, optimizer: torch.optim.Optimizer | None,
+                    through_time: str | None) -> dict[str, Any]:
     """config.yaml of a watched run: what is known of the model (not a config to rerun)."""
     kinds = [k for m in model.modules() if (k := activation_kind(m)) is not None]
     # the report shows saturated units for sigmoid/tanh nets, dead units otherwise
@@ -587,7 +597,8 @@ def _describe_model(name: str, model: nn.Module, found: list[Found], every: int,
                   "layers": [f.layer.name for f in found],
                   "norm": "present" if any(isinstance(m, NORMS) for m in model.modules())
                   else "none"},
-        "train": train, "probe": {"every": every, "activations": activations},
+        "train": train, "probe": {"every": every, "activations": activations,
+                                  "through_time": through_time},
     }
 
 
@@ -629,6 +640,17 @@ REMEDIES: dict[str, list[str]] = {
         "autocast in torch.bfloat16: float32's range, no loss scale needed",
         "clip the gradient (after scaler.unscale_(optimizer)) so weights and activations stay "
         "in range",
+    ],
+    "vanishing_time": [
+        "for an nn.RNN: nn.LSTM or nn.GRU, whose gates keep a path back through time",
+        "an LSTM's forget-gate bias at 1 (bias_ih_l0[hidden:2 * hidden] = 1, bias_hh_l0's "
+        "slice 0) keeps 73% of the cell per step",
+        "nn.init.orthogonal_ on each weight_hh: recurrent weights that preserve the norm",
+    ],
+    "exploding_time": [
+        "clip the gradient: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before "
+        "optimizer.step()",
+        "nn.init.orthogonal_ on each weight_hh: a spectral radius of 1, not above",
     ],
     "not_learning": [
         "try other learning rates (×10 and ×0.1)",

@@ -23,19 +23,19 @@ from gradlab.config.schema import GATES
 # A cell maps (x_t W_ihᵀ + b_ih, state, W_hh, b_hh) to the next state; state[0] is h_t and an
 # LSTM's state is (h_t, c_t).
 State = tuple[torch.Tensor, ...]
-Cell = Callable[[torch.Tensor, State, torch.Tensor, torch.Tensor], State]
+Cell = Callable[[torch.Tensor, State, torch.Tensor, torch.Tensor | None], State]
 MODULES: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def _rnn_cell(act: Callable[[torch.Tensor], torch.Tensor]) -> Cell:
-    def step(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+    def step(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor | None) -> State:
         return (act(xi + F.linear(state[0], W, b)),)
 
     return step
 
 
-def _lstm_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+def _lstm_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor | None) -> State:
     h, c = state
     gates = xi + F.linear(h, W, b)  # (batch, 4 hidden): i, f, g, o
     i, f, g, o = gates.chunk(4, dim=1)
@@ -43,13 +43,34 @@ def _lstm_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor)
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _gru_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor) -> State:
+def _gru_cell(xi: torch.Tensor, state: State, W: torch.Tensor, b: torch.Tensor | None) -> State:
     h = state[0]
     xr, xz, xn = xi.chunk(3, dim=1)
     hr, hz, hn = F.linear(h, W, b).chunk(3, dim=1)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
     return ((1 - z) * n + z * h,)
+
+
+# nn.RNNBase.mode → its cell, in PyTorch's equations and gate order
+CELLS: dict[str, Cell] = {"RNN_TANH": _rnn_cell(torch.tanh), "RNN_RELU": _rnn_cell(torch.relu),
+                          "LSTM": _lstm_cell, "GRU": _gru_cell}
+
+
+def run_layer(cell: Cell, x: torch.Tensor, W_ih: torch.Tensor, b_ih: torch.Tensor | None,
+              W_hh: torch.Tensor, b_hh: torch.Tensor | None, state: State,
+              tap: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> tuple[list[torch.Tensor], State]:
+    """One recurrent layer run one time step at a time on x (batch, time, features) from
+    `state`: its hidden states h_1..h_T (each through `tap`, if given) and its last state."""
+    xi = F.linear(x, W_ih, b_ih)  # (batch, time, gates · hidden)
+    states = []
+    for t in range(x.shape[1]):
+        state = cell(xi[:, t], state, W_hh, b_hh)
+        if tap is not None:
+            state = (tap(state[0]), *state[1:])
+        states.append(state[0])
+    return states, state
 
 
 class Recurrent(nn.Module):
@@ -91,15 +112,9 @@ class Recurrent(nn.Module):
         top: nn.RNNBase = self.rnns[-1]  # type: ignore[assignment]
         W_ih, b_ih, W_hh, b_hh = (getattr(top, name) for name in  # registered by name
                                   ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0"))
-        xi = F.linear(x, W_ih, b_ih)  # (batch, time, gates · hidden)
         zeros = x.new_zeros(x.shape[0], top.hidden_size)
         state: State = (zeros, zeros) if self.kind == "lstm" else (zeros,)
-        states = []
-        for t in range(x.shape[1]):
-            state = self.cell(xi[:, t], state, W_hh, b_hh)
-            state = (self.state_tap(state[0]), *state[1:])
-            states.append(state[0])
-        return states
+        return run_layer(self.cell, x, W_ih, b_ih, W_hh, b_hh, state, self.state_tap)[0]
 
 
 def build_recurrent(cfg: ModelConfig, n_in: int, n_out: int) -> tuple[Recurrent, list[ProbedLayer]]:
