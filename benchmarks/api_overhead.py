@@ -26,8 +26,8 @@ The models: the plain and the ResNet-style CNN of examples/digits_cnn.py and the
 Pre-LN Transformers of examples/tiny_transformer.py, imported from there (the examples run
 nothing on import), on the 8×8 digits; the 50×100 ReLU+He MLP on the synthetic teacher and
 the LSTM on the adding problem (T=50) of overhead.py, built by gradlab from the same configs
-(the LSTM as PyTorch's fused nn.LSTM, which `watch` unrolls on the steps that record gradients
-through time: the first, the last and every 8th logged one).
+(the LSTM as PyTorch's fused nn.LSTM, beside which `watch` runs a time-step shadow on the
+steps that record gradients through time: the first, the last and every 8th logged one).
 
 Timing is overhead.py's: CPU seconds (`time.process_time`) of one torch thread, from the
 first step to the end of the last; `watch()` and `close()` (which writes summary.json and

@@ -43,7 +43,7 @@ TRAINER_VARIANTS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 BARE = "bare PyTorch loop"
 BARE_CHECK = "bare loop + divergence check"
-BARE_UNROLLED = "bare loop, top layer unrolled"  # recurrent models: what probing runs
+BARE_UNROLLED = "bare loop + time-step shadow"  # recurrent models: what probing adds
 TARGETS = {PROBE_OFF: 1.02, EVERY_10: 1.05, EVERY_1: 1.15}
 
 
@@ -87,7 +87,8 @@ def bare_loop(cfg: Config, check: bool = False, unrolled: bool = False) -> float
     """CPU seconds for the training steps written plainly: the same model, data, batches and
     optimiser as gradlab's trainer, and its one final evaluation; `check` adds the trainer's
     per-step divergence test (total gradient norm, one sync); `unrolled` runs a recurrent
-    model's top layer step by step, as the probe has it do on logged steps."""
+    model's time-step shadow (`build.stepwise`) on every step, as the probe has it do on the
+    steps that record gradients through time."""
     torch.set_flush_denormal(cfg.flush_denormal)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed)

@@ -264,6 +264,28 @@ def test_run_shows_the_time_table_and_records_time_grads(write_yaml, tmp_path):
     assert {r["step"] for r in layer_rows} == {"0", "2", "4", "5"}  # every logged step
 
 
+def test_probing_through_time_does_not_change_the_run(tmp_path):
+    """An exploding ReLU RNN, where float rounding grows step by step: the run with the probe
+    reading ‖∂L/∂h_t‖ (every step logged, so steps 0 and 8 unroll) trains exactly as the run
+    with the probe off, loss for loss."""
+    from gradlab.runner import run_config
+
+    losses = []
+    for enabled in (True, False):
+        cfg = seq_config(model={"kind": "rnn", "width": 16, "rnn_nonlinearity": "relu",
+                                "recurrent_init": {"scheme": "orthogonal", "gain": 1.3}},
+                         data={"kind": "adding", "n_samples": 64, "length": 12},
+                         train={"steps": 12, "optimizer": "sgd", "lr": 0.01, "eval_every": 1},
+                         probe={"every": 1, "enabled": enabled})
+        record = run_config(cfg, tmp_path / str(enabled)).path
+        _, rows = read_csv(record / "metrics.csv")
+        losses.append([r["loss"] for r in rows if r["loss"]])
+        if enabled:
+            _, times = read_csv(record / "time_grads.csv")
+            assert {r["step"] for r in times} == {"0", "8", "11"}
+    assert len(losses[0]) == 12 and losses[0] == losses[1]
+
+
 def verdict_kinds(summary: dict, **model) -> dict[str, dict]:
     config = {"model": {"kind": "rnn", **model}, "train": {}}
     return {v["kind"]: v for v in diagnose({"status": "completed", **summary}, config)}

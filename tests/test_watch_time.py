@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradlab
-from gradlab.build.stepwise import time_steps, why_not_unrolled
+from gradlab.build.stepwise import stepwise, time_steps, why_not_unrolled
 
 F64 = torch.float64
 T, B, HIDDEN = 20, 8, 16
@@ -29,6 +29,21 @@ T, B, HIDDEN = 20, 8, 16
 def _outputs(result: tuple) -> list[torch.Tensor]:
     out, state = result
     return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def _grads(m: nn.RNNBase, x: torch.Tensor, hx: object, unrolled: bool) -> list[torch.Tensor]:
+    """The outputs, and the gradients of the input and the parameters, of a loss on every
+    output (unrolled for a probe, or not)."""
+    steps = time_steps(m)
+    assert steps is not None
+    xi = x.clone().requires_grad_()
+    m.zero_grad()
+    steps.unroll(unrolled)
+    outputs = _outputs(m(xi, hx))
+    steps.unroll(False)
+    sum((o * torch.linspace(-1, 1, o.numel(), dtype=F64).view_as(o)).sum()
+        for o in outputs).backward()
+    return [*outputs, xi.grad, *(p.grad for p in m.parameters())]
 
 
 CASES = [(cls, layers, batch_first, batched, with_hx, bias, nl)
@@ -40,36 +55,39 @@ CASES = [(cls, layers, batch_first, batched, with_hx, bias, nl)
 
 def test_a_module_run_a_step_at_a_time_equals_the_fused_one() -> None:
     """Every mode, 1 and 3 layers, batch_first or not, unbatched input, a given initial
-    state, no bias: the same output and final state to float64 rounding, each h_t of the top
-    layer through the tap, and no hook left behind after unroll(False)."""
+    state, no bias: `stepwise` gives the fused output and final state to float64 rounding,
+    each h_t of the top layer through the tap. Unrolled for a probe, the module's output and
+    its parameters' and input's gradients are the fused module's bit for bit, and no hook is
+    left behind after unroll(False)."""
     torch.manual_seed(0)
     for cls, layers, batch_first, batched, with_hx, bias, nl in CASES:
+        case = (cls.__name__, layers, batch_first, batched, with_hx, bias, nl)
         extra = {"nonlinearity": nl} if cls is nn.RNN else {}
         m = cls(5, 7, num_layers=layers, batch_first=batch_first, bias=bias, **extra).double()
-        steps = time_steps(m)
-        assert steps is not None
         x = torch.randn(4, 6, 5, dtype=F64)
         if not batched:
             x = x[0]
         elif not batch_first:
             x = x.transpose(0, 1).contiguous()
-        args: tuple = (x,)
+        hx = None
         if with_hx:
             shape = (layers, 4, 7) if batched else (layers, 7)
             h0 = torch.randn(shape, dtype=F64)
-            args = (x, (h0, torch.randn(shape, dtype=F64)) if cls is nn.LSTM else h0)
-        fused = m(*args)
+            hx = (h0, torch.randn(shape, dtype=F64)) if cls is nn.LSTM else h0
+        fused = m(x, hx)
         seen: list[torch.Tensor] = []
-        tap = steps.tap.register_forward_hook(lambda mod, i, o, seen=seen: seen.append(o))
-        steps.unroll(True)
-        stepped = m(*args)
-        steps.unroll(False)
-        tap.remove()
-        case = (cls.__name__, layers, batch_first, batched, with_hx, bias, nl)
-        for a, b in zip(_outputs(fused), _outputs(stepped), strict=True):
+        def tap(h: torch.Tensor, seen: list[torch.Tensor] = seen) -> torch.Tensor:
+            seen.append(h)
+            return h
+
+        shadow = stepwise(m, x, hx, tap)
+        for a, b in zip(_outputs(fused), _outputs(shadow), strict=True):
             assert a.shape == b.shape, case
             assert torch.allclose(a, b, rtol=0, atol=1e-12), case
-        assert len(seen) == 6, case  # h_1..h_T of the top layer
+        assert len(seen) == 6 and all(h.requires_grad for h in seen), case  # h_1..h_T
+
+        for a, b in zip(_grads(m, x, hx, False), _grads(m, x, hx, True), strict=True):
+            assert torch.equal(a, b), case
         assert not m._forward_hooks, case
 
 

@@ -4,7 +4,6 @@ the probe points it declares (`probed.Built`). One builder per model kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -12,8 +11,9 @@ from torch import nn
 
 from gradlab.build.initialisers import init_bias, init_weight
 from gradlab.build.mlp import MLP, mlp
-from gradlab.build.probed import Built, ProbedLayer, TimeSteps
-from gradlab.build.recurrent import Recurrent, build_recurrent
+from gradlab.build.probed import Built, ProbedLayer
+from gradlab.build.recurrent import build_recurrent
+from gradlab.build.stepwise import time_steps
 from gradlab.config import ModelConfig
 
 
@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig, n_in: int, n_out: int) -> Built:
     """The network a config describes, initialised, with its probed layers in order."""
     if cfg.kind != "mlp":
         model, layers = build_recurrent(cfg, n_in, n_out)
-        return Built(model, layers, TimeSteps(model.state_tap, _unroll_switch(model)))
+        return Built(model, layers, time_steps(cast(nn.RNNBase, model.rnns[-1])))
     net = mlp(n_in, n_out, cfg.depth, cfg.width, cfg.activation, cfg.norm, cfg.residual, cfg)
     hidden = [cast(nn.Linear, linear) for linear in net.linears]
     for linear in hidden:
@@ -50,13 +50,6 @@ def zero_block_ends(net: MLP) -> None:
         linear = cast(nn.Linear, net.linears[i])
         linear.weight.zero_()
         linear.bias.zero_()
-
-
-def _unroll_switch(model: Recurrent) -> Callable[[bool], None]:
-    def unroll(on: bool) -> None:
-        model.unroll_top = on
-
-    return unroll
 
 
 def _param(cfg: ModelConfig) -> float:

@@ -1,9 +1,9 @@
 """The recurrent models: `depth` RNN/LSTM/GRU layers and a linear read-out.
 
 `build_recurrent(cfg, n_in, n_out)` builds the network, initialised, with its probed weight
-matrices (each layer's input-to-hidden and hidden-to-hidden, then the head). On a probe's
-logged steps the top layer is unrolled one time step at a time with the same parameters, so
-the probe can read ‖∂L/∂h_t‖ for every t.
+matrices (each layer's input-to-hidden and hidden-to-hidden, then the head). `CELLS` and
+`run_layer` are PyTorch's recurrent equations one time step at a time, for `stepwise`'s
+shadow of a fused module, through which a probe reads ‖∂L/∂h_t‖ for every t.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from gradlab.config.schema import GATES
 State = tuple[torch.Tensor, ...]
 Cell = Callable[[torch.Tensor, State, torch.Tensor, torch.Tensor | None], State]
 MODULES: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def _rnn_cell(act: Callable[[torch.Tensor], torch.Tensor]) -> Cell:
@@ -74,13 +73,9 @@ def run_layer(cell: Cell, x: torch.Tensor, W_ih: torch.Tensor, b_ih: torch.Tenso
 
 
 class Recurrent(nn.Module):
-    """`depth` single-layer RNN/LSTM/GRU modules, then a linear read-out.
-
-    Normally each layer runs as PyTorch's fused module. When `unroll_top` is set (a probe's
-    logged steps) the top layer is unrolled with the same equations and parameters, and each
-    hidden state h_1..h_T passes through `state_tap`, where a probe's hook can watch its
-    gradient ‖∂L/∂h_t‖ (the total derivative, through the head and the later steps).
-    """
+    """`depth` single-layer RNN/LSTM/GRU modules (PyTorch's fused ones), then a linear
+    read-out. A probe reads ‖∂L/∂h_t‖ of the top layer through `stepwise.time_steps`, which
+    changes nothing the model computes."""
 
     def __init__(self, kind: str, n_in: int, n_out: int, hidden: int, depth: int,
                  nonlinearity: str = "tanh", readout: str = "last"):
@@ -91,30 +86,13 @@ class Recurrent(nn.Module):
             for i in range(depth))
         self.head = nn.Linear(hidden, n_out)
         self.kind, self.readout = kind, readout
-        self.cell: Cell = {"rnn": _rnn_cell(ACT[nonlinearity]), "lstm": _lstm_cell,
-                           "gru": _gru_cell}[kind]
-        self.state_tap = nn.Identity()  # sees every h_t of the top layer when it is unrolled
-        self.unroll_top = False  # set through `TimeSteps.unroll`, by a probe on its logged steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
         h = x
-        for rnn in self.rnns[:-1]:
+        for rnn in self.rnns:
             h, _ = rnn(h)
-        if self.unroll_top and torch.is_grad_enabled():
-            h = torch.stack(self.unroll(h), dim=1)
-        else:
-            h, _ = self.rnns[-1](h)
         # h: (batch, time, hidden)
         return self.head(h[:, -1] if self.readout == "last" else h)
-
-    def unroll(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The top layer's hidden states h_1..h_T, one step at a time, each through the tap."""
-        top: nn.RNNBase = self.rnns[-1]  # type: ignore[assignment]
-        W_ih, b_ih, W_hh, b_hh = (getattr(top, name) for name in  # registered by name
-                                  ("weight_ih_l0", "bias_ih_l0", "weight_hh_l0", "bias_hh_l0"))
-        zeros = x.new_zeros(x.shape[0], top.hidden_size)
-        state: State = (zeros, zeros) if self.kind == "lstm" else (zeros,)
-        return run_layer(self.cell, x, W_ih, b_ih, W_hh, b_hh, state, self.state_tap)[0]
 
 
 def build_recurrent(cfg: ModelConfig, n_in: int, n_out: int) -> tuple[Recurrent, list[ProbedLayer]]:

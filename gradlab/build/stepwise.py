@@ -1,21 +1,26 @@
-"""A model's own `nn.RNN`/`nn.LSTM`/`nn.GRU`, run one time step at a time when a probe asks.
+"""An `nn.RNN`/`nn.LSTM`/`nn.GRU`'s hidden states h_1..h_T, for a probe, without changing
+what the module computes.
 
 PyTorch's fused recurrent modules never hold h_1..h_T as tensors of their own, so ‖∂L/∂h_t‖
 (the total derivative, through the read-out and every later step) cannot be read from them.
 `time_steps(module)` declares a `TimeSteps` for such a module without changing it: while a
 probe has `unroll(True)` in effect, a forward hook (run before any other hook on the module)
-computes the module's output again with its own parameters and PyTorch's equations, one
-time step at a time (`recurrent.run_layer`), passes each h_t of the top layer through the
-tap, and returns that output in place of the fused one: the same values to float rounding,
-with a graph through every h_t. `unroll(False)` removes the hook.
+runs a shadow of the module one time step at a time (`recurrent.run_layer`, PyTorch's
+equations) on detached copies of its input, initial state and parameters, each h_t of its
+top layer through the tap, and returns the fused output plus (shadow − shadow.detach()):
+the fused values exactly (x + 0 is x), while backward carries ∂L/∂output into the shadow too.
+The fused module's backward alone reaches the parameters and the input, so the gradients,
+and the training run, are those of the module unprobed, bit for bit; the shadow's backward
+only computes the ∂L/∂h_t the tap's hooks read. `unroll(False)` removes the hook.
 
-Not unrolled (the fused output is kept, and no h_t reaches the tap): bidirectional modules,
-`proj_size`, a `PackedSequence` input, and a stack of layers with dropout between them in
-training mode (the fused module draws its own masks).
+Not unrolled (no h_t reaches the tap): bidirectional modules, `proj_size`, a
+`PackedSequence` input, and a stack of layers with dropout between them in training mode
+(the masks are the fused module's own, which a shadow cannot draw alike).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,7 +56,6 @@ class _Stepper:
     def __init__(self, module: nn.RNNBase):
         self.module = module
         self.tap = nn.Identity()  # the probe's hook watches h_t here; not part of the model
-        self.cell = CELLS[module.mode]
         self._handle: RemovableHandle | None = None
 
     def switch(self, on: bool) -> None:
@@ -70,43 +74,55 @@ class _Stepper:
         if (not torch.is_grad_enabled() or not isinstance(x, torch.Tensor)
                 or isinstance(x, PackedSequence)
                 or (m.training and m.dropout > 0 and m.num_layers > 1)):
-            return None  # the fused output stands
-        return self.unrolled(x, hx)
+            return None  # the fused output stands, with no shadow
+        if hx is not None:
+            hx = tuple(h.detach() for h in hx) if isinstance(hx, tuple) else hx.detach()
+        shadow = stepwise(self.module, x.detach(), hx, self.tap)
+        out, state = output
+        fused = [out, *(state if isinstance(state, tuple) else (state,))]
+        ran = [shadow[0], *(shadow[1] if isinstance(shadow[1], tuple) else (shadow[1],))]
+        joined = [f + (r - r.detach()) for f, r in zip(fused, ran, strict=True)]
+        return joined[0], (tuple(joined[1:]) if isinstance(state, tuple) else joined[1])
 
-    def unrolled(self, x: torch.Tensor, hx: Any) -> tuple[torch.Tensor, Any]:
-        """The module's (output, h_n) or (output, (h_n, c_n)), a time step at a time."""
-        m = self.module
-        lstm = m.mode == "LSTM"
-        batched = x.dim() == 3
-        seq = x if not batched else (x if m.batch_first else x.transpose(0, 1))
+
+def stepwise(m: nn.RNNBase, x: torch.Tensor, hx: Any = None,
+             tap: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, Any]:
+    """`m(x, hx)`'s (output, h_n) or (output, (h_n, c_n)), a time step at a time, each h_t of
+    the top layer through `tap`, from detached parameters: a graph through the top layer's
+    h_t back to its initial state (a leaf of its own), reaching no parameter and no input."""
+    lstm = m.mode == "LSTM"
+    batched = x.dim() == 3
+    seq = x if not batched else (x if m.batch_first else x.transpose(0, 1))
+    if not batched:
+        seq = seq.unsqueeze(0)  # (time, features) → (1, time, features)
+    c0: torch.Tensor | None
+    if hx is None:
+        zeros = seq.new_zeros(m.num_layers, seq.shape[0], m.hidden_size)
+        h0, c0 = zeros, zeros
+    else:
+        h0, c0 = hx if lstm else (hx, None)
         if not batched:
-            seq = seq.unsqueeze(0)  # (time, features) → (1, time, features)
-        c0: torch.Tensor | None
-        if hx is None:
-            zeros = seq.new_zeros(m.num_layers, seq.shape[0], m.hidden_size)
-            h0, c0 = zeros, zeros
-        else:
-            h0, c0 = hx if lstm else (hx, None)
-            if not batched:
-                h0 = h0.unsqueeze(1)
-                c0 = c0.unsqueeze(1) if c0 is not None else None
-        finals: list[State] = []
-        h = seq
-        for layer in range(m.num_layers):
-            suffix = f"_l{layer}"
-            bias = (getattr(m, f"bias_ih{suffix}"), getattr(m, f"bias_hh{suffix}")) \
-                if m.bias else (None, None)
-            state: State = (h0[layer], c0[layer]) if lstm and c0 is not None else (h0[layer],)
-            top = layer == m.num_layers - 1
-            states, last = run_layer(self.cell, h, getattr(m, f"weight_ih{suffix}"), bias[0],
-                                     getattr(m, f"weight_hh{suffix}"), bias[1], state,
-                                     self.tap if top else None)
-            h = torch.stack(states, dim=1)
-            finals.append(last)
-        out = h if not batched else (h if m.batch_first else h.transpose(0, 1))
-        h_n = torch.stack([s[0] for s in finals])
-        c_n = torch.stack([s[1] for s in finals]) if lstm else None
-        if not batched:
-            out, h_n = out.squeeze(0), h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if c_n is not None else None
-        return out, ((h_n, c_n) if lstm else h_n)
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if c0 is not None else None
+    finals: list[State] = []
+    h = seq
+    for layer in range(m.num_layers):
+        w = {name: getattr(m, f"{name}_l{layer}").detach() for name in
+             ("weight_ih", "weight_hh", *(("bias_ih", "bias_hh") if m.bias else ()))}
+        state: State = (h0[layer], c0[layer]) if lstm and c0 is not None else (h0[layer],)
+        top = layer == m.num_layers - 1
+        if top:  # the one leaf that needs a gradient: each h_t then has a grad_fn
+            state = tuple(s.detach().requires_grad_() for s in state)
+        states, last = run_layer(CELLS[m.mode], h, w["weight_ih"], w.get("bias_ih"),
+                                 w["weight_hh"], w.get("bias_hh"), state,
+                                 tap if top else None)
+        h = torch.stack(states, dim=1)
+        finals.append(last)
+    out = h if not batched else (h if m.batch_first else h.transpose(0, 1))
+    h_n = torch.stack([s[0] for s in finals])
+    c_n = torch.stack([s[1] for s in finals]) if lstm else None
+    if not batched:
+        out, h_n = out.squeeze(0), h_n.squeeze(1)
+        c_n = c_n.squeeze(1) if c_n is not None else None
+    return out, ((h_n, c_n) if lstm else h_n)
