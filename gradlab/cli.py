@@ -18,6 +18,7 @@ from rich.console import Console
 
 from gradlab.analyse.expect import over_rule
 from gradlab.config import ConfigError, load_config
+from gradlab.config.load import origins
 from gradlab.config.schema import MAX_SEEDS
 
 if TYPE_CHECKING:  # the events are only annotations here: the CLI starts without torch
@@ -107,15 +108,51 @@ WRITE_FAILED = 3
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    _say(err_console, message, style="red")
     return typer.Exit(code)
+
+
+def _fitted(text: str, width: int) -> str:
+    """`text` wrapped to `width` columns line by line at spaces, each continuation indented
+    two more spaces than its line; a word (a path) wider than that stays whole on its own line."""
+    import textwrap
+
+    from rich.cells import cell_len
+
+    lines = []
+    for line in text.split("\n"):
+        if cell_len(line) <= width:
+            lines.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+        lines += textwrap.wrap(line, max(width, len(indent) + 1), subsequent_indent=indent,
+                               break_long_words=False, break_on_hyphens=False) or [line]
+    return "\n".join(lines)
+
+
+def _say(console: Console, *parts: str, style: str | None = None,
+         fit: bool | None = None) -> None:
+    """Print a message: its `parts` on one line, or, where that is wider than the console,
+    each part on a line of its own (the later ones indented), wrapped at spaces. Fitted on a
+    terminal (or with `fit`); piped, a message stays one line per problem, for grep."""
+    from rich.cells import cell_len
+
+    text = " ".join(parts)
+    if console.is_terminal if fit is None else fit:
+        if len(parts) > 1 and max(map(cell_len, text.split("\n"))) > console.width:
+            text = parts[0] + "".join(f"\n  {p}" for p in parts[1:])
+        text = _fitted(text, console.width)
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def _overrides(sets: list[str] | None, steps: int | None, seed: int | None,
                device: str | None, seeds: str | None = None) -> list[str]:
+    """The options as the `key=value` overrides a config is loaded with (and a run records).
+    `--steps N` is `train.steps=N` alone: it replaces the file's `train.epochs`
+    (`config.load.apply_overrides`)."""
     items = list(sets or [])
     if steps is not None:
-        items += [f"train.steps={steps}", "train.epochs=null"]
+        items.append(f"train.steps={steps}")
     if seed is not None and seeds is not None:
         raise _fail("--seed and --seeds: give one (--seed N runs one seed, --seeds a group)")
     if seed is not None:
@@ -125,6 +162,22 @@ def _overrides(sets: list[str] | None, steps: int | None, seed: int | None,
     if device is not None:
         items.append(f"device={device}")
     return items
+
+
+def _labels(steps: int | None, seed: int | None, device: str | None,
+            seeds: str | None = None) -> dict[str, str]:
+    """How the user typed the overrides `_overrides` makes of options, so that a problem
+    names `--device gpu`, not the config file (`--set` lines name themselves)."""
+    labels = {}
+    if steps is not None:
+        labels[f"train.steps={steps}"] = f"--steps {steps}"
+    if seed is not None:
+        labels[f"seed={seed}"] = labels["seeds=null"] = f"--seed {seed}"
+    if seeds is not None:
+        labels[f"seeds={parse_seeds(seeds)}"] = f"--seeds {seeds}"
+    if device is not None:
+        labels[f"device={device}"] = f"--device {device}"
+    return labels
 
 
 def _cluster(executor: str, slurm: list[str] | None, jobs: int | None) -> Any:
@@ -212,8 +265,9 @@ def run(
 ) -> None:
     """Train one variant, probe every layer, write a run record and report it."""
     overrides = _overrides(set_, steps, seed, device, seeds)
+    labels = _labels(steps, seed, device, seeds)
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, labels)
     except ConfigError as e:
         raise _fail(str(e)) from None
     if cfg.seeds:
@@ -234,7 +288,8 @@ def run(
         else:
             outcome = run_config(cfg, out, overrides=overrides)
     except ConfigError as e:  # found once the data is read, e.g. a file dataset's columns
-        raise _fail(str(ConfigError(str(config), e.problems))) from None
+        raise _fail(str(ConfigError(str(config), e.problems, origins(overrides, labels)))) \
+            from None
     except RecordWriteError as e:  # disk full, I/O error, run directory deleted: mid-run too
         raise _fail(f"{config}: {e}", WRITE_FAILED) from None
     except OSError as e:  # the run directory cannot be created under --out
@@ -255,8 +310,8 @@ def run(
     if outcome.summary["status"] == "interrupted":
         raise typer.Exit(stopping.exit_code())
     if outcome.summary["status"] == "failed":
-        err_console.print(f"run failed: {outcome.summary['error']} (record: {outcome.path})",
-                          style="red", markup=False)
+        _say(err_console, f"run failed: {outcome.summary['error']}", f"(record: {outcome.path})",
+             style="red")
         raise typer.Exit(1)
 
 
@@ -285,8 +340,7 @@ def _run_group(config: Path, out: Path, overrides: list[str], as_json: bool, qui
         sys.stdout.write(json.dumps(group.group or {}, indent=2) + "\n")
     elif group.group is not None and group.run_dir is not None:
         out_console.print(group_report(group.run_dir, group.group))
-        out_console.print(f"group record: {group.run_dir}", style="dim", highlight=False,
-                          soft_wrap=True)
+        _say(out_console, f"group record: {group.run_dir}", style="dim")
     _write_failures([group, *group.members])
     if group.interrupted:
         raise typer.Exit(stopping.exit_code())
@@ -391,8 +445,9 @@ def compare(
                           style="yellow", markup=False, highlight=False, soft_wrap=True)
     _draw_comparison(record_dir, draw=not no_plots and not stopped)
     invalid = [v for v in variants if v.status == "invalid"]
-    for v in invalid:
-        err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
+    if not (out_console.is_terminal and err_console.is_terminal):  # else the table showed them
+        for v in invalid:  # the table's copy is wrapped into it; stderr's is one line a problem
+            _say(err_console, str(v.error), style="red")
     broken = [(v, e) for v in variants for e in v.expectations if not e.ok] if check else []
     groups = sum(v.is_group for v in variants)
     if check:
@@ -455,7 +510,7 @@ def fix(
 
     overrides = _overrides(set_, steps, seed, device, seeds)
     try:
-        load_config(config, overrides)
+        load_config(config, overrides, _labels(steps, seed, device, seeds))
     except ConfigError as e:
         raise _fail(str(e)) from None
 
@@ -470,8 +525,8 @@ def fix(
     best = best_command(outcome.rows, str(config))
     if best:
         out_console.print(f"best: {best}", highlight=False, markup=False, soft_wrap=True)
-    out_console.print(f"fix record: {outcome.record} (patches/*.yaml: each remedy as a config)",
-                      style="dim", highlight=False, soft_wrap=True)
+    _say(out_console, f"fix record: {outcome.record}", "(patches/*.yaml: each remedy as a config)",
+         style="dim", fit=True)
 
 
 @app.command()
@@ -519,6 +574,9 @@ def sweep(
     try:
         plan = plan_sweep(config, grid or [], overrides, max_variants, yes)
     except ConfigError as e:
+        if e.source == str(config) and not e.origins:  # the base config with the overrides
+            e = ConfigError(e.source, e.problems,
+                            origins(overrides, _labels(steps, None, device, seeds)))
         raise _fail(str(e)) from None
     if plot and (why := field_problem(plot, plan.keys)):
         raise _fail(f"--plot: {why}")
@@ -592,6 +650,28 @@ def sweep(
         raise typer.Exit(1)
 
 
+def _plot_problem(sweep_dir: Path, field: str) -> str | None:
+    """Why a sweep record's table and heatmap cannot show `field` (None if they can): no
+    column of its sweep.csv (with a did-you-mean), or a column no run has a number in (as
+    `render.sweep_figures.plot_sweep` refuses it: a diverged run's cell is drawn as such)."""
+    from gradlab.config.messages import did_you_mean
+    from gradlab.record.sweep import read_table
+
+    rows = read_table(sweep_dir)
+    if not rows:
+        return None  # no table: the heatmap says so
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if any(number(r.get(field)) for r in rows) or \
+            (field in rows[0] and any(r.get("status") == "diverged" for r in rows)):
+        return None
+    numeric = sorted({k for r in rows for k, v in r.items() if number(v) and k != "seed"})
+    return (f"no run of the sweep has the field {field!r}{did_you_mean(field, numeric)}; "
+            f"numeric fields: {', '.join(numeric[:12])}{', …' if len(numeric) > 12 else ''}")
+
+
 def _draw_sweep(sweep_dir: Path, field: str | None) -> None:
     """The sweep's heatmap; a field no run has is exit 2, a plotting error is reported, a file
     that cannot be written is exit 3."""
@@ -621,8 +701,11 @@ def validate(
     """Check configs without training: every problem, with its key path."""
     from gradlab.config.load import config_paths
 
+    paths = config_paths(configs)
+    if not paths:  # only directories, with no config in them: as compare refuses them
+        raise _fail("no *.yaml configs found in " + ", ".join(map(str, configs)))
     problems = 0
-    for path in config_paths(configs):
+    for path in paths:
         try:
             cfg = load_config(path, set_ or [])
             from gradlab.build.budget import preflight  # torch only for a run near the limit
@@ -635,7 +718,9 @@ def validate(
             out_console.print(f"{path}: ok", markup=False, highlight=False, soft_wrap=True)
         except ConfigError as e:
             problems += 1
-            err_console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
+            if not e.origins:  # the data file's or the memory pre-flight's: a --set may be why
+                e = ConfigError(e.source, e.problems, origins(set_ or []))
+            _say(err_console, str(e), style="red")
     if problems:
         raise typer.Exit(2)
 
@@ -665,6 +750,8 @@ def report(
         from gradlab.render.sweep_table import render_sweep_dir
 
         try:
+            if plot is not None and (why := _plot_problem(run_dir, plot)):
+                raise _fail(f"--plot: {why}")  # before the table, which would show only –
             out_console.print(render_sweep_dir(run_dir, plot))
         except CorruptRecord as e:
             raise _fail(str(e)) from None
@@ -695,8 +782,8 @@ def report(
             raise _fail(f"{run_dir}: not a run directory (no summary.json or metrics.csv); "
                         f"`gradlab runs` lists the runs")
         run_dir = max(entries, key=run_started)  # a name directory (runs/NAME): its latest
-        err_console.print(f"the latest of {len(entries)} under {run_dir.parent}: {run_dir}",
-                          style="dim", markup=False, highlight=False, soft_wrap=True)
+        _say(err_console, f"the latest of {len(entries)} under {run_dir.parent}:", str(run_dir),
+             style="dim", fit=True)
     if is_group_dir(run_dir):
         from gradlab.render.group_report import group_report
 
@@ -744,8 +831,9 @@ def predict(
 ) -> None:
     """Predict gradient flow at init (mean-field theory) beside one measured backward pass,
     the input–output Jacobian and recurrent spectra; trains nothing, writes nothing."""
+    overrides, labels = _overrides(set_, None, seed, device), _labels(None, seed, device)
     try:
-        cfg = load_config(config, _overrides(set_, None, seed, device))
+        cfg = load_config(config, overrides, labels)
     except ConfigError as e:
         raise _fail(str(e)) from None
     from gradlab.predict import predict as predict_config
@@ -754,7 +842,8 @@ def predict(
     try:
         result = predict_config(cfg)
     except ConfigError as e:  # found once the data is read, or the memory pre-flight
-        raise _fail(str(ConfigError(str(config), e.problems))) from None
+        raise _fail(str(ConfigError(str(config), e.problems, origins(overrides, labels)))) \
+            from None
     except KeyboardInterrupt:
         raise _fail("interrupted; nothing was written", 130) from None
     except Exception as e:
@@ -833,8 +922,7 @@ def _draw_plots(run_dir: Path, quiet: bool = False) -> None:
         return
     if not quiet:
         names = ", ".join(p.name for p in drawn)
-        out_console.print(f"plots: {run_dir / 'plots'} ({names})", style="dim", highlight=False,
-                          soft_wrap=True)
+        _say(out_console, f"plots: {run_dir / 'plots'}", f"({names})", style="dim")
 
 
 def _draw_comparison(record_dir: Path, draw: bool) -> None:

@@ -90,7 +90,8 @@ def test_device_cuda_runs_there_or_is_a_clean_error(tiny_yaml: Path, tmp_path: P
         assert json.loads(result.stdout)["device"].startswith("cuda")
     else:
         assert result.exit_code == 2
-        assert f"{tiny_yaml}: device: 'cuda' was asked for, but no CUDA device" in result.stderr
+        assert f"{tiny_yaml} (--device cuda): device: 'cuda' was asked for, but no CUDA device" \
+            in result.stderr
         assert not (tmp_path / "runs").exists()
 
 

@@ -116,4 +116,5 @@ def test_a_bad_override_names_the_key_too(write_yaml) -> None:
     path = write_yaml(tiny())
     result = CliRunner().invoke(app, ["validate", str(path), "--set", "model.dpeth=3"])
     assert result.exit_code == 2
-    assert f"{path}: model.dpeth: unknown key 'dpeth' (did you mean 'depth'?)" in result.stderr
+    assert (f"{path} (--set model.dpeth=3): model.dpeth: unknown key 'dpeth' "
+            "(did you mean 'depth'?)") in result.stderr

@@ -61,6 +61,7 @@ def encode_classes(*labels: np.ndarray) -> list[np.ndarray]:
 
 
 MAX_FIELD = 1 << 16  # characters in one CSV cell: far beyond any number
+MAX_PROBLEMS = 10  # a CSV's ragged rows and non-numeric cells reported at once
 
 
 def _read_npz(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,19 +104,27 @@ def _read_csv(path: Path, target: str, where: str) -> tuple[np.ndarray, np.ndarr
         raise ConfigError(str(path), [("data.target", _no_column(target, header, path))])
     if not body:
         raise ConfigError(str(path), [(where, f"{path} has a header row but no data rows")])
-    ragged = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
-    if ragged is not None:
-        raise ConfigError(str(path), [(where, f"{path}: data row {ragged + 1} has "
-                                       f"{len(body[ragged])} values for {len(header)} columns")])
     table = np.empty((len(body), len(header)))
-    for i, r in enumerate(body):
+    problems: list[tuple[int, str]] = []  # (data row, problem): ragged rows, non-numeric cells
+    for i, r in enumerate(body, 1):
+        if len(r) != len(header):
+            problems.append((i, f"data row {i} has {len(r)} values for {len(header)} columns"))
+            continue
         for j, v in enumerate(r):
             try:
-                table[i, j] = float(v)
+                table[i - 1, j] = float(v)
             except ValueError:  # name the place, never the content
-                raise ConfigError(str(path), [(where, f"{path}: column '{header[j]}' holds a "
-                                               f"non-numeric value in data row {i + 1}")]) \
-                    from None
+                problems.append((i, f"column '{header[j]}' holds a non-numeric value in data "
+                                    f"row {i}"))
+        if len(problems) > MAX_PROBLEMS:
+            break
+    if problems:  # all at once, in file order, up to MAX_PROBLEMS
+        shown = [(where, f"{path}: {p}") for _, p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            shown.append((where, f"{path}: more problems from data row "
+                                 f"{problems[MAX_PROBLEMS][0]} on (the first {MAX_PROBLEMS} "
+                                 "are shown)"))
+        raise ConfigError(str(path), shown)
     col = header.index(target)
     return np.delete(table, col, axis=1), table[:, col]
 

@@ -63,14 +63,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file, apply `key.path=value` overrides, and validate; raise ConfigError."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                labels: typing.Mapping[str, str] | None = None) -> Config:
+    """Read a YAML file, apply `key.path=value` overrides, and validate; raise ConfigError.
+
+    A problem at a key an override set names the override (`labels`: how each was typed,
+    `{"device=gpu": "--device gpu"}`; `--set KEY=VALUE` otherwise), not the file alone."""
     source = str(path)
     raw = read_yaml(path)
     raw.setdefault("name", default_name(Path(path)))
     _beside(raw, Path(path))
-    apply_overrides(raw, overrides, source)
-    return config_from_dict(raw, source)
+    try:
+        apply_overrides(raw, overrides, source)
+        return config_from_dict(raw, source)
+    except ConfigError as e:
+        raise ConfigError(e.source, e.problems, origins(overrides, labels)) from None
+
+
+def origins(overrides: typing.Iterable[str],
+            labels: typing.Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """Each override as (its dotted key, how the command line gave it), for `ConfigError`:
+    `labels[item]` (`--device gpu`, `--steps 200`), else `--set item`."""
+    found = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if sep and key.strip():
+            found.append((key.strip(), (labels or {}).get(item, f"--set {item}")))
+    return found
 
 
 def _beside(raw: dict[str, Any], path: Path) -> None:
@@ -182,7 +201,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str], source: str) -> None:
-    """Set `a.b.c=value` (value parsed as YAML) into the raw mapping, in order."""
+    """Set `a.b.c=value` (value parsed as YAML) into the raw mapping, in order.
+
+    `train.steps` and `train.epochs` are two ways of giving one budget: setting one replaces
+    the other the file gives (`--steps 200` on a config with `epochs: 5` trains 200 steps),
+    unless the file gives both, which stays an error."""
+    train = raw.get("train")
+    both = isinstance(train, dict) and None not in (train.get("steps"), train.get("epochs"))
+    given: set[str] = set()
     problems = []
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -202,8 +228,14 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str], source
             node[part] = child if isinstance(child, dict) else {}
             node = node[part]
         node[parts[-1]] = value
+        given.add(key.strip())
     if problems:
         raise ConfigError(source, problems)
+    train = raw.get("train")
+    for mine, other in (("steps", "epochs"), ("epochs", "steps")):
+        if (not both and isinstance(train, dict) and f"train.{mine}" in given
+                and f"train.{other}" not in given and train.get(mine) is not None):
+            train[other] = None
 
 
 _SHORTHAND_KEY = {"init": "scheme", "bias_init": "scheme", "recurrent_init": "scheme"}

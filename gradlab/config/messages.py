@@ -16,18 +16,36 @@ from pydantic import BaseModel, ValidationError
 
 
 class ConfigError(Exception):
-    """Every problem found in one config, each as (dotted key path, message)."""
+    """Every problem found in one config, each as (dotted key path, message).
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
+    `origins` are the command line's overrides as (dotted key, how it was typed: `--set
+    model.depth=3`, `--device gpu`), in order: a problem at a key an override set is shown
+    as coming from it, `configs/x.yaml (--set model.dpth=3): model.dpth: unknown key …`,
+    not from the file."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]],
+                 origins: typing.Sequence[tuple[str, str]] = ()):
         self.source = source
         self.problems = problems
+        self.origins = list(origins)
         super().__init__(str(self))
 
+    def origin(self, path: str) -> str | None:
+        """The override a problem at `path` came from (the last one that set the key, a key
+        inside it, or a new key above it), or None: the file's."""
+        for key, label in reversed(self.origins):
+            if path and (path == key or path.startswith((key + ".", key + "["))
+                         or key.startswith(path + ".")):
+                return label
+        return None
+
     def __str__(self) -> str:
-        return "\n".join(
-            f"{self.source}: {path}: {msg}" if path else f"{self.source}: {msg}"
-            for path, msg in self.problems
-        )
+        lines = []
+        for path, msg in self.problems:
+            origin = self.origin(path)
+            source = f"{self.source} ({origin})" if origin else self.source
+            lines.append(f"{source}: {path}: {msg}" if path else f"{source}: {msg}")
+        return "\n".join(lines)
 
 
 def translate(error: ValidationError, root: type[BaseModel]) -> list[tuple[str, str]]:
@@ -94,8 +112,18 @@ def _message(err: Any, fields: list[str]) -> str:
     return str(err["msg"])
 
 
+# Words people reach for that are not a near spelling of the name they mean.
+SYNONYMS = {"gpu": "cuda"}
+
+
 def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    """` (did you mean 'x'?)` for the option `word` most likely meant, or "": a synonym
+    (`gpu` → `cuda`), the same word in another case, else the closest spelling."""
+    options = list(options)
+    folded = word.strip().lower()
+    match = [o for o in options if o == SYNONYMS.get(folded)] \
+        or [o for o in options if o.lower() == folded] \
+        or difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
