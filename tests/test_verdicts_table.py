@@ -229,6 +229,10 @@ def test_remedies_come_as_runnable_overrides_and_skip_what_is_in_place() -> None
     with_bn = config(norm="batch")
     v = by_kind(summary(ratio_init=1e-9, ratio_final=1e-8, **NOT_LEARNING), with_bn)["vanishing"]
     assert ["model.norm=batch"] not in [f["set"] for f in v["fixes"]]
+    # a run on Adam already (at another rate) is not offered Adam: its reason would not hold
+    on_adam = config(train={"optimizer": "adam", "lr": 0.005})
+    v = by_kind(summary(ratio_init=1e-9, ratio_final=1e-8, **NOT_LEARNING), on_adam)["vanishing"]
+    assert v["fixes"] and not any("train.optimizer=adam" in f["set"] for f in v["fixes"])
 
 
 def test_a_mapping_is_in_place_only_if_the_setting_would_leave_it_as_it_is() -> None:

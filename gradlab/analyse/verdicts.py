@@ -493,9 +493,13 @@ def _mapping_made_by(key: str, value: str) -> dict[str, Any] | None:
         return None
 
 
-def _adam(ctx: _Context) -> Fix:
-    return _fix("per-parameter step sizes rescale small gradients; 1e-3 is Adam's usual rate",
-                "train.optimizer=adam", "train.lr=0.001")
+def _adam(ctx: _Context) -> list[Fix]:
+    """Adam at its usual rate, for a run that does not use Adam already (for one that does,
+    its reason does not hold, and a new rate alone is not this remedy)."""
+    if str(ctx.train.get("optimizer", "")).lower() == "adam":
+        return []
+    return [_fix("per-parameter step sizes rescale small gradients; 1e-3 is Adam's usual rate",
+                 "train.optimizer=adam", "train.lr=0.001")]
 
 
 def _vanishing_fixes(ctx: _Context) -> list[Fix]:
@@ -513,13 +517,13 @@ def _vanishing_fixes(ctx: _Context) -> list[Fix]:
                               "that pass the signal on", "pretrain.method=autoencoder"))
         fixes.append(_fix("identity skips give the gradient a path past every activation",
                           "model.residual=true", "model.residual_style=pre"))
-        fixes.append(_adam(ctx))
+        fixes += _adam(ctx)
     else:
         fixes.append(_fix("He init keeps the signal's variance through ReLU-family layers",
                           "model.init=kaiming_normal"))
         fixes.append(_fix("normalised pre-activations", "model.norm=batch"))
         fixes.append(_fix("identity skips", "model.residual=true", "model.residual_style=pre"))
-        fixes.append(_adam(ctx))
+        fixes += _adam(ctx)
     return _not_in_place(fixes, ctx)
 
 
@@ -579,7 +583,7 @@ def _learning_fixes(ctx: _Context) -> list[Fix]:
         fixes += _time_fixes(ctx)
     else:
         fixes += _vanishing_fixes(ctx) if ctx.activation in SATURATING else [
-            _fix("normalised pre-activations", "model.norm=batch"), _adam(ctx),
+            _fix("normalised pre-activations", "model.norm=batch"), *_adam(ctx),
             _fix("He init", "model.init=kaiming_normal")]
     return _not_in_place(fixes, ctx)
 
