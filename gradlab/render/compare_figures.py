@@ -260,16 +260,33 @@ def comparison_grad_flow_figure(records: list[Record]) -> Figure:
     return fig
 
 
-def grad_ratios(record: Record) -> tuple[float, float, str]:
+def grad_ratios(record: Record) -> tuple[float | None, float | None, str]:
     """(at init, at the end, what): the gradient ratio the verdicts read. Feed-forward nets:
     first layer ÷ last (summary.json `grad_ratio_*`); recurrent ones: ‖∂L/∂h_1‖ ÷ ‖∂L/∂h_T‖
-    (`time_grad_ratio_*`), the ratio that vanishes there."""
+    (`time_grad_ratio_*`), the ratio that vanishes there. None where it was not measured
+    (null: a single probed layer, probing off, nothing logged); NaN or Inf where it was and
+    a norm overflowed."""
     s = record.summary or {}
     kind = (record.config.get("model") or {}).get("kind")
     if kind in RECURRENT_KINDS or s.get("time_grad_ratio_init") is not None:
-        return (value(s.get("time_grad_ratio_init")), value(s.get("time_grad_ratio_final")),
-                "through time")
-    return value(s.get("grad_ratio_init")), value(s.get("grad_ratio_final")), "by depth"
+        return (_measured(s.get("time_grad_ratio_init")),
+                _measured(s.get("time_grad_ratio_final")), "through time")
+    return _measured(s.get("grad_ratio_init")), _measured(s.get("grad_ratio_final")), "by depth"
+
+
+def _measured(x: Any) -> float | None:
+    """A summary.json number as a float; None where it is null (not measured)."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _not_measured(record: Record, what: str) -> str:
+    """The words on a row whose ratio was not measured, with the reason where the record
+    tells it."""
+    s = record.summary or {}
+    layers = s.get("layers")
+    if what == "by depth" and isinstance(layers, list) and len(layers) == 1:
+        return "not measured: one layer, no first ÷ last"
+    return "not measured"
 
 
 def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
@@ -290,7 +307,8 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
     heading(ax, "gradient ratio of every variant: first layer ÷ last (recurrent: "
                  "‖∂L/∂h₁‖ ÷ ‖∂L/∂h_T‖)", fontsize="medium")
     ratios = [grad_ratios(r) for r in records]
-    values = np.array([v for a, b, _ in ratios for v in (a, b)], dtype=float)
+    values = np.array([math.nan if v is None else v for a, b, _ in ratios for v in (a, b)],
+                      dtype=float)
     if not order or not np.isfinite(values).any():
         empty(ax, "no gradient ratios were logged")
         return fig
@@ -311,7 +329,7 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
         y += 1.0
         for i in members:
             a, b, what = ratios[i]
-            shown = [floor if v == 0 else v for v in (a, b)]
+            shown = [math.nan if v is None else floor if v == 0 else v for v in (a, b)]
             zeros |= a == 0 or b == 0
             if all(math.isfinite(v) for v in shown):
                 ax.plot(shown, [y, y], color="grey", lw=1.5, zorder=1)
@@ -321,9 +339,11 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
                 diverged = records[i].status == "diverged"
                 ax.plot(shown[1], y, marker="X" if diverged else "o", ms=8,
                         color="red" if diverged else "C0", ls="none")
-            else:
+            if any(v is not None and not math.isfinite(v) for v in (a, b)):  # a measured overflow
                 bad = True
                 ax.plot(high / 3, y, marker="x", ms=8, mew=2, color="red", ls="none")
+            if a is None or b is None:  # said in words, never drawn as a value
+                _label_unmeasured(ax, y, (a, b), shown, _not_measured(records[i], what))
             ticks.append(y)
             y += 1.0
         y += 0.3
@@ -344,9 +364,31 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
         handles.append(zero_legend(floor, "0: the first gradient underflowed"))
     if bad:
         handles.append(Line2D([], [], ls="none", marker="x", ms=8, mew=2, color="red",
-                              label="NaN/Inf or not measured at the end"))
+                              label="NaN/Inf (measured: overflowed)"))
     fig.legend(handles=handles, loc="lower center", ncols=4, fontsize="small", frameon=False)
     return fig
+
+
+def _label_unmeasured(ax: Axes, y: float, ends: tuple[float | None, float | None],
+                      shown: list[float], text: str) -> None:
+    """Grey words on a row whose ratio was not measured (`ends` (init, end), None where not):
+    in the middle of the row when neither end was, else beside the end that was (drawn at
+    `shown`, or at the right as NaN/Inf), on the side facing the middle; never a point, so
+    nothing on the row reads as a value."""
+    low, high = ax.get_xlim()
+    middle = math.sqrt(low * high)
+    if ends[0] is None and ends[1] is None:
+        ax.text(middle, y, text, ha="center", va="center", fontsize="small", style="italic",
+                color="dimgrey", zorder=3,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+        return
+    k = 1 if ends[0] is None else 0  # the end that was measured
+    at = shown[k] if math.isfinite(shown[k]) else high / 3
+    when = "at init" if ends[0] is None else "at the end"
+    left = at > middle
+    ax.annotate(f"{when}: {text}", (at, y), xytext=(-9 if left else 9, 0),
+                textcoords="offset points", ha="right" if left else "left", va="center",
+                fontsize="small", style="italic", color="dimgrey")
 
 
 

@@ -21,6 +21,7 @@ if "matplotlib.pyplot" not in sys.modules:  # no display needed; leave a user's 
 
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
@@ -204,16 +205,69 @@ def pick(n: int, most: int) -> list[int]:
     return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
 
 
+def isolated(y: np.ndarray) -> np.ndarray:
+    """The finite points of a series whose neighbours on both sides are missing or NaN/Inf:
+    a line draws nothing there (a diverged run's single logged step, a lone measured one)."""
+    ok = np.isfinite(np.asarray(y, dtype=float))
+    before = np.concatenate([[False], ok[:-1]])
+    after = np.concatenate([ok[1:], [False]])
+    return ok & ~before & ~after
+
+
+def _marking_isolated(n: int, alone: np.ndarray, style: dict[str, Any]) -> dict[str, Any]:
+    """`style` with a marker on every isolated point (and on those it marked already)."""
+    if not alone.any():
+        return style
+    marker, every = style.get("marker"), style.get("markevery")
+    has_marker = marker not in (None, "", "None", "none")
+    if has_marker and every is None:
+        return style  # every point is marked
+    marked = np.zeros(n, dtype=bool)
+    if has_marker and isinstance(every, int) and every > 0:
+        marked[::every] = True
+    return {**style, "marker": marker if has_marker else "o",
+            "ms": style.get("ms", 6) if has_marker else style.get("ms", 5),
+            "markevery": [int(i) for i in np.flatnonzero(marked | alone)]}
+
+
 def draw_norms(ax: Axes, x: np.ndarray, y: np.ndarray, floor: float, **style: Any) -> bool:
-    """A gradient-norm line on a log axis with zeros drawn at `floor`; True if it had zeros."""
+    """A gradient-norm line on a log axis with zeros drawn at `floor`; True if it had zeros.
+    A point with no finite neighbour gets a marker, so a lone value is never invisible."""
     zero = y == 0
     shown = np.where(zero, floor, y)
     shown = np.where(np.isfinite(shown), shown, np.nan)
-    ax.plot(x, shown, **style)
+    ax.plot(x, shown, **_marking_isolated(len(shown), isolated(shown), style))
     if zero.any():
         ax.plot(x[zero], np.full(int(zero.sum()), floor), ls="none", marker="v", ms=7,
                 mfc="none", mec=style.get("color", "grey"))
     return bool(zero.any())
+
+
+def fill_band(ax: Axes, x: np.ndarray, low: np.ndarray, high: np.ndarray, **style: Any) -> None:
+    """A band from `low` to `high` over x (NaN where either is missing or NaN/Inf), with a
+    bar at each step no neighbour shares: a band one step wide has no area to fill."""
+    band = np.isfinite(low) & np.isfinite(high)
+    low, high = np.where(band, low, np.nan), np.where(band, high, np.nan)
+    ax.fill_between(x, low, high, **style)
+    alone = isolated(low)
+    if alone.any():
+        ax.vlines(x[alone], low[alone], high[alone], color=style.get("color", "grey"),
+                  alpha=min(1.0, 1.5 * float(style.get("alpha", 0.2))), lw=6,
+                  zorder=style.get("zorder", 1))
+
+
+def fit_legend(fig: Figure, legend: Any, pad: float = 0.15) -> None:
+    """Widen `fig` so a legend placed to the right of its axes ends `pad` inches inside the
+    figure, the axes keeping their size and place in inches (the legend's own text measured
+    once; fixed margins cannot know how long the labels are)."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    width = float(fig.get_figwidth())
+    end = legend.get_window_extent(renderer).x1 / fig.dpi + pad
+    if end <= width:
+        return
+    left, right = fig.subplotpars.left * width, fig.subplotpars.right * width
+    fig.set_size_inches(end, fig.get_figheight())
+    fig.subplots_adjust(left=left / end, right=right / end)
 
 
 def zero_legend(floor: float, what: str = "exactly 0 (underflow or saturation)") -> Line2D:

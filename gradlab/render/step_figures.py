@@ -15,6 +15,7 @@ if "matplotlib.pyplot" not in sys.modules:  # no display needed; leave a user's 
 
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -25,6 +26,8 @@ from gradlab.render.figures import (  # noqa: E402
     divergence,
     draw_norms,
     empty,
+    fill_band,
+    fit_legend,
     heading,
     layer_grid,
     layer_ticks,
@@ -117,35 +120,37 @@ def update_ratio_figure(record: Record) -> Figure:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN step has no range
         lo, hi = np.nanmin(shown, axis=1), np.nanmax(shown, axis=1)
-    ax.fill_between(x, lo, hi, color="grey", alpha=0.2, lw=0,
-                    label=f"range over all {len(names)} layers")
+    fill_band(ax, x, lo, hi, color="grey", alpha=0.2, lw=0,
+              label=f"range over all {len(names)} layers")
     chosen = pick(len(names), LAYER_LINES)
     zeros = False
     for c, color in zip(chosen, depth_colors(len(chosen))):
         zeros |= draw_norms(ax, x, u[:, c], floor, color=color, lw=1.5, label=names[c])
     ax.axhline(UPDATE_GUIDE, color="black", ls="--", lw=1.2,
                label="≈1e-3: a healthy step (rule of thumb)")
-    bad = mark_nonfinite(ax, x, u.max(axis=1), top_of(u))
+    overflowed = (present[logged] & ~np.isfinite(u)).any(axis=1)  # not measured is no NaN
+    bad = mark_nonfinite(ax, x, np.where(overflowed, np.nan, 1.0), top_of(u))
     log_scale(ax)
     mark_divergence(ax, record)
-    _finish(ax, ax.get_legend_handles_labels()[0],
-            zero_legend(floor, "exactly 0 (the update underflowed)") if zeros else None, bad,
-            "step (probed steps)", "‖ΔW‖ / ‖W‖ (log scale)", loc="upper left",
-            bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    legend = _finish(ax, ax.get_legend_handles_labels()[0],
+                     zero_legend(floor, "exactly 0 (the update underflowed)") if zeros else None,
+                     bad, "step (probed steps)", "‖ΔW‖ / ‖W‖ (log scale)", loc="upper left",
+                     bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    fit_legend(fig, legend)
     return fig
 
 
 def _finish(ax: Any, handles: list[Any], zero: Any, bad: bool, xlabel: str, ylabel: str,
-            **legend: Any) -> None:
+            **legend: Any) -> Legend:
     """An over-steps axis's labels, integer step ticks, grid and legend (with the exact-0 and
-    NaN/Inf markers when drawn)."""
+    NaN/Inf markers when drawn); returns the legend."""
     handles = [*handles, *([zero] if zero is not None else []),
                *([nonfinite_legend()] if bad else [])]
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="major")
-    ax.legend(handles=handles, fontsize="small", **legend)
+    return ax.legend(handles=handles, fontsize="small", **legend)
 
 
 def grad_band_figure(record: Record) -> Figure:
@@ -168,10 +173,8 @@ def grad_band_figure(record: Record) -> Figure:
     for i, when, color in chosen:
         low = np.where(rms[i] == 0, floor, rms[i])
         high = np.where(top[i] == 0, floor, top[i])
-        band = np.isfinite(low) & np.isfinite(high)
-        if band.any():
-            ax.fill_between(x, np.where(band, low, np.nan), np.where(band, high, np.nan),
-                            color=color, alpha=0.18, lw=0)
+        if (np.isfinite(low) & np.isfinite(high)).any():
+            fill_band(ax, x, low, high, color=color, alpha=0.18, lw=0)
             zeros |= draw_norms(ax, x, top[i], floor, color=color, lw=1, ls=":",
                                 label=f"max |g|, step {steps[i]} ({when})")
         zeros |= draw_norms(ax, x, rms[i], floor, color=color, lw=1.8, marker="o", ms=3,
@@ -219,13 +222,11 @@ def grad_distributions_figure(record: Record) -> Figure:
     for a, c in zip(axes, chosen):
         low = np.where(rms[:, c] == 0, floor, rms[:, c])
         up = np.where(top[:, c] == 0, floor, top[:, c])
-        band = np.isfinite(low) & np.isfinite(up)
-        a.fill_between(x, np.where(band, low, np.nan), np.where(band, up, np.nan), color="C0",
-                       alpha=0.25, lw=0, label="rms |g| to max |g|")
+        fill_band(a, x, low, up, color="C0", alpha=0.25, lw=0, label="rms |g| to max |g|")
         quantile = np.isfinite(q05[:, c]) & np.isfinite(q95[:, c]) & (q05[:, c] > 0)
         if quantile.any():  # taken on some logged steps only (probe.QUANTILE_EVERY)
-            a.fill_between(x[quantile], q05[quantile, c], q95[quantile, c], color="C1",
-                           alpha=0.3, lw=0, label="5–95% of |g|")
+            fill_band(a, x[quantile], q05[quantile, c], q95[quantile, c], color="C1",
+                      alpha=0.3, lw=0, label="5–95% of |g|")
             zeros |= draw_norms(a, x[quantile], q50[quantile, c], floor, color="C1", lw=1.2,
                                 ls="--", label="median |g|")
         zeros |= draw_norms(a, x, top[:, c], floor, color="C0", lw=0.8, ls=":", marker="^", ms=3,

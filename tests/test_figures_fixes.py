@@ -1,0 +1,205 @@
+"""Figure defects a user walkthrough found: a gradient ratio that was not measured (a head
+alone, summary.json null) is said in words on its row, never drawn as a NaN/Inf in the
+exploding zone, while a measured NaN/Inf still is; a value whose neighbours are missing (a
+diverged run's one logged update ratio) is drawn with a marker; every legend lies inside its
+figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from gradlab.record.reader import Record, read_record
+from gradlab.render import compare_figures, figures, run_figures, step_figures
+from gradlab.runner import run_config
+
+# diverges at step 4 of 30, probed every 10: its update ratios are step 0's alone
+DIVERGING = {"name": "boom", "model": {"depth": 8, "activation": "relu", "init": "kaiming_normal"},
+             "train": {"lr": 1.0, "steps": 30, "optimizer": "sgd", "eval_every": 30},
+             "probe": {"every": 10}}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
+    out = tmp_path_factory.mktemp("runs")
+    return {name: read_record(run_config(cfg, out).path) for name, cfg in (
+        ("deep", tiny_config(name="deep")),
+        ("head", tiny_config(name="head", model={"depth": 0})),  # one layer: no first ÷ last
+        ("boom", tiny_config(**DIVERGING)),
+    )}
+
+
+def with_summary(record: Record, **changes: object) -> Record:
+    return dataclasses.replace(record, summary={**(record.summary or {}), **changes})
+
+
+def row_artists(ax, y: float) -> tuple[list[Line2D], list[str]]:
+    """The lines with a point on row y of the ratio chart, and the words written on it."""
+    points = [x for x in ax.get_lines()
+              if any(np.isclose(v, y) for v in np.asarray(x.get_ydata(), dtype=float))]
+    words = [t.get_text() for t in ax.texts  # an annotation's point is its xy
+             if np.isclose(getattr(t, "xy", t.get_position())[1], y)]
+    return points, words
+
+
+def row_of(ax, name: str) -> float:
+    [y] = [t for t, label in zip(ax.get_yticks(), ax.get_yticklabels())
+           if label.get_text() == name]
+    return float(y)
+
+
+# ------------------------------------------------------------------ 1. not measured ≠ NaN/Inf
+
+def test_a_ratio_not_measured_is_said_on_its_row_not_drawn(runs):
+    head = runs["head"]
+    assert head.summary["grad_ratio_init"] is None  # the premise: null, not measured
+    assert head.summary["grad_ratio_final"] is None
+    fig = compare_figures.comparison_grad_ratio_figure([runs["deep"], head])
+    ax = fig.axes[0]
+    points, words = row_artists(ax, row_of(ax, "head"))
+    assert points == []  # no ×, no ○, no ●: nothing on the row reads as a value
+    assert any("not measured" in w for w in words)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert not any("NaN/Inf" in t for t in legend)  # no overflow was measured
+    points, words = row_artists(ax, row_of(ax, "deep"))
+    assert len(points) >= 2 and words == []  # a measured ratio is drawn as before
+
+
+def test_a_measured_nan_is_still_marked_as_an_overflow(runs):
+    nan = with_summary(runs["deep"], name="nan_end", grad_ratio_final=math.nan)
+    half = with_summary(runs["deep"], name="half", grad_ratio_init=None)
+    fig = compare_figures.comparison_grad_ratio_figure([nan, half, runs["head"]])
+    ax = fig.axes[0]
+    high = ax.get_xlim()[1]
+    points, words = row_artists(ax, row_of(ax, "nan_end"))
+    crosses = [x for x in points if x.get_marker() == "x"]
+    assert [list(x.get_xdata()) for x in crosses] == [[pytest.approx(high / 3)]]
+    assert words == []
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("NaN/Inf" in t and "not measured" not in t for t in legend)
+    points, words = row_artists(ax, row_of(ax, "half"))  # the end measured, init not
+    assert [x.get_marker() for x in points] == ["o"] and x_of(points[0]) < high / 3
+    assert [w for w in words if "at init: not measured" in w]
+    assert compare_figures.grad_ratios(runs["head"])[:2] == (None, None)
+
+
+def x_of(line: Line2D) -> float:
+    return float(np.asarray(line.get_xdata(), dtype=float)[0])
+
+
+# ------------------------------------------------------------------ 2. isolated points are visible
+
+def visible(line: Line2D, i: int) -> bool:
+    """Whether point i of a line shows: a segment to a finite neighbour, or a marker."""
+    y = np.asarray(line.get_ydata(), dtype=float)
+    neighbour = (i > 0 and np.isfinite(y[i - 1])) or (i + 1 < y.size and np.isfinite(y[i + 1]))
+    if line.get_linestyle() not in ("None", "none", "") and line.get_linewidth() > 0 and neighbour:
+        return True
+    if line.get_marker() in (None, "None", "none", "", " "):
+        return False
+    every = line.get_markevery()
+    if every is None:
+        return True
+    if isinstance(every, int):
+        return i % every == 0
+    return i in [int(k) for k in every]
+
+
+def test_a_lone_value_in_a_line_gets_a_marker():
+    fig = Figure()
+    ax = fig.add_subplot()
+    y = np.array([1.0, np.nan, 2.0, 3.0, np.nan, 4.0, np.inf, np.nan, 5.0])
+    figures.draw_norms(ax, np.arange(y.size, dtype=float), y, 1e-3, color="C0", label="plain")
+    figures.draw_norms(ax, np.arange(y.size, dtype=float), y, 1e-3, color="C1", marker="s",
+                       markevery=3, label="sparse markers")
+    assert list(np.flatnonzero(figures.isolated(y))) == [0, 5, 8]
+    for line in ax.get_lines():
+        shown = np.asarray(line.get_ydata(), dtype=float)
+        assert all(visible(line, i) for i in np.flatnonzero(np.isfinite(shown))), line.get_label()
+    [sparse] = [x for x in ax.get_lines() if x.get_label() == "sparse markers"]
+    assert {0, 3, 6} <= set(sparse.get_markevery())  # its own markers are kept
+
+
+def test_a_diverged_runs_one_update_ratio_per_layer_is_visible(runs):
+    boom = runs["boom"]
+    steps, names, u, present = figures.layer_grid(boom, "update_ratio")
+    logged = present.any(axis=1)
+    assert boom.status == "diverged" and int(logged.sum()) == 1  # the premise: one step
+    ax = step_figures.update_ratio_figure(boom).axes[0]
+    layers = [x for x in ax.get_lines() if x.get_label() in names]
+    assert layers
+    for line in layers:
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert y.size == 1 and np.isfinite(y[0]) and visible(line, 0), line.get_label()
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    [[segment]] = [c.get_segments() for c in bars]  # the range over layers, one step wide
+    assert segment[0][0] == segment[1][0] == steps[int(np.argmax(logged))]
+    assert segment[0][1] < segment[1][1]
+
+
+def test_a_lone_step_between_gaps_is_visible_in_the_update_ratio(runs):
+    deep = runs["deep"]
+    steps = sorted({r["step"] for r in deep.layers if r.get("update_ratio") is not None})
+    assert len(steps) >= 4
+    keep = {steps[0], steps[2], steps[3]}  # step 0 alone; one layer missing at steps[1]
+    rows = [{**r, "update_ratio": r["update_ratio"] if r["step"] in keep or
+             (r["step"] == steps[1] and r["layer"] != 0) else None} for r in deep.layers]
+    record = dataclasses.replace(deep, layers=rows)
+    ax = step_figures.update_ratio_figure(record).axes[0]
+    [first] = [x for x in ax.get_lines() if x.get_label() == deep.layers[0]["name"]]
+    y = np.asarray(first.get_ydata(), dtype=float)
+    assert np.isfinite(y[0]) and not np.isfinite(y[1])  # the premise: a lone first point
+    assert all(visible(first, i) for i in np.flatnonzero(np.isfinite(y)))
+    assert not any(x.get_marker() == "x" for x in ax.get_lines())  # a gap is no NaN/Inf
+
+
+# ------------------------------------------------------------------ 3. legends inside the figure
+
+def outside(fig: Figure) -> list[str]:
+    """The legend entries of a figure that reach past its edges."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for legend in legends for t in legend.get_texts()
+            if not box.contains(*t.get_window_extent(renderer).p0)
+            or not box.contains(*t.get_window_extent(renderer).p1)]
+
+
+@pytest.mark.parametrize("name", ["deep", "head", "boom"])
+def test_every_legend_entry_of_a_run_figure_is_inside_it(runs, name):
+    record = runs[name]
+    for figure, draw in run_figures.FIGURES.items():
+        assert outside(draw(record)) == [], figure
+
+
+def test_a_long_layer_name_widens_the_update_ratio_figure(runs):
+    deep = runs["deep"]
+    long = "encoder.blocks.0.attention.output.dense_projection"
+    rows = [{**r, "name": long} if r["layer"] == 0 else r for r in deep.layers]
+    fig = step_figures.update_ratio_figure(dataclasses.replace(deep, layers=rows))
+    assert outside(fig) == []
+    assert fig.get_figwidth() > 10.5
+    usual = step_figures.update_ratio_figure(deep)
+    assert np.isclose(fig.axes[0].get_position().width * fig.get_figwidth(),
+                      usual.axes[0].get_position().width * usual.get_figwidth())
+
+
+def test_every_legend_entry_of_a_comparison_figure_is_inside_it(runs, tmp_path: Path):
+    records = list(runs.values())
+    for draw in (compare_figures.comparison_loss_figure,
+                 compare_figures.comparison_grad_flow_figure,
+                 compare_figures.comparison_grad_ratio_figure):
+        assert outside(draw(records)) == [], draw.__name__
+    assert [p.name for p in compare_figures.plot_comparison(records, tmp_path)] == [
+        "loss.png", "grad_flow.png", "grad_ratio.png"]
