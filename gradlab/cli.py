@@ -355,8 +355,14 @@ def _mark(status: str) -> str:
 
 
 def _took(v: Any) -> str:
-    secs = ((v.record.summary or {}).get("seconds") if v.record else None)
+    """` in 1.3 s`, and ` (+ 10.2 s pretraining)` where layer-wise pretraining came first: a
+    run's `seconds` are its training steps' only."""
+    summary = (v.record.summary or {}) if v.record else {}
+    secs, pretrain = summary.get("seconds"), summary.get("pretrain")
     took = f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
+    before = pretrain.get("seconds") if isinstance(pretrain, dict) else None
+    if took and isinstance(before, (int, float)):
+        took += f" (+ {before:.1f} s pretraining)"
     return took + (" (reused)" if v.reused else "")
 
 

@@ -286,3 +286,19 @@ def test_vanishing_in_a_plain_saturating_mlp_suggests_layerwise_pretraining(mode
     assert pretraining_fix(tiny(model=model)) == suggested
     # ... but not when the config already pretrains
     assert not pretraining_fix(tiny(model=model, pretrain=PRETRAIN))
+
+
+def test_compare_says_how_long_pretraining_took_beside_the_training(write_yaml, tmp_path,
+                                                                   monkeypatch):
+    """A run's `seconds` are its training steps' only: the progress line adds pretraining's."""
+    monkeypatch.setattr("gradlab.compare.EXECUTOR", "thread")
+    path = write_yaml(tiny(**pretrained()))
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["compare", str(path), "--out", str(out), "--no-plots",
+                                      "--jobs", "1"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    [run_dir] = (out / "tiny").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    line = next(x for x in result.stderr.splitlines() if "tiny: completed" in x)
+    assert (f"in {summary['seconds']:.1f} s (+ {summary['pretrain']['seconds']:.1f} s "
+            "pretraining)") in line
