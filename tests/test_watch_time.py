@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradlab
-from gradlab.build.stepwise import stepwise, time_steps, why_not_unrolled
+from gradlab.build.stepwise import attach, stepwise, time_steps, why_not_unrolled
 
 F64 = torch.float64
 T, B, HIDDEN = 20, 8, 16
@@ -89,6 +90,19 @@ def test_a_module_run_a_step_at_a_time_equals_the_fused_one() -> None:
         for a, b in zip(_grads(m, x, hx, False), _grads(m, x, hx, True), strict=True):
             assert torch.equal(a, b), case
         assert not m._forward_hooks, case
+
+
+def test_a_shadow_that_overflowed_leaves_the_fused_values_alone() -> None:
+    """Where the shadow is Inf/NaN (it overflowed where the fused module may not have), the
+    output is still the fused one, not a NaN the probe made; finite entries carry the
+    gradient into the shadow."""
+    fused = torch.tensor([1.0, 3e38, -2.0], requires_grad=True)
+    shadow = torch.tensor([1.0, math.inf, math.nan], requires_grad=True)
+    out = attach(fused, shadow)
+    assert torch.equal(out, fused)
+    out.sum().backward()
+    assert fused.grad.tolist() == [1.0, 1.0, 1.0]
+    assert shadow.grad.tolist() == [1.0, 0.0, 0.0]
 
 
 def test_what_is_not_unrolled_keeps_the_fused_output() -> None:

@@ -7,8 +7,9 @@ PyTorch's fused recurrent modules never hold h_1..h_T as tensors of their own, s
 probe has `unroll(True)` in effect, a forward hook (run before any other hook on the module)
 runs a shadow of the module one time step at a time (`recurrent.run_layer`, PyTorch's
 equations) on detached copies of its input, initial state and parameters, each h_t of its
-top layer through the tap, and returns the fused output plus (shadow − shadow.detach()):
-the fused values exactly (x + 0 is x), while backward carries ∂L/∂output into the shadow too.
+top layer through the tap, and returns the fused output plus (shadow − shadow.detach())
+(`attach`): the fused values exactly (x + 0 is x), while backward carries ∂L/∂output into the
+shadow too.
 The fused module's backward alone reaches the parameters and the input, so the gradients,
 and the training run, are those of the module unprobed, bit for bit; the shadow's backward
 only computes the ∂L/∂h_t the tap's hooks read. `unroll(False)` removes the hook.
@@ -81,8 +82,16 @@ class _Stepper:
         out, state = output
         fused = [out, *(state if isinstance(state, tuple) else (state,))]
         ran = [shadow[0], *(shadow[1] if isinstance(shadow[1], tuple) else (shadow[1],))]
-        joined = [f + (r - r.detach()) for f, r in zip(fused, ran, strict=True)]
+        joined = [attach(f, r) for f, r in zip(fused, ran, strict=True)]
         return joined[0], (tuple(joined[1:]) if isinstance(state, tuple) else joined[1])
+
+
+def attach(fused: torch.Tensor, shadow: torch.Tensor) -> torch.Tensor:
+    """`fused`'s values exactly, with a gradient path into `shadow`: fused + (shadow −
+    shadow.detach()), an exact 0, except where the shadow is not finite (it overflowed where
+    the fused module may not have): there 0 outright, so a probe never puts a NaN in a run."""
+    zero = shadow - shadow.detach()
+    return fused + torch.where(shadow.isfinite(), zero, torch.zeros_like(zero))
 
 
 def stepwise(m: nn.RNNBase, x: torch.Tensor, hx: Any = None,
