@@ -18,7 +18,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from gradlab.record.reader import Record, read_record
+from gradlab.record.reader import Record, is_training_row, read_record
 from gradlab.render import compare_figures, figures, run_figures, step_figures
 from gradlab.runner import run_config
 
@@ -34,6 +34,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
     return {name: read_record(run_config(cfg, out).path) for name, cfg in (
         ("deep", tiny_config(name="deep")),
         ("head", tiny_config(name="head", model={"depth": 0})),  # one layer: no first ÷ last
+        ("one", tiny_config(name="one", model={"depth": 1})),  # one hidden layer and the head
         ("boom", tiny_config(**DIVERGING)),
     )}
 
@@ -203,3 +204,142 @@ def test_every_legend_entry_of_a_comparison_figure_is_inside_it(runs, tmp_path: 
         assert outside(draw(records)) == [], draw.__name__
     assert [p.name for p in compare_figures.plot_comparison(records, tmp_path)] == [
         "loss.png", "grad_flow.png", "grad_ratio.png"]
+
+
+# ------------------------------------------------------------------ 4. legends show what is drawn
+
+def legend_texts(fig: Figure) -> list[str]:
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def test_the_ratio_legend_has_the_diverged_marker_only_when_one_is_drawn(runs):
+    calm = compare_figures.comparison_grad_ratio_figure([runs["deep"], runs["head"]])
+    assert not [t for t in legend_texts(calm) if "diverged" in t]
+    assert "at init" in legend_texts(calm) and "at the end" in legend_texts(calm)
+    boom = runs["boom"]
+    assert boom.status == "diverged" and math.isfinite(boom.summary["grad_ratio_final"])
+    stormy = compare_figures.comparison_grad_ratio_figure([runs["deep"], boom])
+    assert "at the end, diverged (last logged step)" in legend_texts(stormy)
+    [cross] = [x for x in stormy.axes[0].get_lines() if x.get_marker() == "X"]  # drawn, listed
+    alone = compare_figures.comparison_grad_ratio_figure([boom])  # no plain end point drawn
+    assert "at the end" not in legend_texts(alone)
+
+
+# ------------------------------------------------------------------ 5. activations: gap ≠ overflow
+
+def red_crosses(ax) -> list[float]:
+    return [float(v) for x in ax.get_lines() if x.get_marker() == "x"
+            for v in np.asarray(x.get_xdata(), dtype=float)]
+
+
+def test_an_activation_not_measured_is_a_gap_and_a_measured_nan_an_overflow(runs):
+    deep = runs["deep"]
+    last = max(r["step"] for r in deep.layers)
+    unmeasured = {"act_mean": None, "act_std": None, "act_q05": None, "act_q50": None,
+                  "act_q95": None}
+    rows = [{**r, **unmeasured} if r["step"] == last and r["layer"] == 1
+            else {**r, "act_mean": math.nan} if r["step"] == last and r["layer"] == 2 else r
+            for r in deep.layers]
+    fig = run_figures.activations_figure(dataclasses.replace(deep, layers=rows))
+    init, end = fig.axes[:2]
+    assert red_crosses(end) == [3.0]  # fc3's NaN; fc2, not measured, is no overflow
+    assert red_crosses(init) == []
+    assert sum("NaN/Inf" in t for t in legend_texts(fig)) == 1
+    only_gaps = [{**r, **unmeasured} if r["step"] == last and r["layer"] == 1 else r
+                 for r in deep.layers]
+    fig = run_figures.activations_figure(dataclasses.replace(deep, layers=only_gaps))
+    assert red_crosses(fig.axes[1]) == [] and not any("NaN/Inf" in t for t in legend_texts(fig))
+
+
+def bars(ax) -> list[tuple[float, float, float]]:
+    """(x, low, high) of each bar a band one layer wide is drawn as."""
+    return [(float(a[0]), float(min(a[1], b[1])), float(max(a[1], b[1])))
+            for c in ax.collections if isinstance(c, LineCollection)
+            for a, b in c.get_segments()]
+
+
+@pytest.mark.parametrize("quantiles", [True, False])
+def test_one_hidden_layers_activation_bands_are_visible(runs, quantiles):
+    one = runs["one"]
+    if not quantiles:  # a record from before the quantiles: mean ±1 and ±2 std
+        one = dataclasses.replace(one, layers=[{**r, "act_q05": None, "act_q50": None,
+                                                "act_q95": None} for r in one.layers])
+    _, names, mean, _ = figures.layer_grid(one, "act_mean")
+    _, _, std, _ = figures.layer_grid(one, "act_std")
+    assert names == ["fc1", "head"] and np.isfinite(std[0, 0]) and std[0, 0] > 0  # the premise
+    fig = run_figures.activations_figure(one)
+    for ax in fig.axes[:2]:
+        drawn = bars(ax)
+        assert len(drawn) == 2, drawn  # outer band and ±1 std, each a bar at layer 1
+        assert all(x == 1.0 and low < high for x, low, high in drawn)
+    inner = min(bars(fig.axes[0]), key=lambda b: b[2] - b[1])
+    assert inner[1:] == pytest.approx((mean[0, 0] - std[0, 0], mean[0, 0] + std[0, 0]))
+    assert outside(fig) == []
+
+
+# ------------------------------------------------------------------ 6. grad_norm: gap ≠ overflow
+
+def test_a_total_norm_not_measured_is_a_gap_and_a_measured_nan_is_marked(runs):
+    deep = runs["deep"]
+    steps = [r["step"] for r in figures.training_rows(deep.metrics)]
+    gap, nan = steps[1], steps[3]
+    metrics = [{**r, "grad_norm": None} if is_training_row(r) and r["step"] == gap
+               else r for r in deep.metrics]
+    ax = step_figures.grad_norm_figure(dataclasses.replace(deep, metrics=metrics)).axes[0]
+    assert red_crosses(ax) == []
+    assert not any("NaN/Inf" in t.get_text() for t in ax.get_legend().get_texts())
+    metrics = [{**r, "grad_norm": math.nan} if is_training_row(r) and r["step"] == nan
+               else r for r in metrics]
+    ax = step_figures.grad_norm_figure(dataclasses.replace(deep, metrics=metrics)).axes[0]
+    assert red_crosses(ax) == [float(nan)]
+    assert any("NaN/Inf" in t.get_text() for t in ax.get_legend().get_texts())
+    none = [{**r, "grad_norm": None} for r in deep.metrics]
+    ax = step_figures.grad_norm_figure(dataclasses.replace(deep, metrics=none)).axes[0]
+    assert red_crosses(ax) == [] and [t.get_text() for t in ax.texts] == [
+        "no gradient norm was logged"]
+
+
+# ------------------------------------------------------------------ 7. legends sized to their text
+
+def right_gap(fig: Figure) -> float:
+    """Inches between the figure's right edge and the furthest legend's."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ends = [ax.get_legend().get_window_extent(canvas.get_renderer()).x1
+            for ax in fig.axes if ax.get_legend()]
+    return (fig.bbox.x1 - max(ends)) / fig.dpi
+
+
+@pytest.mark.parametrize("draw", ["comparison_loss_figure", "comparison_grad_flow_figure"])
+def test_a_comparison_legend_leaves_no_wide_empty_column(runs, draw):
+    make = getattr(compare_figures, draw)
+    records = [runs["deep"], runs["head"], runs["boom"]]
+    fig = make(records)
+    assert outside(fig) == []
+    assert 0 < right_gap(fig) < 0.4, right_gap(fig)
+    long = with_summary(runs["deep"], name="a_variant_with_a_very_long_name_" * 3)
+    wide = make([*records, long])
+    assert outside(wide) == [] and 0 < right_gap(wide) < 0.4
+    assert wide.get_figwidth() > fig.get_figwidth() + 3  # the legend's text sets the width
+    for a, b in zip(fig.axes, wide.axes):  # the axes keep their size in inches
+        assert np.isclose(a.get_position().width * fig.get_figwidth(),
+                          b.get_position().width * wide.get_figwidth())
+
+
+# ------------------------------------------------------------------ 8. a single layer's depth
+
+def test_a_head_alone_is_drawn_at_the_output_end_of_the_gradient_flow(runs):
+    head = runs["head"]
+    assert len(figures.layer_grid(head, "grad_norm")[1]) == 1  # the premise: one layer
+    fig = compare_figures.comparison_grad_flow_figure([runs["deep"], head])
+    [ax] = fig.axes  # one task
+    [single] = [x for x in ax.get_lines() if str(x.get_label()).startswith("head")]
+    assert list(np.asarray(single.get_xdata(), dtype=float)) == [1.0]
+    assert "one layer" in str(single.get_label())
+    [deep] = [x for x in ax.get_lines() if x.get_label() == "deep"]
+    x = np.asarray(deep.get_xdata(), dtype=float)
+    assert x[0] == 0.0 and x[-1] == 1.0  # a deeper net still spans first to last
+    assert ax.get_xlim()[0] < 0 and ax.get_xlim()[1] > 1
+    alone = compare_figures.comparison_grad_flow_figure([head]).axes[0]
+    assert alone.get_xlim()[0] < 0 < 1 < alone.get_xlim()[1]  # the whole 0..1 axis

@@ -21,9 +21,11 @@ from gradlab.record.reader import Record  # noqa: E402
 from gradlab.render.figures import (  # noqa: E402
     divergence,
     empty,
+    fill_band,
     heading,
     layer_grid,
     layer_ticks,
+    marking_isolated,
     new_figure,
     title,
     value,
@@ -42,16 +44,16 @@ def activations_figure(record: Record) -> Figure:
     the activation's whole range, and what sets the backward signal: for sigmoid and tanh the
     mean slope φ′ at the outputs (exact from their mean and std), for ReLU the dead units."""
     steps, names, mean, present = layer_grid(record, "act_mean")
-    _, _, std, _ = layer_grid(record, "act_std")
+    _, _, std, std_present = layer_grid(record, "act_std")
     activation = str((record.config.get("model") or {}).get("activation") or "")
     key, label = _unit_stat(record, activation)
-    _, _, frac, _ = layer_grid(record, key)
+    _, _, frac, frac_present = layer_grid(record, key)
     quantiles = [layer_grid(record, f"act_q{q}")[2] for q in ("05", "50", "95")]
     has_q = bool(np.isfinite(quantiles[0]).any())  # records from before the quantiles: std
-    # NaN stands both for "not measured" (the head) and for an overflowed forward pass
-    measured = (present & ~np.isnan(std)) | ~np.isnan(frac)
-    if not measured.any() and divergence(record) is not None:  # all overflowed: all but the head
-        measured = present & (np.arange(len(names)) < len(names) - 1)
+    # an empty cell is "not measured" (the head, a layer skipped on a step); a logged NaN/Inf
+    # (an overflowed forward pass) was measured
+    distribution = present & std_present
+    measured = distribution | frac_present
     logged = [i for i in range(len(steps)) if measured[i].any()]
     slope = activation in MAX_SLOPE
     third = slope or np.isfinite(frac[logged]).any()
@@ -69,6 +71,7 @@ def activations_figure(record: Record) -> Figure:
         return fig
     hidden = [c for c in range(len(names)) if measured[:, c].any()]  # not the head
     mean, std, frac = mean[:, hidden], std[:, hidden], frac[:, hidden]
+    distribution = distribution[:, hidden]
     quantiles = [q[:, hidden] for q in quantiles]
     names = [names[c] for c in hidden]
     x = np.arange(1, len(names) + 1)
@@ -78,10 +81,12 @@ def activations_figure(record: Record) -> Figure:
         return [q[i] for q in quantiles] if has_q else None
 
     _distribution(axes[0], x, mean[ends[0][0]], std[ends[0][0]], activation, bounds, ends[0][2],
-                  f"at init (step {steps[ends[0][0]]})", qs(ends[0][0]))
+                  f"at init (step {steps[ends[0][0]]})", qs(ends[0][0]),
+                  distribution[ends[0][0]])
     if len(ends) > 1:
         _distribution(axes[1], x, mean[ends[1][0]], std[ends[1][0]], activation, bounds,
-                      ends[1][2], f"at the end (step {steps[ends[1][0]]})", qs(ends[1][0]))
+                      ends[1][2], f"at the end (step {steps[ends[1][0]]})", qs(ends[1][0]),
+                      distribution[ends[1][0]])
         axes[1].sharey(axes[0])
     else:
         where = divergence(record)
@@ -149,29 +154,35 @@ def _bounds(record: Record, activation: str) -> tuple[float, float]:
 
 def _distribution(ax: Any, x: np.ndarray, mean: np.ndarray, std: np.ndarray, activation: str,
                   bounds: tuple[float, float], color: str, when: str,
-                  quantiles: list[np.ndarray] | None = None) -> None:
+                  quantiles: list[np.ndarray] | None = None,
+                  measured: np.ndarray | None = None) -> None:
     """One step's outputs by layer: the 5–95% quantiles and the median (where the record has
     them; else mean ±2 std), mean ±1 std (clipped to the activation's range), the saturation
-    zones shaded, the whole range shown: a narrow band is not zoomed into."""
+    zones shaded, the whole range shown: a narrow band is not zoomed into.
+
+    `measured` (by layer; all, if not given) tells a logged NaN/Inf, marked as an overflow,
+    from a statistic not measured (an empty cell), which is a gap. A band has a bar where a
+    layer has no measured neighbour (`fill_band`): one hidden layer's band is no area."""
     low, high = bounds
     ok = np.isfinite(mean) & np.isfinite(std)
+    overflow = ~ok & (np.ones(ok.shape, dtype=bool) if measured is None else measured)
     m, s = np.where(ok, mean, np.nan), np.where(ok, std, np.nan)
     if quantiles is not None:
         q05, q50, q95 = quantiles
-        ax.fill_between(x, q05, q95, color=color, alpha=0.15, lw=0,
-                        label="5–95% of the outputs")
-        ax.fill_between(x, np.clip(m - s, low, high), np.clip(m + s, low, high), color=color,
-                        alpha=0.35, lw=0, label="mean ±1 std")
-        ax.plot(x, q50, color=color, lw=1.2, ls="--", label="median output")
+        fill_band(ax, x, q05, q95, color=color, alpha=0.15, lw=0, label="5–95% of the outputs")
+        fill_band(ax, x, np.clip(m - s, low, high), np.clip(m + s, low, high), color=color,
+                  alpha=0.35, lw=0, label="mean ±1 std")
+        ax.plot(x, q50, **marking_isolated(q50, {"color": color, "lw": 1.2, "ls": "--",
+                                                 "label": "median output"}))
     else:
         for k, alpha, what in ((2, 0.15, "±2 std"), (1, 0.35, "±1 std")):
-            ax.fill_between(x, np.clip(m - k * s, low, high), np.clip(m + k * s, low, high),
-                            color=color, alpha=alpha, lw=0, label=f"mean {what}")
+            fill_band(ax, x, np.clip(m - k * s, low, high), np.clip(m + k * s, low, high),
+                      color=color, alpha=alpha, lw=0, label=f"mean {what}")
     ax.plot(x, m, color=color, lw=1.8, marker="o", ms=3, label="mean output")
-    if (~ok).any():
+    if overflow.any():
         y = high if math.isfinite(high) else float(np.nanmax(np.abs(m))) if ok.any() else 1.0
-        ax.plot(x[~ok], np.full(int((~ok).sum()), y), ls="none", marker="x", ms=7, mew=2,
-                color="red", label="NaN/Inf (overflow)")
+        ax.plot(x[overflow], np.full(int(overflow.sum()), y), ls="none", marker="x", ms=7,
+                mew=2, color="red", label="NaN/Inf (overflow)")
     for k, (a, b) in enumerate(SATURATED_BEYOND.get(activation, ())):
         ax.axhspan(a, b, color="red", alpha=0.12, lw=0,
                    label="saturated (φ′ ≈ 0)" if k == 0 else None)

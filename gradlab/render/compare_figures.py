@@ -23,6 +23,7 @@ if "matplotlib.pyplot" not in sys.modules:  # no display needed; leave a user's 
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from gradlab.analyse.verdicts import EXPLODING_RATIO, VANISHING_RATIO  # noqa: E402
@@ -36,6 +37,7 @@ from gradlab.render.figures import (  # noqa: E402
     column,
     draw_norms,
     empty,
+    fit_legend,
     heading,
     layer_grid,
     log_floor,
@@ -112,33 +114,44 @@ def task_groups(records: list[Record]) -> dict[str, list[int]]:
 
 
 LEGEND_ROWS = 25  # legend entries per column
-LEGEND_CHAR = 0.075  # inches per character of a small legend entry (generous: never cut)
+LEGEND_CHAR = 0.075  # inches per character of a small label (generous: never cut)
 CAP = 10.0  # loss ÷ baseline drawn at most this high: a diverging run ends there in a marker
+LEGEND_START = 0.3  # inches right of the axes before the legends are measured (`_fit_legends`)
 
 
-def _panels(groups: dict[str, list[int]], labels: list[str], width: float = 8.0,
+def _panels(groups: dict[str, list[int]], width: float = 8.0,
             sharex: bool = False) -> tuple[Figure, list[Axes], list[int]]:
-    """One panel per group, stacked, each tall enough for its legend on its right, and the
-    figure wide enough for the longest legend entry (the margins are fixed, not laid out)."""
+    """One panel per group, stacked, each tall enough for its legend on its right; the axes
+    end `width` inches from the left, and `_fit_legends` widens the figure for the legends
+    once they are drawn (their text measured, not estimated: the margins are fixed)."""
     columns = [max(1, math.ceil(len(v) / LEGEND_ROWS)) for v in groups.values()]
     heights = [max(2.8, 0.6 + 0.19 * min(len(v), LEGEND_ROWS)) for v in groups.values()]
-    longest = max((len(t) for t in labels), default=10)
-    legend = 0.3 + (0.75 + LEGEND_CHAR * longest) * max(columns, default=1)
     total = sum(heights) + 0.75 * len(heights) + 1.0
-    fig = Figure(figsize=(width + legend, total), dpi=DPI)
+    full = width + LEGEND_START
+    fig = Figure(figsize=(full, total), dpi=DPI)
     axes = fig.subplots(len(heights) or 1, 1, squeeze=False, sharex=sharex,
                         gridspec_kw={"height_ratios": heights or [1]})[:, 0]
-    fig.subplots_adjust(left=0.9 / (width + legend), right=width / (width + legend),
+    fig.subplots_adjust(left=0.9 / full, right=width / full,
                         top=1 - 0.95 / total, bottom=0.55 / total,
                         hspace=0.75 * len(heights) / max(1.0, sum(heights)))
     return fig, list(axes), columns
 
 
-def _legend(ax: Axes, columns: int, extra: list[Line2D]) -> None:
+def _legend(ax: Axes, columns: int, extra: list[Line2D]) -> Legend | None:
     handles = ax.get_legend_handles_labels()[0] + extra
-    if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=columns,
-                  fontsize="small", frameon=False, borderaxespad=0)
+    if not handles:
+        return None
+    return ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                     ncols=columns, fontsize="small", frameon=False, borderaxespad=0)
+
+
+def _fit_legends(fig: Figure, legends: list[Legend | None]) -> None:
+    """Widen the figure for the widest of the panels' legends (each measured; the axes keep
+    their size and place in inches), so every entry ends inside it and no empty column is
+    left beside a short one."""
+    for legend in legends:
+        if legend is not None:
+            fit_legend(fig, legend)
 
 
 def relative_loss(record: Record) -> tuple[np.ndarray, np.ndarray, str]:
@@ -164,13 +177,13 @@ def comparison_loss_figure(records: list[Record]) -> Figure:
     there in ▲, a diverged run in ×."""
     groups = task_groups(records)
     labels = variant_labels(records)
-    fig, axes, columns = _panels(groups, [*labels, "1 = baseline (ignores its inputs)",
-                                          f"went past {CAP:g}× the baseline"])
+    fig, axes, columns = _panels(groups)
     fig.suptitle("train loss ÷ baseline loss, by task (smoothed; below 1 = learning)",
                  y=1 - 0.3 / fig.get_figheight())
     if not groups:
         empty(axes[0], "no losses were logged")
         return fig
+    legends = []
     for ax, (task, members), cols in zip(axes, groups.items(), columns):
         drawn, capped, diverged, initial = False, False, False, False
         for j, i in enumerate(members):
@@ -214,7 +227,8 @@ def comparison_loss_figure(records: list[Record]) -> Figure:
         if diverged:
             extra.append(Line2D([], [], ls="none", marker="X", ms=11, mec="black", color="grey",
                                 label="diverged here (NaN/Inf)"))
-        _legend(ax, cols, extra)
+        legends.append(_legend(ax, cols, extra))
+    _fit_legends(fig, legends)
     return fig
 
 
@@ -223,7 +237,7 @@ def comparison_grad_flow_figure(records: list[Record]) -> Figure:
     relative depth (0 = first layer, 1 = output)."""
     groups = task_groups(records)
     labels = variant_labels(records)
-    fig, axes, columns = _panels(groups, [*labels, str(zero_legend(1e-30).get_label())])
+    fig, axes, columns = _panels(groups)
     fig.suptitle("gradient norm by depth at init, by task", y=1 - 0.3 / fig.get_figheight())
     first_rows = []
     for record in records:
@@ -232,6 +246,7 @@ def comparison_grad_flow_figure(records: list[Record]) -> Figure:
     if not groups:
         empty(axes[0], "no gradient norms were logged")
         return fig
+    legends = []
     for ax, (task, members), cols in zip(axes, groups.items(), columns):
         rows = [first_rows[i] for i in members]
         everything = np.concatenate(rows) if rows else np.array([])
@@ -246,17 +261,26 @@ def comparison_grad_flow_figure(records: list[Record]) -> Figure:
             if not np.isfinite(row).any():
                 ax.plot([], [], label=labels[i] + ": nothing finite", **style)
                 continue
-            depth = np.linspace(0, 1, len(row)) if len(row) > 1 else np.zeros(1)
-            zeros |= draw_norms(ax, depth, row, floor, label=labels[i],
+            # A single probed layer (a head alone, model.depth 0) is the first layer and the
+            # output layer at once. At 0 it would read as "the first layer, and nothing
+            # measured after it"; it is drawn at 1, the output end (it is the read-out,
+            # whose gradient every deeper net also has at 1), and its label says so.
+            one = len(row) == 1
+            depth = np.ones(1) if one else np.linspace(0, 1, len(row))
+            zeros |= draw_norms(ax, depth, row, floor,
+                                label=labels[i] + (" (one layer: drawn at the output)" if one
+                                                   else ""),
                                 markevery=max(1, len(row) // 8), **style)
         log_scale(ax)
+        ax.set_xlim(-0.05, 1.05)  # the whole 0..1 range, also when every variant has one layer
         if zeros:
             ax.axhline(floor, color="grey", ls=":", lw=1)
         heading(ax, task, loc="left", fontsize="medium")
         ax.set_xlabel("relative depth (0 = first layer, 1 = output layer)")
         ax.set_ylabel("‖∂L/∂W‖ at init (log)")
         ax.grid(alpha=0.3, which="major")
-        _legend(ax, cols, [zero_legend(floor)] if zeros else [])
+        legends.append(_legend(ax, cols, [zero_legend(floor)] if zeros else []))
+    _fit_legends(fig, legends)
     return fig
 
 
@@ -324,6 +348,7 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
     ticks: list[float] = []
     y = 0.0
     zeros = bad = False
+    drawn: set[str] = set()  # which point markers are on the chart: the legend shows those only
     for task, members in groups.items():
         ax.text(low, y, f" {task}", fontsize="small", fontweight="bold", va="center")
         y += 1.0
@@ -334,9 +359,11 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
             if all(math.isfinite(v) for v in shown):
                 ax.plot(shown, [y, y], color="grey", lw=1.5, zorder=1)
             if math.isfinite(shown[0]):
+                drawn.add("init")
                 ax.plot(shown[0], y, marker="o", ms=7, mfc="white", mec="C0", mew=1.5, ls="none")
             if math.isfinite(shown[1]):
                 diverged = records[i].status == "diverged"
+                drawn.add("diverged" if diverged else "end")
                 ax.plot(shown[1], y, marker="X" if diverged else "o", ms=8,
                         color="red" if diverged else "C0", ls="none")
             if any(v is not None and not math.isfinite(v) for v in (a, b)):  # a measured overflow
@@ -351,15 +378,16 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
     ax.set_ylim(y - 0.6, -0.7)  # the first variant at the top
     ax.set_xlabel("gradient ratio (log scale; 1 = as strong at the input as at the output)")
     ax.grid(alpha=0.3, axis="x", which="major")
-    handles = [Line2D([], [], marker="o", ms=7, mfc="white", mec="C0", mew=1.5, ls="none",
-                      label="at init"),
-               Line2D([], [], marker="o", ms=8, color="C0", ls="none", label="at the end"),
-               Line2D([], [], marker="X", ms=8, color="red", ls="none",
-                      label="at the end, diverged (last logged step)"),
-               matplotlib.patches.Patch(color="C0", alpha=0.2,
-                                        label=f"vanishing (< {VANISHING_RATIO:g})"),
-               matplotlib.patches.Patch(color="C3", alpha=0.2,
-                                        label=f"exploding (> {EXPLODING_RATIO:g})")]
+    points = {"init": Line2D([], [], marker="o", ms=7, mfc="white", mec="C0", mew=1.5,
+                             ls="none", label="at init"),
+              "end": Line2D([], [], marker="o", ms=8, color="C0", ls="none", label="at the end"),
+              "diverged": Line2D([], [], marker="X", ms=8, color="red", ls="none",
+                                 label="at the end, diverged (last logged step)")}
+    handles: list[Any] = [h for k, h in points.items() if k in drawn]
+    handles += [matplotlib.patches.Patch(color="C0", alpha=0.2,
+                                         label=f"vanishing (< {VANISHING_RATIO:g})"),
+                matplotlib.patches.Patch(color="C3", alpha=0.2,
+                                         label=f"exploding (> {EXPLODING_RATIO:g})")]
     if zeros:
         handles.append(zero_legend(floor, "0: the first gradient underflowed"))
     if bad:

@@ -230,6 +230,13 @@ def _marking_isolated(n: int, alone: np.ndarray, style: dict[str, Any]) -> dict[
             "markevery": [int(i) for i in np.flatnonzero(marked | alone)]}
 
 
+def marking_isolated(y: np.ndarray, style: dict[str, Any]) -> dict[str, Any]:
+    """`style` for a line through y with a marker on each point no neighbour shares (a line
+    draws nothing there)."""
+    y = np.asarray(y, dtype=float)
+    return _marking_isolated(len(y), isolated(y), style)
+
+
 def draw_norms(ax: Axes, x: np.ndarray, y: np.ndarray, floor: float, **style: Any) -> bool:
     """A gradient-norm line on a log axis with zeros drawn at `floor`; True if it had zeros.
     A point with no finite neighbour gets a marker, so a lone value is never invisible."""

@@ -52,6 +52,7 @@ def grad_norm_figure(record: Record) -> Figure:
     the steps it clipped and the norm after clipping (Pascanu et al. 2013)."""
     rows = training_rows(record.metrics)
     steps, before = column(rows, "step"), column(rows, "grad_norm")
+    measured = np.array([r.get("grad_norm") is not None for r in rows], dtype=bool)
     after, flags = column(rows, "grad_norm_clipped"), column(rows, "clipped")
     clip = (record.config.get("train") or {}).get("clip")
     fig, [[ax]] = new_figure(8.5, 4.8, bottom=0.55)
@@ -59,7 +60,8 @@ def grad_norm_figure(record: Record) -> Figure:
     heading(ax, title(record, f"total gradient norm ‖∂L/∂θ‖ over steps{note}"))
     if not np.isfinite(before).any():
         ax.plot([], [])
-        empty(ax, "no finite gradient norm was logged" if rows else "no gradient norm was logged")
+        empty(ax, "no finite gradient norm was logged" if measured.any()
+              else "no gradient norm was logged")
         mark_divergence(ax, record, marker=True)
         return fig
     floor = log_floor(np.concatenate([before, after]))
@@ -89,7 +91,8 @@ def grad_norm_figure(record: Record) -> Figure:
             handles.append(Line2D([], [], color="none", label=(
                 f"clipped by value: each entry to ±{value(clip.get('max_value')):g} "
                 "(no threshold on the norm)")))
-    bad = mark_nonfinite(ax, steps, before, top_of(before))
+    # only a measured NaN/Inf is marked; a None (an empty cell: not measured) is a gap
+    bad = mark_nonfinite(ax, steps[measured], before[measured], top_of(before))
     log_scale(ax)
     mark_divergence(ax, record, marker=True)
     _finish(ax, ax.get_legend_handles_labels()[0] + handles,
