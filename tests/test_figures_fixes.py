@@ -343,3 +343,20 @@ def test_a_head_alone_is_drawn_at_the_output_end_of_the_gradient_flow(runs):
     assert ax.get_xlim()[0] < 0 and ax.get_xlim()[1] > 1
     alone = compare_figures.comparison_grad_flow_figure([head]).axes[0]
     assert alone.get_xlim()[0] < 0 < 1 < alone.get_xlim()[1]  # the whole 0..1 axis
+
+
+def test_log_tick_labels_are_distinct_and_never_read_ten_times_a_power() -> None:
+    """A narrow log axis (a loss ratio near 1) labels its ticks apart (1, 1.02, 1.04, not
+    "1" three times), and a tick a rounding error below 1 reads "1", not "10×10⁻¹"."""
+    import matplotlib.pyplot as plt
+
+    from gradlab.render.figures import log_scale
+
+    fig, ax = plt.subplots()
+    log_scale(ax)
+    ax.set_ylim(0.98, 1.06)
+    formatter = ax.yaxis.get_minor_formatter()
+    labels = [t for t in formatter.format_ticks([0.98, 1.0, 1.02, 1.04, 1.06]) if t]
+    assert len(labels) == len(set(labels)) and "1.02" in labels
+    assert formatter.format_ticks([1 - 1e-12, 1.02]) == ["1", "1.02"]
+    plt.close(fig)

@@ -139,12 +139,18 @@ class PowerOfTen(LogFormatter):
     def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
         if x <= 0 or not math.isfinite(x):
             return ""
+        # two significant digits, more where the view spans less than a decade (ticks at 1,
+        # 1.02 and 1.04 must not all read "1")
+        span = math.log10(vmax / vmin) if 0 < vmin < vmax and math.isfinite(vmax / vmin) else 1
+        figures = 2 if span >= 1 else 3 if span >= 0.1 else 4
         exponent = math.floor(math.log10(x) + 1e-9)
-        mantissa = x / 10.0 ** exponent
+        mantissa = float(f"{x / 10.0 ** exponent:.{figures}g}")
+        if mantissa >= 10:  # 0.9999 rounds to 10 × 10⁻¹: it is 1
+            exponent, mantissa = exponent + 1, mantissa / 10
         power = "1" if exponent == 0 else "10" + str(exponent).translate(SUPERSCRIPT)
-        if abs(mantissa - 1) < 1e-6:
+        if mantissa == 1:
             return power
-        digits = f"{mantissa:.2g}"
+        digits = f"{mantissa:.{figures}g}"
         return digits if exponent == 0 else f"{digits}×{power}"
 
 
