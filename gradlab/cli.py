@@ -656,28 +656,6 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _plot_problem(sweep_dir: Path, field: str) -> str | None:
-    """Why a sweep record's table and heatmap cannot show `field` (None if they can): no
-    column of its sweep.csv (with a did-you-mean), or a column no run has a number in (as
-    `render.sweep_figures.plot_sweep` refuses it: a diverged run's cell is drawn as such)."""
-    from gradlab.config.messages import did_you_mean
-    from gradlab.record.sweep import read_table
-
-    rows = read_table(sweep_dir)
-    if not rows:
-        return None  # no table: the heatmap says so
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if any(number(r.get(field)) for r in rows) or \
-            (field in rows[0] and any(r.get("status") == "diverged" for r in rows)):
-        return None
-    numeric = sorted({k for r in rows for k, v in r.items() if number(v) and k != "seed"})
-    return (f"no run of the sweep has the field {field!r}{did_you_mean(field, numeric)}; "
-            f"numeric fields: {', '.join(numeric[:12])}{', …' if len(numeric) > 12 else ''}")
-
-
 def _draw_sweep(sweep_dir: Path, field: str | None) -> None:
     """The sweep's heatmap; a field no run has is exit 2, a plotting error is reported, a file
     that cannot be written is exit 3."""
@@ -756,8 +734,13 @@ def report(
         from gradlab.render.sweep_table import render_sweep_dir
 
         try:
-            if plot is not None and (why := _plot_problem(run_dir, plot)):
-                raise _fail(f"--plot: {why}")  # before the table, which would show only –
+            if plot is not None:  # checked before the table, which would show only –
+                from gradlab.record.sweep import read_table
+                from gradlab.render.sweep_figures import unplottable
+
+                rows = read_table(run_dir)
+                if rows and (why := unplottable(rows, plot)):
+                    raise _fail(f"--plot: {why}")
             out_console.print(render_sweep_dir(run_dir, plot))
         except CorruptRecord as e:
             raise _fail(str(e)) from None

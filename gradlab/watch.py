@@ -199,12 +199,14 @@ class Watch:
         self._order: list[int] | None = None
         self._log_this = False
         self._error: WatchError | None = None
-        # the last recurrent module watched: its h_t are run a step at a time on the steps
-        # that record ‖∂L/∂h_t‖ (time_grads.csv), as gradlab's own recurrent models are
-        recurrent = [f.owner for f in found if isinstance(f.owner, nn.RNNBase)]
-        steps_of = time_steps(recurrent[-1]) if recurrent else None
-        through_time = None if steps_of is None else next(
-            display_name(n, m, model) for n, m in model.named_modules() if m is recurrent[-1])
+        # the last recurrent module watched gets the time-step shadow on the steps that record
+        # ‖∂L/∂h_t‖ (time_grads.csv), as gradlab's own recurrent models do
+        top = max((i for i, f in enumerate(found) if isinstance(f.owner, nn.RNNBase)),
+                  default=None)
+        owner = found[top].owner if top is not None else None
+        steps_of = time_steps(owner) if isinstance(owner, nn.RNNBase) else None
+        through_time = self._owner_name(top) if steps_of is not None and top is not None \
+            else None
         self.config = _describe_model(self.name, model, found, every, activations, optimizer,
                                       through_time)
         device = next(model.parameters()).device

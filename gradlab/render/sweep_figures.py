@@ -27,6 +27,7 @@ from gradlab.analyse.theory import (
     implied_variances,
     predict_mlp,
 )
+from gradlab.config.messages import did_you_mean
 from gradlab.record.group import field_stats, is_group_dir, member_dirs, read_group
 from gradlab.record.reader import read_config
 from gradlab.record.sweep import default_field, read_sweep, read_table
@@ -117,6 +118,18 @@ def heatmap_cells(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str,
 def fields_of(rows: list[dict[str, Any]]) -> list[str]:
     """The numeric columns a heatmap can show."""
     return sorted({k for r in rows for k, v in r.items() if _is_number(v) and k != "seed"})
+
+
+def unplottable(rows: list[dict[str, Any]], field: str) -> str | None:
+    """Why a heatmap of `field` cannot be drawn from sweep.csv's rows (None if it can): no run
+    has a number in it, and it is not a column whose only cells are diverged runs' (drawn as
+    such). With a did-you-mean among the numeric columns."""
+    if any(_is_number(r.get(field)) for r in rows) or \
+            (rows and field in rows[0] and any(r.get("status") == "diverged" for r in rows)):
+        return None
+    known = fields_of(rows)
+    return (f"no run of the sweep has the field {field!r}{did_you_mean(field, known)}; numeric "
+            f"fields: {', '.join(known[:12])}{', …' if len(known) > 12 else ''}")
 
 
 def _edges(values: list[float], log: bool) -> np.ndarray:
@@ -257,10 +270,8 @@ def plot_sweep(sweep_dir: Path, field: str | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     sweep, rows = read_sweep(sweep_dir), read_table(sweep_dir)
     field = field or sweep.get("plot") or default_field(rows)
-    if not any(_is_number(r.get(field)) for r in rows) and \
-            not any(r.get("status") == "diverged" for r in rows):
-        known = ", ".join(fields_of(rows)[:12])
-        raise ValueError(f"no run of the sweep has the field {field!r}; numeric fields: {known}, …")
+    if why := unplottable(rows, field):
+        raise ValueError(why)
     cells = heatmap_cells(sweep, rows, field)
     overlay = _theory_overlay(sweep_dir, sweep, cells)
     fig = _draw(sweep, cells, overlay)
