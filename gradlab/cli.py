@@ -427,7 +427,8 @@ def compare(
             variants = comparing.compare(config_files, out, jobs, overrides, reuse,
                                          not no_plots, done,
                                          on_plan=lambda n: bar.update(task, total=n),
-                                         cluster=cluster)
+                                         cluster=cluster,
+                                         labels=_labels(steps, seed, device, seeds))
     except KeyboardInterrupt as stop:  # while the configs were checked: nothing ran
         raise _fail(f"{_stopped_by(stop)} before any variant ran; nothing was written",
                     stopping.exit_code()) from None

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -341,20 +341,22 @@ def compare(paths: list[Path], out: Path, jobs: int | None = None,
             on_done: Callable[[Variant], None] | None = None,
             executor: ExecutorKind | None = None, pairs: bool = True,
             on_plan: Callable[[int], None] | None = None,
-            cluster: Cluster | None = None) -> list[Variant]:
+            cluster: Cluster | None = None,
+            labels: Mapping[str, str] | None = None) -> list[Variant]:
     """Validate and run every config; return one Variant per path, in input order.
 
     A config with `seeds` is a group: one run per seed (`on_done` is called for each, and
     `on_plan` first with the number of runs). With `pairs`, a `versus:` claim's partner must
     be among the configs (else that config is invalid), and the paired claims are checked once
     every variant is done. With a `cluster` (`gradlab.cluster`), the runs are submitit jobs
-    (a Slurm job array) instead of this process's pool."""
+    (a Slurm job array) instead of this process's pool. `labels`: how the overrides were
+    typed (`config.load_config`), for the problems they cause."""
     overrides = overrides or []
     stopping.reset()
     variants = []
     for path in paths:
         try:
-            cfg = load_config(path, overrides)
+            cfg = load_config(path, overrides, labels)
             preflight(cfg, str(path))
             variants.append(Variant(path, config=cfg, overrides=overrides))
         except ConfigError as e:

@@ -106,6 +106,14 @@ def test_a_problem_from_an_option_names_the_option(write_yaml, tmp_path: Path) -
     assert sweep.exit_code == 2
     assert f"{path} (--device gpu): device: unknown value 'gpu'" in sweep.stderr
     assert not (tmp_path / "runs").exists()
+    # compare names the option too, for each config it makes invalid, not `--set device=gpu`
+    other = write_yaml(tiny(name="other"), "other.yaml")
+    compared = invoke("compare", path, other, "--device", "gpu", "--steps", "0", "--out",
+                      tmp_path / "compared", "--no-plots")
+    for config in (path, other):
+        assert f"{config} (--device gpu): device: unknown value 'gpu'" in compared.stderr
+        assert f"{config} (--steps 0): train.steps: must be ≥ 1" in compared.stderr
+    assert "--set device=gpu" not in compared.stderr
 
 
 def test_did_you_mean_knows_synonyms_and_case() -> None:
