@@ -4,6 +4,7 @@ panel look alike, and the gradient-ratio chart has one row per variant."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,35 @@ def test_the_gradient_ratio_chart_has_a_row_per_variant(records, tmp_path: Path)
     drawn = compare_figures.plot_comparison(records, tmp_path)
     assert [p.name for p in drawn] == ["loss.png", "grad_flow.png", "grad_ratio.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in drawn)
+
+
+def test_a_past_the_cap_marker_is_never_hidden_under_a_diverged_cross(records):
+    """The ▲ where a curve passes CAP is drawn, and in the legend, only where it is not under
+    that run's × (a run that diverges right after its loss blew up shows the × alone)."""
+    boom = records[1]
+    where = boom.summary["first_nonfinite"]["step"]
+    x, y, _ = compare_figures.relative_loss(boom)
+    past = float(x[np.argmax(y > compare_figures.CAP)])
+
+    def triangles(ax):
+        marks = [(m.get_xdata()[0], m.get_ydata()[0]) for m in ax.get_lines()
+                 if m.get_marker() == "^"]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        return marks, any(t.startswith("went past") for t in legend)
+
+    ax = compare_figures.comparison_loss_figure(records).axes[0]
+    low, high = ax.get_xlim()
+    near = abs(past - where) < 0.02 * (high - low)
+    assert triangles(ax) == (([], False) if near else ([(past, compare_figures.CAP)], True))
+    # the same run made to diverge far later than it blew up: both markers, both in the legend
+    late = replace(boom, summary={**boom.summary, "first_nonfinite": {
+        **boom.summary["first_nonfinite"], "step": past + 0.5 * (high - low)}})
+    ax = compare_figures.comparison_loss_figure([records[0], late]).axes[0]
+    assert triangles(ax) == ([(past, compare_figures.CAP)], True)
+    # and a run whose cross sits on its ▲ shows the cross alone
+    on = replace(boom, summary={**boom.summary, "first_nonfinite": {
+        **boom.summary["first_nonfinite"], "step": past}})
+    ax = compare_figures.comparison_loss_figure([records[0], on]).axes[0]
+    assert triangles(ax) == ([], False)
+    assert [(c.get_xdata()[0], c.get_ydata()[0]) for c in ax.get_lines()
+            if c.get_marker() == "X"] == [(past, compare_figures.CAP)]

@@ -174,7 +174,7 @@ def relative_loss(record: Record) -> tuple[np.ndarray, np.ndarray, str]:
 def comparison_loss_figure(records: list[Record]) -> Figure:
     """Each task's variants in one panel: train loss ÷ the variant's baseline (1 = no better
     than a predictor that ignores its inputs), smoothed; a curve past CAP × the baseline ends
-    there in ▲, a diverged run in ×."""
+    there in ▲, a diverged run in × (and without its ▲ where the × would cover it)."""
     groups = task_groups(records)
     labels = variant_labels(records)
     fig, axes, columns = _panels(groups)
@@ -186,6 +186,7 @@ def comparison_loss_figure(records: list[Record]) -> Figure:
     legends = []
     for ax, (task, members), cols in zip(axes, groups.items(), columns):
         drawn, capped, diverged, initial = False, False, False, False
+        past: list[tuple[float, str, float]] = []  # (step past CAP, colour, step diverged)
         for j, i in enumerate(members):
             record = records[i]
             x, y, by = relative_loss(record)
@@ -197,18 +198,22 @@ def comparison_loss_figure(records: list[Record]) -> Figure:
             drawn = True
             over = y > CAP
             ax.plot(x, np.minimum(y, CAP), label=label, markevery=max(1, len(x) // 6), **style)
-            if over.any():
-                capped = True
-                k = int(np.argmax(over))
-                ax.plot(x[k], CAP, marker="^", ms=9, color=style["color"], ls="none")
             where = (record.summary or {}).get("first_nonfinite") or {}
+            step = value(where.get("step"))
             if record.status == "diverged":
                 diverged = True
-                step = value(where.get("step"))
                 ax.plot(step if math.isfinite(step) else x[-1], CAP if math.isfinite(step)
                         else min(y[-1], CAP), marker="X", ms=11, mew=1, mec="black",
                         color=style["color"], ls="none")
+            if over.any():
+                past.append((float(x[int(np.argmax(over))]), style["color"],
+                             step if record.status == "diverged" else math.nan))
             initial |= by != "baseline"
+        low, high = ax.get_xlim()
+        for at, color, ended in past:  # a ▲ under its run's × would hide: the × says more
+            if not abs(at - ended) < 0.02 * (high - low):
+                capped = True
+                ax.plot(at, CAP, marker="^", ms=9, color=color, ls="none")
         log_scale(ax)
         ax.axhline(1.0, color="black", ls=":", lw=1.6)
         low, high = ax.get_ylim()
