@@ -276,6 +276,15 @@ def test_one_hidden_layers_activation_bands_are_visible(runs, quantiles):
     inner = min(bars(fig.axes[0]), key=lambda b: b[2] - b[1])
     assert inner[1:] == pytest.approx((mean[0, 0] - std[0, 0], mean[0, 0] + std[0, 0]))
     assert outside(fig) == []
+    # each panel's legend lies beside the one layer's bar and points, not on them
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    for ax in fig.axes:
+        box = ax.get_legend().get_window_extent(canvas.get_renderer())
+        drawn = [ax.transData.transform((x, y)) for x, low, high in bars(ax) for y in (low, high)]
+        drawn += [ax.transData.transform(p) for line in ax.get_lines()
+                  for p in line.get_xydata() if p[0] == 1.0 and np.isfinite(p).all()]
+        assert drawn and all(x < box.x0 for x, _ in drawn), ax.get_title()
 
 
 # ------------------------------------------------------------------ 6. grad_norm: gap ≠ overflow

@@ -111,7 +111,8 @@ def activations_figure(record: Record) -> Figure:
             if slope and np.isfinite(y).all() and (y > 0).all():
                 products.append(f"{when}: {float(np.prod(y)):.1e}")
         if products:
-            a.text(0.98, 0.04, f"product over the {len(x)} layers\n" + ", ".join(products[::-1]),
+            over = f"the {len(x)} layers" if len(x) > 1 else "the one layer"
+            a.text(0.98, 0.04, f"product over {over}\n" + ", ".join(products[::-1]),
                    transform=a.transAxes, ha="right", va="bottom", fontsize="small",
                    bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})
         if slope:
@@ -137,6 +138,8 @@ def activations_figure(record: Record) -> Figure:
         layer_ticks(a, names)
         a.set_xlabel("hidden layer (input → output)")
         a.grid(alpha=0.3)
+        if len(names) == 1:  # one layer's bar left of the middle: the legend beside, not on it
+            a.set_xlim(0.4, 2.2)
     mark = divergence(record)
     if mark is not None:
         axes[0].text(0.01, 0.01, mark[1], transform=axes[0].transAxes, color="red",
