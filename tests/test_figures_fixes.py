@@ -369,3 +369,19 @@ def test_log_tick_labels_are_distinct_and_never_read_ten_times_a_power() -> None
     assert len(labels) == len(set(labels)) and "1.02" in labels
     assert formatter.format_ticks([1 - 1e-12, 1.02]) == ["1", "1.02"]
     plt.close(fig)
+
+
+def test_a_long_variant_name_fits_the_ratio_chart(runs):
+    """The names are measured, not estimated from their length: 60 of the widest letter fit."""
+    wide = "W" * 60
+    record = dataclasses.replace(runs["deep"], summary={**runs["deep"].summary, "name": wide},
+                                 config={**runs["deep"].config, "name": wide})
+    fig = compare_figures.comparison_grad_ratio_figure([runs["boom"], record])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    [label] = [t for t in fig.axes[0].get_yticklabels() if t.get_text() == wide]
+    assert label.get_window_extent(canvas.get_renderer()).x0 >= 0
+    usual = compare_figures.comparison_grad_ratio_figure([runs["boom"], runs["deep"]])
+    assert np.isclose(fig.axes[0].get_position().width * fig.get_figwidth(),  # the axes' size
+                      usual.axes[0].get_position().width * usual.get_figwidth())
+    assert fig.get_figwidth() > usual.get_figwidth()

@@ -37,6 +37,7 @@ from gradlab.render.figures import (  # noqa: E402
     column,
     draw_norms,
     empty,
+    fit_left_labels,
     fit_legend,
     heading,
     layer_grid,
@@ -114,7 +115,7 @@ def task_groups(records: list[Record]) -> dict[str, list[int]]:
 
 
 LEGEND_ROWS = 25  # legend entries per column
-LEGEND_CHAR = 0.075  # inches per character of a small label (generous: never cut)
+LEGEND_CHAR = 0.075  # inches per character of a small label: a first guess, then measured
 CAP = 10.0  # loss ÷ baseline drawn at most this high: a diverging run ends there in a marker
 LEGEND_START = 0.3  # inches right of the axes before the legends are measured (`_fit_legends`)
 
@@ -399,6 +400,7 @@ def comparison_grad_ratio_figure(records: list[Record]) -> Figure:
         handles.append(Line2D([], [], ls="none", marker="x", ms=8, mew=2, color="red",
                               label="NaN/Inf (measured: overflowed)"))
     fig.legend(handles=handles, loc="lower center", ncols=4, fontsize="small", frameon=False)
+    fit_left_labels(fig, ax)
     return fig
 
 

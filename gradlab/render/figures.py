@@ -283,6 +283,23 @@ def fit_legend(fig: Figure, legend: Any, pad: float = 0.15) -> None:
     fig.subplots_adjust(left=left / end, right=right / end)
 
 
+def fit_left_labels(fig: Figure, ax: Axes, pad: float = 0.1) -> None:
+    """Widen `fig` on the left so the y tick labels of `ax` start `pad` inches inside it, the
+    axes keeping their size and place from the right (the labels measured: a margin estimated
+    from the number of characters cannot know how wide they are)."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    labels = [t.get_window_extent(renderer).x0 for t in ax.get_yticklabels() if t.get_text()]
+    if not labels:
+        return
+    short = pad - min(labels) / fig.dpi
+    if short <= 0:
+        return
+    width = float(fig.get_figwidth())
+    left, right = fig.subplotpars.left * width, fig.subplotpars.right * width
+    fig.set_size_inches(width + short, fig.get_figheight())
+    fig.subplots_adjust(left=(left + short) / (width + short), right=(right + short) / (width + short))
+
+
 def zero_legend(floor: float, what: str = "exactly 0 (underflow or saturation)") -> Line2D:
     return Line2D([], [], ls="none", marker="v", ms=7, mfc="none", mec="grey",
                   label=f"{what}, drawn at {floor:.0e}")
