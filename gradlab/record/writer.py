@@ -107,8 +107,8 @@ class _Table:
         self._writer.writerow(columns)
 
     def _cells(self, row: dict[str, Any], phase: str) -> list[Any]:
-        cells = [repr(v) if isinstance(v, float) else "" if v is None else v
-                 for v in map(row.get, self._columns)]
+        # csv.writer itself writes a float as its repr and None as an empty cell, in C
+        cells = list(map(row.get, self._columns))
         cells[self._phase] = phase
         return cells
 

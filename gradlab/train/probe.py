@@ -589,15 +589,20 @@ class Probe:
         n_time = 0 if self._time_norms is None else len(self._time_norms)
         self.time_grads = fetched[n:n + n_time] if self._time_norms is not None else None
         self.scalars = dict(zip(names, fetched[n + n_time:]))
+        cells = [fetched[i * width:(i + 1) * width] for i in range(len(self.layers))]
+        for name, measured in self._measured.items():  # most are all True or all False
+            if not all(measured):
+                k = COLUMN[name]
+                for row, m in zip(cells, measured):
+                    if not m:
+                        row[k] = None
+        update, weight = COLUMN["update_ratio"], COLUMN["weight_norm"]
         rows = []
         for i, layer in enumerate(self.layers):
-            values = dict(zip(STATS, fetched[i * width:(i + 1) * width]))
-            for name, measured in self._measured.items():
-                if not measured[i]:
-                    values[name] = None
-            if values["weight_norm"] == 0:  # a ratio to a zero weight is not defined
-                values["update_ratio"] = None
-            rows.append({"step": step, "layer": i, "name": layer.name, **values})
+            row = cells[i]
+            if row[weight] == 0:  # a ratio to a zero weight is not defined
+                row[update] = None
+            rows.append({"step": step, "layer": i, "name": layer.name, **dict(zip(STATS, row))})
         self._pending, self._before, self._time_norms = None, [], None
         self._state_norms, self._extra = [], {}
         return rows
