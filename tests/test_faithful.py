@@ -233,6 +233,33 @@ def test_not_measured_is_empty_and_a_measured_nan_is_nan(tmp_path) -> None:
     assert back["grad_norm"] == -math.inf and back["name"] == "nan"
 
 
+def test_the_report_prints_a_measured_nan_as_nan_and_only_not_measured_as_a_dash(tmp_path):
+    """A forward pass that overflows (σw 1000, 8 layers) makes the loss Inf and every gradient
+    NaN or Inf: measured, and printed `nan`/`inf`; the head's activation was never measured:
+    `–`."""
+    from gradlab.render.report import layer_table
+    from gradlab.render.style import num
+
+    assert (num(math.nan), num(None), num(math.inf), num(-math.inf)) == ("nan", "–", "inf", "-inf")
+    cfg = tiny_config(model={"depth": 8, "activation": "relu",
+                             "init": {"scheme": "normal", "std": 1000.0}}, train={"steps": 5})
+    record = read_record(run_config(cfg, tmp_path).path)
+    assert record.status == "diverged"
+    first = [r for r in record.layers if r["step"] == 0]
+    assert math.isnan(first[0]["grad_norm"]) and math.isinf(record.metrics[0]["loss"])  # premise
+    assert not any(math.isfinite(r["grad_norm"]) for r in first)
+    console = Console(width=120, record=True)
+    console.print(report_header(record))
+    console.print(layer_table(record, all_layers=True))
+    text = console.export_text()
+    assert "grad ratio first/last layer: nan at init" in text
+    assert "loss inf →" in text
+    rows = {line.split()[1]: line.split() for line in text.splitlines()
+            if line.split()[:1] and line.split()[0].isdigit()}
+    assert rows["fc1"][3:6] == ["nan", "nan", "nan"]  # grad init, end, RMS
+    assert rows["head"][-1] == "–"  # the head's activation: not measured
+
+
 def test_batch_norms_first_evaluation_uses_batch_statistics(tmp_path) -> None:
     """Empty running statistics (mean 0, variance 1) made a deep BN net's first loss read 1e18."""
     cfg = tiny_config(model={"depth": 30, "width": 32, "activation": "relu", "norm": "batch",

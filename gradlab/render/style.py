@@ -36,11 +36,14 @@ def status_style(status: str) -> str:
 
 
 def num(x: Any, digits: int = 3) -> str:
-    """A compact number: 0, 0.123, 12.3, 1.2e-05; a dash for missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A compact number: 0, 0.123, 12.3, 1.2e-05; a dash for missing (None: not measured),
+    nan and inf for a measured NaN or Inf (an overflow), never the dash."""
+    if x is None:
         return "–"
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return str(x)
+    if math.isnan(x):
+        return "nan"
     if x == 0:
         return "0"
     if math.isinf(x):
