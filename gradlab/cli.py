@@ -30,8 +30,8 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = Console(emoji=False)  # user text (a value, a name) is printed as typed
+err_console = Console(stderr=True, emoji=False)
 
 
 def _plain_help() -> None:
@@ -75,7 +75,7 @@ def _consoles(
     global out_console, err_console
     # Piped output (CI, files) gets 100 columns rather than rich's 80, so tables stay whole.
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 100
-    out_console, err_console = Console(width=width), Console(stderr=True)
+    out_console, err_console = Console(width=width, emoji=False), Console(stderr=True, emoji=False)
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE",

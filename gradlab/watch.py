@@ -394,7 +394,8 @@ class Watch:
         from gradlab.record.reader import read_record
         from gradlab.render.report import run_report
 
-        console = Console(width=width, file=io.StringIO(), color_system=None, record=True)
+        console = Console(width=width, file=io.StringIO(), color_system=None, record=True,
+                          emoji=False)
         console.print(run_report(read_record(self.path), all_layers))
         return console.export_text()
 

@@ -116,6 +116,16 @@ def test_a_problem_from_an_option_names_the_option(write_yaml, tmp_path: Path) -
     assert "--set device=gpu" not in compared.stderr
 
 
+def test_user_text_is_echoed_as_typed_never_as_emoji(write_yaml, tmp_path: Path) -> None:
+    """rich reads `:-1:` and `:thumbs_up:` as emoji codes: every message prints them as typed."""
+    path = write_yaml(tiny(), "cfg.yaml")
+    sweep = invoke("sweep", path, "--grid", "train.lr=log:-1:1:3", "--out", tmp_path / "runs")
+    assert sweep.exit_code == 2 and "'log:-1:1:3'" in sweep.stderr
+    named = invoke("validate", path, "--set", "name=a:thumbs_up:b")  # refused, and echoed
+    assert named.exit_code == 2 and "got 'a:thumbs_up:b'" in named.stderr
+    assert "👍" not in named.stderr and "👎" not in sweep.stderr
+
+
 def test_did_you_mean_knows_synonyms_and_case() -> None:
     devices = ["auto", "cpu", "cuda"]
     assert did_you_mean("gpu", devices) == " (did you mean 'cuda'?)"
