@@ -529,7 +529,7 @@ def fix(
     cluster = _cluster(executor, slurm, jobs)
     outcome = run_fixes(config, out, jobs, overrides, on_done=done, cluster=cluster)
     out_console.print(fix_table(outcome.rows, outcome.original, str(config)))
-    best = best_command(outcome.rows, str(config))
+    best = best_command(outcome.rows, str(config), overrides)
     if best:
         out_console.print(f"best: {best}", highlight=False, markup=False, soft_wrap=True)
     _say(out_console, f"fix record: {outcome.record}", "(patches/*.yaml: each remedy as a config)",

@@ -3,6 +3,7 @@ net learns; every patch is a runnable config."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 import gradlab.fix
 from gradlab.cli import app
-from gradlab.config import load_config
+from gradlab.config import load_config, resolved
 from gradlab.fix import rank, remedies_of
 
 
@@ -70,7 +71,9 @@ def fixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("gradlab.compare.EXECUTOR", "thread")
         patch.setattr(gradlab.fix, "fix", recorded)
-        result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp / "runs"), "-q"],
+        # the options repeat the file's values: the same training, and a best command to check
+        result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp / "runs"), "-q",
+                                          "--steps", "60", "--set", "train.lr=0.05"],
                                     env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     [outcome] = outcomes
@@ -114,6 +117,16 @@ def test_the_cli_prints_the_ranking_and_the_command_of_the_best(fixed: dict[str,
     assert "fix record:" in result.output
     best = next(line for line in result.output.splitlines() if line.startswith("best: "))
     assert best.startswith(f"best: gradlab run {path} --set ")
+    # it runs what was ranked: the fix's own options, then the remedy's (the patch's config)
+    words = shlex.split(best.removeprefix("best: "))
+    assert words[:3] == ["gradlab", "run", str(path)] and words[3::2] == ["--set"] * (
+        len(words) // 2 - 1)
+    sets = words[4::2]
+    assert sets[:2] == ["train.lr=0.05", "train.steps=60"]
+    top = next(r for r in fixed["outcome"].rows if r.get("beats_baseline"))
+    assert sets[2:] == top["overrides"].split()
+    ran, patch = load_config(path, sets), load_config(Path(top["patch"]))
+    assert resolved(ran) | {"name": ""} == resolved(patch) | {"name": ""}
     # only the copyable command and path lines may run past the terminal's width
     assert max(len(line) for line in result.stdout.splitlines()
                if not line.startswith(("best: ", "fix record: "))) <= 80

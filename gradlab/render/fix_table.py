@@ -4,6 +4,8 @@ what the net learned with it, beside the config as given. Takes the fix record's
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from rich import box
@@ -45,13 +47,17 @@ def fix_table(rows: list[dict[str, Any]], original: dict[str, Any], config: str)
     return Group(table, notes)
 
 
-def best_command(rows: list[dict[str, Any]], config: str) -> str | None:
-    """`gradlab run CONFIG --set …` for the best remedy that beat the baseline, if any (one
-    line, to be printed without wrapping so that it can be copied)."""
+def best_command(rows: list[dict[str, Any]], config: str,
+                 overrides: Sequence[str] = ()) -> str | None:
+    """`gradlab run CONFIG --set …` for the best remedy that beat the baseline, if any: the
+    options the fix was given (`overrides`, as `--set`) then the remedy's, so that it runs what
+    was ranked (one line, shell-quoted, to be printed without wrapping so it can be copied)."""
     best = next((r for r in rows if r.get("beats_baseline")), None)
     if best is None:
         return None
-    return f"gradlab run {config} " + " ".join(f"--set {s}" for s in best["overrides"].split())
+    sets = [*overrides, *best["overrides"].split()]
+    return " ".join(["gradlab", "run", shlex.quote(config),
+                     *(f"--set {shlex.quote(s)}" for s in sets)])
 
 
 def _metric(x: Any, metric: str) -> str:
