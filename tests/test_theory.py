@@ -102,6 +102,34 @@ def test_fixed_point_and_chi1_against_quad(name: str, sigma_w2: float, sigma_b2:
         sigma_w2 * _expect(lambda x: a.dphi(x) ** 2, q), rel=1e-9)
 
 
+@pytest.mark.parametrize("name,sigma_w2,sigma_b2,limit", [
+    ("elu", 2.0, 0.0, math.inf), ("elu", 2.0, 1 / 192, math.inf),  # q grows by ~1 a layer
+    ("gelu", 2.0, 0.3, math.inf),  # L(q) − q > 0.26 for every q
+    ("tanh", 1.0, 0.0, 0.0),  # q falls like 1/l
+])
+def test_a_length_map_with_no_fixed_point_ahead_gives_its_limit(name, sigma_w2, sigma_b2,
+                                                                  limit) -> None:
+    """Where iterating the length map does not converge, q* is where it heads, not its last
+    iterate (ELU at σw² = 2 once gave q* 1899, χ₁ 1.009): then χ₁ is the limit there."""
+    a = T.Activation(name)
+    q = T.fixed_point_q(a, sigma_w2, sigma_b2)
+    assert q == limit
+    # the premise: the map moves q the same way at every point from 1 on (a ladder to 1e12)
+    ladder = np.geomspace(1.0, 1e12, 200) if limit else np.geomspace(1e-12, 1.0, 200)
+    steps = [T.length_map(m, a, sigma_w2, sigma_b2) - m for m in ladder]
+    assert all(d > 0 for d in steps) if limit else all(d < 0 for d in steps)
+    # χ₁ at q* = ∞: σw² times the mean of φ'² over the two half-lines (1 and 0 here): σw²/2
+    expected = sigma_w2 / 2 if limit else sigma_w2  # at q* = 0: σw² φ'(0)²
+    assert T.chi1(a, sigma_w2, sigma_b2, q) == pytest.approx(expected, rel=1e-9)
+    out = T.predict_mlp(_config(activation=name, init={"scheme": "normal",
+                                                        "std": math.sqrt(sigma_w2 / 64)},
+                                bias_init={"scheme": "normal", "std": math.sqrt(sigma_b2)}
+                                if sigma_b2 else {"scheme": "zeros"}, width=64, depth=10))
+    assert out["predictable"] and out["q_star"] == (None if limit else 0.0)  # ∞: JSON null
+    assert out["predicted_grad_ratio"] == pytest.approx(1.0, rel=1e-6)
+    assert not any("slowly" in n for n in out["notes"])
+
+
 @pytest.mark.parametrize("sigma_w2", [1.01, 1.1])
 def test_fixed_point_near_the_edge_of_stability(sigma_w2: float) -> None:
     """tanh, σb² = 0, σw² just above 1: plain iteration crawls (rate ≈ 1 − 2(σw² − 1))."""

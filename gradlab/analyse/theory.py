@@ -24,6 +24,7 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 PHASE_TOL = 0.02  # |χ₁ − 1| ≤ PHASE_TOL is 'critical': over 50 layers ‖δ‖ changes by ≤ e^{±0.5}
 Q_ZERO, Q_INF = 1e-30, 1e30  # the length-map iteration snaps to q* = 0 or q* = ∞ beyond these
+CROSSING = 1e-9  # a relative step of the length map taken as a real change of sign (`_limit`)
 
 _erfc = np.frompyfunc(math.erfc, 1, 1)
 
@@ -131,9 +132,11 @@ def fixed_point_q(act: Activation | str, sigma_w2: float, sigma_b2: float, *, q0
     """q* reached by iterating the length map from q0 (unit-variance inputs reach q¹ ≈ σw² + σb²).
 
     Returns 0.0 when σb² = 0 and q falls below Q_ZERO (e.g. tanh with σw² < 1), math.inf when q
-    exceeds Q_INF (e.g. ReLU with σw² > 2), and the last iterate if max_iter rounds do not converge
-    (ELU at σw² = 2, where q grows linearly). Aitken jumps keep slow cases fast (tanh, σb² = 0,
-    σw² ≈ 1); a jump past a fixed point falls back to bisection between it and the iterate.
+    exceeds Q_INF (e.g. ReLU with σw² > 2). Aitken jumps keep slow cases fast (tanh, σb² = 0,
+    σw² ≈ 1); a jump past a fixed point falls back to bisection between it and the iterate. If
+    max_iter rounds do not converge (ELU at σw² = 2, where q grows by about 1 a layer; tanh at
+    σw² = 1, σb² = 0, where it falls like 1/l), the limit is found where the iterates head
+    (`_limit`): the first fixed point in that direction, or ∞ or 0 where there is none.
     Homogeneous activations (ReLU family, identity) use the closed form q* = σb² / (1 − σw² k).
     """
     a = _act(act)
@@ -161,7 +164,24 @@ def fixed_point_q(act: Activation | str, sigma_w2: float, sigma_b2: float, *, q0
                 return _bisect(before, q2, p, rtol)
             q2 = p
         q = q2
-    return q
+    return _limit(lambda m: length_map(m, a, sigma_w2, sigma_b2), q, rtol)
+
+
+def _limit(f: Callable[[float], float], q: float, rtol: float, ratio: float = 1.25) -> float:
+    """Where the iterates of an increasing map f go from q: the nearest fixed point in the
+    direction f(q) − q points (a sign change of f(m) − m on a geometric ladder of points, then
+    bisection), else Q_INF's side (∞) or Q_ZERO's (0). A sign change counts only beyond
+    rounding (|f(m) − m| > CROSSING · m): where q grows by 1 a layer, f(1e16) = 1e16 in floats."""
+    up = f(q) > q
+    lo = q
+    while True:
+        hi = lo * ratio if up else lo / ratio
+        if (up and hi > Q_INF) or (not up and hi < Q_ZERO):
+            return math.inf if up else 0.0
+        step = f(hi) - hi
+        if (step < -CROSSING * hi) if up else (step > CROSSING * hi):  # f crossed the identity
+            return _bisect(lambda m: (f(m) > m) == up, lo, hi, rtol)
+        lo = hi
 
 
 def _bisect(on_lo_side: Callable[[float], bool], lo: float, hi: float, rtol: float) -> float:
