@@ -5,6 +5,7 @@ prediction drawn in grad_flow.png.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from gradlab.build.model import build_model
 from gradlab.cli import app
 from gradlab.config import config_from_dict, resolved
 from gradlab.predict import jacobians, predict, spectrum
+from gradlab.render.prediction import theory_lines
 
 SIGMOID = {"data": {"n_features": 32}, "model": {"depth": 8, "width": 32, "activation": "sigmoid"}}
 
@@ -209,7 +211,13 @@ def test_a_runs_summary_report_and_figure_carry_the_prediction(run_tiny, tmp_pat
     console = Console(width=100, record=True)
     console.print(header(record))
     text = console.export_text()
-    assert "theory: ordered phase, χ₁" in text and "measured at init ×" in text
+    assert "theory: ordered phase, χ₁" in text and "measured ‖∂L/∂z‖ at init ×" in text
+    assert "→ ‖∂L/∂z‖ first/last" in text  # δ₁/δ_L, not the weight gradients' grad ratio
+    # a record from before delta_norm: the line is the weight gradients', said so
+    old = dataclasses.replace(record, summary={**record.summary, "layers": [
+        {**r, "init": {k: v for k, v in r["init"].items() if k != "delta_norm"}}
+        for r in record.summary["layers"]]})
+    assert theory_lines(old.summary)[1].startswith("measured ‖∂L/∂W‖ at init ×")
     fig = grad_flow_figure(record)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert f"mean-field prediction (χ₁ = {expected['chi1']:.3g})" in labels
@@ -236,4 +244,8 @@ def test_chaotic_relu_deltas_follow_the_theory_while_weight_gradients_stay_flat(
     assert result["theory"]["phase"] == "chaotic" and math.isclose(result["theory"]["chi1"], 2.0)
     agreement = result["agreement"]
     assert agreement["delta_verdict"] == "agrees" and agreement["verdict"] == "disagrees"
-    assert "at the pre-activations" in agreement["sentence"]
+    # the sentence leads with what χ₁ is about, and says why the weight gradients differ
+    sentence = agreement["sentence"]
+    assert sentence.startswith("per layer towards the input, ‖∂L/∂z‖ changes ×")
+    lead, _, rest = sentence.partition("; the weight gradients ‖∂L/∂W‖")
+    assert lead.split(": ")[-1].startswith("agrees") and rest.split(": ")[1].startswith("disagrees")

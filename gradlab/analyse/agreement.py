@@ -51,7 +51,8 @@ def _verdict(chi: float, slope: float) -> tuple[float | None, str]:
 def slope_agreement(chi: float, slope: float, layers: int,
                     delta_slope: float | None = None) -> dict[str, Any] | None:
     """The theory's per-layer gradient factor √χ₁ against the measured weight-gradient one,
-    exp(slope), and (when given) the pre-activation gradients' exp(delta_slope).
+    exp(slope), and (when given) the pre-activation gradients' exp(delta_slope), which the
+    sentence then leads with (`headline`).
 
     `slope_ratio` is slope / ln √χ₁ (1 when they agree; None where the theory is flat,
     |ln √χ₁| < FLAT). The verdict: `agrees` when the ratio is within a factor AGREES of 1 (or
@@ -59,16 +60,13 @@ def slope_agreement(chi: float, slope: float, layers: int,
     for ‖∂L/∂z_l‖, the quantity χ₁ is about: a weight gradient ∂L/∂W_l = δ_l h_{l−1}ᵀ also
     carries its layer's input, whose norm changes with depth where q* is 0 or ∞ (a ReLU net
     at σw² > 2: there δ grows by √χ₁ per layer backwards and ‖h‖ shrinks by as much, so the
-    weight gradients are flat). The sentence says so when the two verdicts differ.
+    weight gradients are flat; and fc1's input is the data). The sentence leads with
+    ‖∂L/∂z‖ and adds the weight gradients' verdict where it differs.
     None for χ₁ ≤ 0."""
     if not (math.isfinite(chi) and chi > 0 and math.isfinite(slope)):
         return None
     ratio, verdict = _verdict(chi, slope)
     factor = math.exp(slope)
-    how = (f" (slope ratio {ratio:.2f})" if ratio is not None
-           else " (both flat)" if verdict == "agrees" else " (the theory is flat)")
-    sentence = (f"per layer towards the input, ‖∂L/∂W‖ changes ×{factor:.3g} (fit over "
-                f"{layers} hidden layers); the theory's √χ₁ is {math.sqrt(chi):.3g}: {verdict}{how}")
     out: dict[str, Any] = {
         "predicted_factor": math.sqrt(chi), "measured_factor": factor,
         "predicted_log_slope": 0.5 * math.log(chi), "measured_log_slope": slope,
@@ -78,12 +76,32 @@ def slope_agreement(chi: float, slope: float, layers: int,
         delta_ratio, delta_verdict = _verdict(chi, delta_slope)
         out.update(delta_factor=math.exp(delta_slope), delta_slope_ratio=delta_ratio,
                    delta_verdict=delta_verdict)
-        if delta_verdict != verdict:
-            sentence += (f"; at the pre-activations ‖∂L/∂z‖ ×{math.exp(delta_slope):.3g}: "
-                         f"{delta_verdict} (a weight gradient also carries its input ‖h_(l−1)‖, "
-                         "which changes with depth here)")
+    what, shown, shown_ratio, shown_verdict = headline(out)
+    how = (f" (slope ratio {shown_ratio:.2f})" if shown_ratio is not None
+           else " (both flat)" if shown_verdict == "agrees" else " (the theory is flat)")
+    sentence = (f"per layer towards the input, {what} changes ×{shown:.3g} (fit over "
+                f"{layers} hidden layers); the theory's √χ₁ is {math.sqrt(chi):.3g}: "
+                f"{shown_verdict}{how}")
+    if what != WEIGHT and verdict != shown_verdict:
+        sentence += (f"; the weight gradients ‖∂L/∂W‖ ×{factor:.3g}: {verdict} (a weight "
+                     "gradient also carries its layer's input ‖h_(l−1)‖, which changes with "
+                     "depth here, and fc1's is the data)")
     out["sentence"] = sentence
     return out
+
+
+DELTA, WEIGHT = "‖∂L/∂z‖", "‖∂L/∂W‖"
+
+
+def headline(agreement: Mapping[str, Any]) -> tuple[str, float, float | None, str]:
+    """(what was fitted, its per-layer factor, slope ratio, verdict) for the sentence a report
+    leads with: the pre-activation gradients ‖∂L/∂z_l‖ where they were measured (χ₁ is about
+    them), else the weight gradients (a record from before delta_norm)."""
+    if agreement.get("delta_verdict") is not None:
+        return (DELTA, float(agreement["delta_factor"]), agreement.get("delta_slope_ratio"),
+                str(agreement["delta_verdict"]))
+    return (WEIGHT, float(agreement["measured_factor"]), agreement.get("slope_ratio"),
+            str(agreement["verdict"]))
 
 
 def run_agreement(summary: Mapping[str, Any]) -> dict[str, Any] | None:

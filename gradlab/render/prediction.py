@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradlab.analyse.agreement import run_agreement
+from gradlab.analyse.agreement import WEIGHT, headline, run_agreement
 from gradlab.analyse.theory import predicted_layer_norms
 from gradlab.render.style import finite, num, short
 
@@ -27,14 +27,21 @@ VERDICT_STYLE = {"agrees": "green", "roughly agrees": "yellow", "disagrees": "re
 
 
 def theory_line(prediction: dict[str, Any] | None) -> str | None:
-    """'theory: ordered phase, χ₁ 0.02, ξ 0.26 layers → first/last ratio 2.3e-42' (the
-    predicted ‖δ_1‖/‖δ_L‖), or None when there is no prediction (not an MLP, or a config the
-    theory cannot predict). Under 80 columns."""
+    """'theory: ordered phase, χ₁ 0.02, ξ 0.26 layers → ‖∂L/∂z‖ first/last 2.3e-42' (the
+    predicted ‖δ_1‖/‖δ_L‖ over the hidden layers, not the weight gradients' grad ratio), or
+    None when there is no prediction (not an MLP, or a config the theory cannot predict).
+    χ₁ has two digits, or as many as it takes not to read 1 off the critical point. Under 80
+    columns."""
     if not prediction or not prediction.get("predictable"):
         return None
-    xi = prediction.get("depth_scale")
-    return (f"theory: {prediction.get('phase')} phase, χ₁ {short(prediction.get('chi1'))}, "
-            f"ξ {short(xi) if xi is not None else '∞'} layers → first/last ratio "
+    xi, chi, phase = prediction.get("depth_scale"), prediction.get("chi1"), prediction.get("phase")
+    chi_text = short(chi)
+    for digits in (3, 4, 5, 6):
+        if phase == "critical" or chi_text != "1":
+            break
+        chi_text = short(chi, digits)  # chaotic at 1.03 must not read "χ₁ 1"
+    return (f"theory: {phase} phase, χ₁ {chi_text}, "
+            f"ξ {short(xi) if xi is not None else '∞'} layers → ‖∂L/∂z‖ first/last "
             f"{short(prediction.get('predicted_grad_ratio'))}")
 
 
@@ -47,12 +54,12 @@ def theory_lines(summary: dict[str, Any]) -> list[str]:
     agreement = run_agreement(summary)
     if agreement is None:
         return [line]
-    ratio = agreement["slope_ratio"]
-    line2 = (f"measured at init ×{agreement['measured_factor']:.3g} per layer, "
-             f"√χ₁ {agreement['predicted_factor']:.3g}: {agreement['verdict']}"
+    what, factor, ratio, verdict = headline(agreement)
+    line2 = (f"measured {what} at init ×{factor:.3g}/layer, "
+             f"√χ₁ {agreement['predicted_factor']:.3g}: {verdict}"
              + (f" (slope ratio {ratio:.2f})" if ratio is not None else ""))
-    if agreement.get("delta_verdict") not in (None, agreement["verdict"]):
-        line2 += f"; ‖∂L/∂z‖: {agreement['delta_verdict']}"
+    if what != WEIGHT and agreement["verdict"] != verdict:
+        line2 += f"; {WEIGHT}: {agreement['verdict']}"
     return [line, line2]
 
 
@@ -215,13 +222,13 @@ def agreement_part(agreement: dict[str, Any] | None, theory: dict[str, Any]) -> 
         why = ("no theory for this config" if not theory.get("predictable")
                else "no per-layer slope was measured (fewer than two finite hidden layers)")
         return _block("theory vs measurement", "", [(2, why, "dim")])
-    lines: list[Line] = [(2, str(agreement.get("sentence")),
-                          VERDICT_STYLE.get(str(agreement.get("verdict")), ""))]
-    delta, delta_verdict = agreement.get("delta_slope_ratio"), agreement.get("delta_verdict")
-    if delta_verdict == agreement.get("verdict") and finite(agreement.get("delta_factor")):
-        lines.append((2, f"at the pre-activations ‖∂L/∂z‖ (what the theory is about): "
-                         f"×{num(agreement.get('delta_factor'))}"
-                         + (f", slope ratio {delta:.2f}" if finite(delta) else ""), "dim"))
+    what, _, _, verdict = headline(agreement)
+    lines: list[Line] = [(2, str(agreement.get("sentence")), VERDICT_STYLE.get(verdict, ""))]
+    ratio = agreement.get("slope_ratio")
+    if what != WEIGHT and agreement.get("verdict") == verdict:
+        lines.append((2, f"the weight gradients {WEIGHT} (they also carry each layer's input): "
+                         f"×{num(agreement.get('measured_factor'))}"
+                         + (f", slope ratio {ratio:.2f}" if finite(ratio) else ""), "dim"))
     msv = agreement.get("jacobian_mean_squared")
     if msv:
         ratio = f" (×{num(msv.get('ratio'), 2)})" if finite(msv.get("ratio")) else ""
