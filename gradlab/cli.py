@@ -585,8 +585,11 @@ def sweep(
             e = ConfigError(e.source, e.problems,
                             origins(overrides, _labels(steps, None, device, seeds)))
         raise _fail(str(e)) from None
-    if plot and (why := field_problem(plot, plan.keys)):
+    if plot and (why := field_problem(plot, plan.keys, plot=True)):
         raise _fail(f"--plot: {why}")
+    if check and not plan.claims:  # before anything trains: there would be nothing to check
+        raise _fail(f"--check: {config} has no sweep.expect claims to check (a spec's sweep: "
+                    "section lists them; see the README's Sweeps)")
     unusable = _unwritable(out)
     if unusable:
         raise _fail(f"--out {out}: cannot create records there: {unusable}")
@@ -638,10 +641,7 @@ def sweep(
         err_console.print(v.error, style="red", markup=False, highlight=False, soft_wrap=True)
     _write_failures(outcome.variants)
     broken = [c for c in outcome.claims if not c.ok] if check else []
-    if check and not plan.claims:
-        err_console.print("--check: the config has no sweep.expect claims to check",
-                          style="yellow", markup=False, highlight=False)
-    elif check:
+    if check:
         held = len(outcome.claims) - len(broken)
         style = "bold red" if broken else "green"
         out_console.print(f"{held} of {len(outcome.claims)} sweep claims held", style=style)

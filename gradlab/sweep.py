@@ -34,6 +34,7 @@ from gradlab.record.guard import RecordWriteError, cause
 from gradlab.record.sweep import (
     LEAD,
     PREDICTION,
+    TEXT_COLUMNS,
     link_variants,
     short_labels,
     table_row,
@@ -234,8 +235,13 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str] | None = None,
     source = str(path)
     raw, spec = read_spec(path)
     axes = [_axis_from_spec(str(k), v, source) for k, v in (spec.get("grid") or {}).items()]
+    given: set[str] = set()
     for item in grid:
         axis = parse_grid(item)
+        if axis.key in given:  # one --grid per key: a second would silently win
+            raise _grid_error(axis.key, "given twice: put every value in one --grid "
+                                        f"{axis.key}=A,B,...")
+        given.add(axis.key)
         axes = [a for a in axes if a.key != axis.key] + [axis]  # --grid replaces the spec's
     if not axes:
         raise ConfigError(GRID_SOURCE, [("", "nothing to sweep: give --grid KEY=VALUES (or a "
@@ -279,7 +285,7 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str] | None = None,
                 if (why := field_problem(k, keys))]
     problems += [(f"sweep.expect.{i}.any_of.{k}", why) for i, c in enumerate(claims)
                  for alt in c.get("any_of") or [] for k in alt if (why := field_problem(k, keys))]
-    if plot and (why := field_problem(str(plot), keys)):
+    if plot and (why := field_problem(str(plot), keys, plot=True)):
         problems.append(("sweep.plot", why))
     if problems:
         raise ConfigError(source, problems)
@@ -366,10 +372,27 @@ def point_names(base: str, axes: list[Axis]) -> list[str]:
 ROW_KEYS = (*LEAD, *PREDICTION, "run_dir")  # sweep.csv columns that are not summary fields
 
 
-def field_problem(field: str, keys: list[str]) -> str | None:
+# what a run's evaluation measures: final_metrics.* and initial_metrics.* are these
+METRICS = tuple(f"{split}_{what}" for split in ("train", "test") for what in ("loss", "accuracy"))
+# sweep.csv columns of text, which a heatmap cannot draw
+TEXT_FIELDS = (*TEXT_COLUMNS, "error", "name", "device", "task")
+
+
+def field_problem(field: str, keys: list[str], plot: bool = False) -> str | None:
     """Why `field` is no column of sweep.csv (None if it is): a swept key, one of ROW_KEYS, or
-    a summary field (dotted for nested ones, as `expect:` names them)."""
-    if field in keys or field in ROW_KEYS or field.split(".")[0] in SUMMARY_FIELDS:
+    a summary field (dotted for nested ones, as `expect:` names them; under final_metrics and
+    initial_metrics one of METRICS). With `plot`, also why a heatmap cannot draw it (text)."""
+    head, _, rest = field.partition(".")
+    if plot and field in TEXT_FIELDS:
+        return f"{field!r} is text: a heatmap needs a numeric field, such as " \
+               "final_metrics.test_accuracy, final_loss or grad_ratio_init"
+    if head in ("final_metrics", "initial_metrics") and field not in keys:
+        if rest in METRICS:
+            return None
+        return f"{field!r} is not a column of sweep.csv" \
+               f"{did_you_mean(field, [f'{head}.{m}' for m in METRICS])}: {head}.KEY with KEY one of " \
+               f"{', '.join(METRICS)}"
+    if field in keys or field in ROW_KEYS or head in SUMMARY_FIELDS:
         return None
     known = [*keys, *ROW_KEYS, *SUMMARY_FIELDS, "final_metrics.test_accuracy",
              "final_metrics.test_loss"]

@@ -20,7 +20,7 @@ from gradlab.config.schema import NAME_PATTERN
 from gradlab.record.group import numeric_fields
 from gradlab.record.reader import read_summary
 from gradlab.record.sweep import read_sweep, read_table
-from gradlab.render.sweep_figures import _theory_overlay, heatmap_cells, log_axis
+from gradlab.render.sweep_figures import _theory_overlay, heatmap_cells, log_axis, unplottable
 from gradlab.sweep import Axis, check_claims, parse_values, plan_sweep, point_names
 
 TINY = {"name": "tiny", "data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
@@ -252,6 +252,41 @@ def test_report_reprints_the_sweep_and_redraws_any_field(swept):
     assert "grad_ratio_init mean" in result.output and png.is_file()
     bad = run_cli("report", str(record), "--plot", "no_such_field")
     assert bad.exit_code == 2 and "no_such_field" in bad.output
+
+
+def test_mistakes_found_only_after_training_are_refused_before_anything_runs(tmp_path):
+    """Each of these once trained every point and then failed (or passed with exit 0)."""
+    config, out = write(tmp_path, TINY), tmp_path / "runs"
+    cases = [
+        (["--grid", "model.depth=1,2", "--grid", "model.depth=3"],
+         "--grid: model.depth: given twice"),
+        (["--grid", "model.depth=1,2", "--plot", "final_metrics.test_acc"],
+         "did you mean 'final_metrics.test_accuracy'?"),
+        (["--grid", "model.depth=1,2", "--plot", "status"], "'status' is text"),
+        (["--grid", "model.depth=1,2", "--check"], "has no sweep.expect claims to check"),
+    ]
+    for args, message in cases:
+        result = run_cli("sweep", str(config), *args, "--out", str(out))
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    spec = {**TINY, "sweep": {"grid": {"model.depth": [1, 2]}, "expect": [
+        {"where": {"model.depth": 1}, "every": {"final_metrics.test_acc": {"min": 0.5}}}]}}
+    result = run_cli("sweep", str(write(tmp_path, spec, "s.yaml")), "--out", str(out))
+    assert result.exit_code == 2 and "sweep.expect.0.every.final_metrics.test_acc" in result.output
+    spec = {**TINY, "sweep": {"grid": {"model.depth": [1, 2]}, "plot": "verdict"}}
+    result = run_cli("sweep", str(write(tmp_path, spec, "p.yaml")), "--out", str(out))
+    assert result.exit_code == 2 and "sweep.plot: 'verdict' is text" in result.output
+    assert not out.exists()
+
+
+def test_a_text_column_is_never_plottable_even_beside_a_diverged_point():
+    rows = [{"status": "completed", "verdict": "ok", "final_loss": 0.5, "test_loss": None},
+            {"status": "diverged", "verdict": "diverged", "final_loss": None, "test_loss": None}]
+    for field in ("status", "verdict"):
+        why = unplottable(rows, field)
+        assert why is not None and why.startswith(f"{field!r} is not a number"), field
+    assert unplottable(rows, "final_loss") is None
+    assert unplottable(rows, "test_loss") is None  # empty beside a diverged run: drawn as such
+    assert "no run of the sweep has the field 'nothing'" in unplottable(rows, "nothing")
 
 
 # ---------------------------------------------------------------- claims

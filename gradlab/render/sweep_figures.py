@@ -121,9 +121,13 @@ def fields_of(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def unplottable(rows: list[dict[str, Any]], field: str) -> str | None:
-    """Why a heatmap of `field` cannot be drawn from sweep.csv's rows (None if it can): no run
-    has a number in it, and it is not a column whose only cells are diverged runs' (drawn as
-    such). With a did-you-mean among the numeric columns."""
+    """Why a heatmap of `field` cannot be drawn from sweep.csv's rows (None if it can): a text
+    column (status, verdict, a path), or no run has a number in it and it is not an empty
+    column beside diverged runs (drawn as such). With a did-you-mean among the numeric columns."""
+    text = [r[field] for r in rows if r.get(field) not in (None, "") and not _is_number(r[field])]
+    if text:
+        return (f"{field!r} is not a number (e.g. {str(text[0])!r}): a heatmap needs a numeric "
+                f"field, such as {', '.join(fields_of(rows)[:6])}")
     if any(_is_number(r.get(field)) for r in rows) or \
             (rows and field in rows[0] and any(r.get("status") == "diverged" for r in rows)):
         return None
