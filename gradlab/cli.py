@@ -532,7 +532,8 @@ def fix(
     best = best_command(outcome.rows, str(config), overrides)
     if best:
         out_console.print(f"best: {best}", highlight=False, markup=False, soft_wrap=True)
-    _say(out_console, f"fix record: {outcome.record}", "(patches/*.yaml: each remedy as a config)",
+    _say(out_console, f"fix record: {outcome.record}",
+         *(["(patches/*.yaml: each remedy as a config)"] if outcome.rows else []),
          style="dim", fit=True)
 
 

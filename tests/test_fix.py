@@ -136,3 +136,21 @@ def test_a_bad_config_exits_2(write_yaml, tmp_path) -> None:
     path = write_yaml({**STUCK, "model": {"depth": -1}}, "bad.yaml")
     result = CliRunner().invoke(app, ["fix", str(path), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "model.depth" in result.output
+
+
+def test_a_config_with_no_remedy_says_there_is_nothing_to_fix() -> None:
+    from rich.console import Console
+
+    from gradlab.render.fix_table import fix_table
+
+    original = {"rank": "", "overrides": "(as given)", "status": "completed", "metric":
+                "test_accuracy", "test_metric": 0.343, "baseline": 0.078, "beats_baseline": True,
+                "grad_ratio_final": 1.2, "verdict": "ok"}
+    console = Console(width=80, record=True)
+    console.print(fix_table([], original, "c.yaml"))
+    text = console.export_text()
+    assert "the verdicts name no remedy for this config: nothing to fix" in text
+    assert "no remedy beat the baseline" not in text
+    console.print(fix_table([{**original, "rank": 1, "overrides": "train.lr=0.1",
+                              "beats_baseline": False}], original, "c.yaml"))
+    assert "no remedy beat the baseline in this budget" in console.export_text()

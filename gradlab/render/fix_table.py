@@ -42,7 +42,10 @@ def fix_table(rows: list[dict[str, Any]], original: dict[str, Any], config: str)
                       short(r["grad_ratio_final"]), "\n".join((r["verdict"] or "–").split(", ")))
     notes = Text(f"baseline (a predictor that ignores the inputs): "
                  f"{_metric(original.get('baseline'), metric)}; green: beats it\n", style="dim")
-    if best_command(rows, config) is None:
+    if not rows:
+        notes.append("the verdicts name no remedy for this config: nothing to fix\n",
+                     style="yellow")
+    elif best_command(rows, config) is None:
         notes.append("no remedy beat the baseline in this budget\n", style="yellow")
     return Group(table, notes)
 
