@@ -368,7 +368,35 @@ def test_log_tick_labels_are_distinct_and_never_read_ten_times_a_power() -> None
     labels = [t for t in formatter.format_ticks([0.98, 1.0, 1.02, 1.04, 1.06]) if t]
     assert len(labels) == len(set(labels)) and "1.02" in labels
     assert formatter.format_ticks([1 - 1e-12, 1.02]) == ["1", "1.02"]
+    # below 1 too, in the same plain decimals (not 9.98×10⁻¹ beside 1.002)
+    ax.set_ylim(0.993, 1.006)
+    major = ax.yaxis.get_major_formatter()
+    assert [t for t in major.format_ticks([0.994, 0.998, 1.0, 1.002]) if t] == [
+        "0.994", "0.998", "1", "1.002"]
+    ax.set_ylim(1e-3, 1e2)  # a wide view keeps its powers of ten
+    assert major.format_ticks([1e-3, 1e-2, 1.0, 1e2]) == ["10⁻³", "10⁻²", "1", "10²"]
     plt.close(fig)
+
+
+def test_every_panel_label_of_a_comparison_figure_is_inside_it(runs):
+    """The left margin is measured from the tick labels and the y label of every panel, also
+    where a loss ratio stays within 1 % of the baseline (a narrow log axis)."""
+    deep = runs["deep"]
+    base = deep.summary["baseline_loss"]
+    flat = dataclasses.replace(deep, metrics=[
+        {**r, "loss": base * (1 + 0.006 * math.sin(k))} if r.get("loss") is not None else r
+        for k, r in enumerate(deep.metrics)])
+    for draw, records in ((compare_figures.comparison_loss_figure, [flat]),
+                          (compare_figures.comparison_loss_figure, list(runs.values())),
+                          (compare_figures.comparison_grad_flow_figure, list(runs.values()))):
+        fig = draw(records)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        for ax in fig.axes:
+            for t in [*ax.get_yticklabels(), ax.yaxis.label]:
+                if t.get_text():
+                    assert t.get_window_extent(renderer).x0 >= 0, (draw.__name__, t.get_text())
 
 
 def test_a_long_variant_name_fits_the_ratio_chart(runs):

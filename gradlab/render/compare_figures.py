@@ -149,10 +149,11 @@ def _legend(ax: Axes, columns: int, extra: list[Line2D]) -> Legend | None:
 def _fit_legends(fig: Figure, legends: list[Legend | None]) -> None:
     """Widen the figure for the widest of the panels' legends (each measured; the axes keep
     their size and place in inches), so every entry ends inside it and no empty column is
-    left beside a short one."""
+    left beside a short one; and on the left for the widest tick labels and y label."""
     for legend in legends:
         if legend is not None:
             fit_legend(fig, legend)
+    fit_left_labels(fig, list(fig.axes))
 
 
 def relative_loss(record: Record) -> tuple[np.ndarray, np.ndarray, str]:

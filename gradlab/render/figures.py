@@ -147,6 +147,8 @@ class PowerOfTen(LogFormatter):
         mantissa = float(f"{x / 10.0 ** exponent:.{figures}g}")
         if mantissa >= 10:  # 0.9999 rounds to 10 × 10⁻¹: it is 1
             exponent, mantissa = exponent + 1, mantissa / 10
+        if span < 1 and 1e-3 <= vmin and vmax < 1e4:  # a narrow view: 0.998, 1, 1.002 alike
+            return f"{x:.{figures}g}"
         power = "1" if exponent == 0 else "10" + str(exponent).translate(SUPERSCRIPT)
         if mantissa == 1:
             return power
@@ -283,12 +285,14 @@ def fit_legend(fig: Figure, legend: Any, pad: float = 0.15) -> None:
     fig.subplots_adjust(left=left / end, right=right / end)
 
 
-def fit_left_labels(fig: Figure, ax: Axes, pad: float = 0.1) -> None:
-    """Widen `fig` on the left so the y tick labels of `ax` start `pad` inches inside it, the
-    axes keeping their size and place from the right (the labels measured: a margin estimated
-    from the number of characters cannot know how wide they are)."""
+def fit_left_labels(fig: Figure, axes: Axes | list[Axes], pad: float = 0.1) -> None:
+    """Widen `fig` on the left so the y tick labels and y label of `axes` start `pad` inches
+    inside it, the axes keeping their size and place from the right (the labels measured: a
+    margin estimated from the number of characters cannot know how wide they are)."""
     renderer = FigureCanvasAgg(fig).get_renderer()
-    labels = [t.get_window_extent(renderer).x0 for t in ax.get_yticklabels() if t.get_text()]
+    every = axes if isinstance(axes, list) else [axes]
+    labels = [t.get_window_extent(renderer).x0 for ax in every
+              for t in [*ax.get_yticklabels(), ax.yaxis.label] if t.get_text()]
     if not labels:
         return
     short = pad - min(labels) / fig.dpi
