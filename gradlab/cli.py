@@ -685,7 +685,7 @@ def validate(
     set_: SetOpt = None,
 ) -> None:
     """Check configs without training: every problem, with its key path."""
-    from gradlab.config.load import config_paths
+    from gradlab.config.load import config_paths, read_yaml
 
     paths = config_paths(configs)
     if not paths:  # only directories, with no config in them: as compare refuses them
@@ -693,6 +693,15 @@ def validate(
     problems = 0
     for path in paths:
         try:
+            if "sweep" in read_yaml(path):  # a sweep spec: every point checked, as sweep does
+                from gradlab.sweep import plan_sweep
+
+                plan = plan_sweep(path, [], set_ or [], yes=True)
+                out_console.print(f"{path}: ok (a sweep spec: {len(plan.points)} points × "
+                                  f"{len(plan.seeds or [0])} seed(s) = {plan.runs} runs, "
+                                  f"{len(plan.claims)} claim(s))", markup=False,
+                                  highlight=False, soft_wrap=True)
+                continue
             cfg = load_config(path, set_ or [])
             from gradlab.build.budget import preflight  # torch only for a run near the limit
 

@@ -337,6 +337,17 @@ def test_the_canonical_sweep_spec_plans_and_is_not_a_plain_config():
     assert [p.values["model.depth"] for p in plan.points[::5]] == [2, 4, 8, 16, 32]
     assert len(plan.claims) == 2 and plan.plot == "final_metrics.test_accuracy"
     assert json.loads(json.dumps(plan.base))["name"] == "tanh_phase"
+    # validate checks it as a spec; run, compare and predict point to gradlab sweep
+    result = run_cli("validate", str(spec))
+    assert result.exit_code == 0, result.output
+    assert "ok (a sweep spec: 25 points × 2 seed(s) = 50 runs, 2 claim(s))" in result.output
+    bad = run_cli("validate", str(spec), "--set", "model.width=0")
+    assert bad.exit_code == 2 and "model.width" in bad.output
+    for command in ("run", "predict"):
+        result = run_cli(command, str(spec))
+        assert result.exit_code == 2, (command, result.output)
+        assert f"sweep: this is a sweep spec: gradlab sweep {spec} runs it" in result.output
+        assert "did you mean 'seed'" not in result.output
 
 
 def test_a_field_that_is_no_column_is_refused_before_anything_runs(tmp_path):

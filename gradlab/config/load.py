@@ -71,6 +71,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     `{"device=gpu": "--device gpu"}`; `--set KEY=VALUE` otherwise), not the file alone."""
     source = str(path)
     raw = read_yaml(path)
+    if "sweep" in raw:  # not a key of a config: the section that makes a file a sweep spec
+        raise ConfigError(source, [("sweep", f"this is a sweep spec: gradlab sweep {source} runs "
+                                             "it (run, compare, fix and predict take a config "
+                                             "without a sweep: section)")])
     raw.setdefault("name", default_name(Path(path)))
     _beside(raw, Path(path))
     try:
