@@ -685,7 +685,8 @@ def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> 
                                  or [r for r in v["remedies"] if r not in settings])
         out.append(v)
     if not out and summary.get("status") == "completed" and summary.get("layers"):
-        out.append({"kind": "ok", "severity": "info", "when": "end", "layers": [],
+        # not `ok`, which says the net learned: no baseline (or no evaluation), no judgement
+        out.append({"kind": "gradients_ok", "severity": "info", "when": "end", "layers": [],
                     "message": "gradients reach every layer within a few orders of magnitude; "
                                "whether the net learned is not judged (give watch() a "
                                "baseline_loss and report evaluated(step, test_loss=...))",

@@ -530,3 +530,35 @@ def test_activations_stay_exact_on_later_steps_when_an_output_changes_in_place(
                                                          rel=1e-9), (step, name)
                 assert float(fc2[name]) == pytest.approx(float(torch.quantile(t.double(), q)),
                                                          rel=1e-9), (step, name)
+
+
+def test_ok_is_said_only_where_learning_was_judged(tmp_path: Path) -> None:
+    """A watched model with healthy gradients but no baseline gets `gradients_ok`, never `ok`
+    (which says the net learned); given a baseline and an evaluation that beats it: `ok`."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def train(name: str, **given: Any) -> dict[str, Any]:
+        model = small()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        with gradlab.watch(model, every=10, out=tmp_path, name=name, optimizer=opt,
+                           **given) as probe:
+            for step in range(100):
+                loss = F.mse_loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                probe.after_backward(step, loss=loss)
+                opt.step()
+                probe.after_step(step)
+            with torch.no_grad():
+                probe.evaluated(step, test_loss=float(F.mse_loss(model(x), y)))
+        return json.loads((probe.path / "summary.json").read_text())
+
+    unjudged = train("unjudged")
+    assert [v["kind"] for v in unjudged["verdicts"]] == ["gradients_ok"]
+    assert "whether the net learned is not judged" in unjudged["verdicts"][0]["message"]
+    judged = train("judged", baseline_loss=float(y.var()))
+    assert "gradients_ok" not in [v["kind"] for v in judged["verdicts"]]
+    assert judged["final_metrics"]["test_loss"] < 0.1 * judged["baseline_loss"]  # the premise
+    assert [v["kind"] for v in judged["verdicts"]] == ["ok"]
