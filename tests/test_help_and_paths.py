@@ -56,6 +56,9 @@ def test_a_relative_data_path_is_read_beside_the_config(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         load_config(config)
     assert f"no such file '{folder / 'points.csv'}'" in str(e.value)  # where it looked
+    with pytest.raises(ConfigError) as e:  # a directory is named as one, not as missing
+        load_config(config, ["data.path=."])
+    assert "data.path: '.' is a directory: give a .csv or .npz file" in str(e.value)
     # on the command line, a path stays relative to where the command runs
     (tmp_path / "here.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
     assert load_config(config, ["data.path=here.csv"]).data.path == "here.csv"

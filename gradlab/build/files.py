@@ -16,6 +16,7 @@ import numpy as np
 
 from gradlab.build.dataset import Task
 from gradlab.config import ConfigError
+from gradlab.config.checks import not_a_file
 
 
 def read_table(path: Path, target: str, task: str, where: str = "data.path",
@@ -24,8 +25,8 @@ def read_table(path: Path, target: str, task: str, where: str = "data.path",
 
     For classification the labels become 0..k-1 (unless not `encode`: a test file's labels are
     encoded together with the training file's, by `encode_classes`)."""
-    if not path.is_file():
-        raise ConfigError(str(path), [(where, f"no such file '{path}'")])
+    if why := not_a_file(path):
+        raise ConfigError(str(path), [(where, why)])
     try:
         if path.suffix == ".npz":
             x, y = _read_npz(path, target, where)

@@ -26,6 +26,13 @@ from gradlab.config.schema import (
 )
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why a data file cannot be read (None if it can be): missing, or a directory."""
+    if path.is_dir():
+        return f"'{path}' is a directory: give a .csv or .npz file"
+    return None if path.is_file() else f"no such file '{path}'"
+
+
 def cross_problems(cfg: Config) -> list[tuple[str, str]]:
     """Conflicts between sections, each as (dotted key path, message)."""
     problems: list[tuple[str, str]] = []
@@ -65,10 +72,10 @@ def cross_problems(cfg: Config) -> list[tuple[str, str]]:
     n_train = known_train_size(cfg)
     if n_train is not None:
         problems += batch_size_problems(cfg.train.batch_size, n_train)
-    if cfg.data.kind == "file" and not Path(cfg.data.path).is_file():
-        problems.append(("data.path", f"no such file '{cfg.data.path}'"))
-    if cfg.data.kind == "file" and cfg.data.test_path and not Path(cfg.data.test_path).is_file():
-        problems.append(("data.test_path", f"no such file '{cfg.data.test_path}'"))
+    if cfg.data.kind == "file":
+        for key, given in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+            if given and (why := not_a_file(Path(given))):
+                problems.append((key, why))
     problems += [(f"expect.{key}", msg) for key, msg in expect_problems(cfg.expect)]
     if not cfg.probe.enabled:
         problems += [(f"expect.{key}", "needs the probe's per-layer statistics, but "
