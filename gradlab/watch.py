@@ -229,7 +229,11 @@ class Watch:
                             time=steps_of)
         self._sentinel = Sentinel(model)
         try:
-            self._writer = GuardedWriter(Path(out), self.name)
+            try:
+                self._writer = GuardedWriter(Path(out), self.name)
+            except OSError as e:  # a file, a read-only place: bad input, named as such
+                raise WatchError(f"out={str(out)!r}: cannot create records there: "
+                                 f"{e.strerror or e}") from None
             self._writer.write_config(self.config)
             self._writer.write_summary({**self._base, "status": "running", "error": None,
                                         "steps_done": 0})

@@ -350,6 +350,10 @@ def test_bad_options_and_unknown_layers_are_named(tmp_path: Path) -> None:
         with pytest.raises(gradlab.WatchError, match=words):
             gradlab.watch(small(), out=out, **options)
     assert not out.exists()
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory")
+    with pytest.raises(gradlab.WatchError, match="cannot create records there: Not a directory"):
+        gradlab.watch(small(), out=afile)
     probe = gradlab.watch(small(), out=out, layers=["2"])  # an explicit list
     assert probe.layers == ["Linear[2]"]
     probe.close()
