@@ -778,6 +778,8 @@ def report(
     if not is_run_dir(run_dir) and not is_group_dir(run_dir):
         entries = [p for p in find_runs(run_dir) if p.parent == run_dir] \
             if run_dir.is_dir() else []
+        if not run_dir.exists():
+            raise _fail(f"{run_dir}: no such directory; `gradlab runs` lists the runs")
         if not entries:
             raise _fail(f"{run_dir}: not a run directory (no summary.json or metrics.csv); "
                         f"`gradlab runs` lists the runs")

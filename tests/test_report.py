@@ -113,6 +113,13 @@ def test_runs_lists_every_run_newest_first_with_its_fields(three_runs):
     last = [m for m in killed.metrics if m.get("loss") is not None][-1]
     assert by_run["killed"][1:6] == ["incomplete", "2025-03-01", "13:00",
                                      str(killed.metrics[-1]["step"] + 1), num(last["loss"])]
+    assert f"gradlab report {three_runs}/RUN re-prints one" in " ".join(result.output.split())
+    # one run's own directory: the hint names it, not RUN under it (a path that is none)
+    one = three_runs / "tiny" / "20250301T120000Z"
+    alone = cli("runs", one)
+    assert alone.exit_code == 0
+    assert f"gradlab report {one} re-prints it" in " ".join(alone.output.split())
+    assert cli("report", one, "--no-plots").exit_code == 0  # and that command works
 
 
 def test_a_running_summary_with_a_dead_pid_is_incomplete(three_runs):
@@ -156,6 +163,8 @@ def test_report_on_something_that_is_not_a_run(tmp_path):
     result = cli("report", tmp_path)
     assert result.exit_code == 2
     assert "not a run directory" in result.output and "Traceback" not in result.output
+    missing = cli("report", tmp_path / "nope")
+    assert missing.exit_code == 2 and f"{tmp_path / 'nope'}: no such directory" in missing.output
 
 
 def test_report_on_a_compare_record_reprints_the_comparison(three_runs, tmp_path, monkeypatch):

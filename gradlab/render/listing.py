@@ -82,7 +82,8 @@ def run_list(root: Path) -> RenderableType:
             stacked = [r.replace("/", "/\n", 1) if r.count("/") == 1 else r for r in runs]
             table = fit_table([c for c in columns(stacked) if c.header != "started (UTC)"], width)
         assert table is not None
-        notes = f"gradlab report {root}/RUN re-prints one"
+        notes = f"gradlab report {root} re-prints it" if runs == [root.name] \
+            else f"gradlab report {root}/RUN re-prints one"  # the root is itself a run
         if len(table.columns) < 6:
             notes = f"a run's directory name is the time it started (UTC)\n{notes}"
         return Group(Text(f"runs under {root}, newest first"), table, Text(notes, style="dim"))
