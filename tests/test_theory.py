@@ -130,6 +130,25 @@ def test_a_length_map_with_no_fixed_point_ahead_gives_its_limit(name, sigma_w2, 
     assert not any("slowly" in n for n in out["notes"])
 
 
+def test_a_net_too_shallow_for_q_star_says_what_its_layers_predict() -> None:
+    """init_xavier_tanh (σw² 1, σb² 1/192, 15 layers): q falls from 1 to 0.06 but q* is
+    0.055, so χ₁ at q* (0.51 first/last) misses the layers' own χ(q_l) (0.2; 0.21 measured)."""
+    sb2 = 1 / 192
+    out = T.predict_mlp(_config(init={"scheme": "xavier_normal"}, width=64, depth=15,
+                                bias_init={"scheme": "normal", "std": math.sqrt(sb2)}))
+    qs, tanh = [1.0 + sb2], np.tanh
+    for _ in range(14):  # the length map, by quadrature
+        qs.append(_expect(lambda x: tanh(x) ** 2, qs[-1]) + sb2)
+    chis = [_expect(lambda x: 1 / np.cosh(x) ** 4, q) for q in qs[:-1]]
+    transient = math.sqrt(math.prod(chis))
+    assert transient == pytest.approx(0.197, abs=0.005)
+    [note] = out["notes"]
+    assert f"layer by layer predicts ‖∂L/∂z‖ first/last {transient:.2g}, χ₁ 0.51" in note
+    assert f"q {qs[0]:.3g} at the first, {qs[-1]:.3g} at the last" in note
+    # where the layers sit near q* (deep_tanh: 3.1e-4 against 4.1e-4), no such note
+    assert T.predict_mlp(_config(init={"scheme": "default"}, width=64, depth=15))["notes"] == []
+
+
 @pytest.mark.parametrize("sigma_w2", [1.01, 1.1])
 def test_fixed_point_near_the_edge_of_stability(sigma_w2: float) -> None:
     """tanh, σb² = 0, σw² just above 1: plain iteration crawls (rate ≈ 1 − 2(σw² − 1))."""
