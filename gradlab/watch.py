@@ -31,6 +31,7 @@ the record as `diverged` and raises `Diverged`, which the `with` block absorbs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -400,7 +401,11 @@ class Watch:
 
         console = Console(width=width, file=io.StringIO(), color_system=None, record=True,
                           emoji=False)
-        console.print(run_report(read_record(self.path), all_layers))
+        record = read_record(self.path)
+        if not self._closed and record.summary is not None:  # the loop is running: its count
+            record = dataclasses.replace(record, summary={
+                **record.summary, "steps_done": self._steps_done, "seconds": self._seconds})
+        console.print(run_report(record, all_layers))
         return console.export_text()
 
     def __enter__(self) -> Watch:

@@ -566,3 +566,18 @@ def test_ok_is_said_only_where_learning_was_judged(tmp_path: Path) -> None:
     assert "gradients_ok" not in [v["kind"] for v in judged["verdicts"]]
     assert judged["final_metrics"]["test_loss"] < 0.1 * judged["baseline_loss"]  # the premise
     assert [v["kind"] for v in judged["verdicts"]] == ["ok"]
+
+
+def test_a_report_while_the_loop_runs_shows_what_was_logged(tmp_path: Path) -> None:
+    """Before close, with no `steps=`: the steps logged so far, of an unknown total ('?')."""
+    model = small()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = gradlab.watch(model, every=2, out=tmp_path, optimizer=opt)
+    for step in range(3):  # steps 0 and 2 are logged
+        loss = backward(model)
+        probe.after_backward(step, loss=loss)
+        opt.step()
+        probe.after_step(step)
+    text = probe.report(width=80)
+    probe.close()
+    assert "running  3/? steps" in text and "None" not in text

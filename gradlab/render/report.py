@@ -71,9 +71,12 @@ def _header(record: Record, width: int) -> RenderableType:
     done: int | None
     if status in ("incomplete", "running"):  # no final summary: what it logged so far
         done, initial, final = logged_progress(record)
+        if isinstance(s.get("steps_done"), int):  # a live count (gradlab.watch's report())
+            done = max(done, s["steps_done"])
     else:
         done, initial, final = s.get("steps_done"), s.get("initial_loss"), s.get("final_loss")
-    steps = f"{done}/{s.get('steps_planned', '?')} steps"
+    planned = s.get("steps_planned")  # None: a watched loop of unknown length, or no summary
+    steps = f"{done}/{planned if planned is not None else '?'} steps"
     speed = s.get("steps_per_second")
     lead = f"{name}  {status}"  # already in `lines`, in its styles
     lines.append(_packed(lead + "  ", [f"{steps} in {num(s.get('seconds'))} s",
