@@ -317,7 +317,7 @@ class Watch:
             if not finite and self._in_a_row < AMP_PATIENCE:
                 return
         if not finite and self.first_nonfinite is None:
-            where = self._sentinel.locate(loss_finite=loss_finite, scale=scale)
+            where = self._sentinel.locate(loss_finite=loss_finite, scale=scale, loss=loss_v)
             at = step - 1 if where["what"] == "weights" and step > self.start else step
             self.first_nonfinite = {"step": at, "layer": where["module"], **where}
             self._log_this = True  # the step that went non-finite is on the record

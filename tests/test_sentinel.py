@@ -194,7 +194,14 @@ def test_weights_a_batch_and_a_loss_that_went_non_finite_are_told_apart(tmp_path
     assert probe.first_nonfinite is not None
     assert probe.first_nonfinite["what"] == "loss"
     assert probe.first_nonfinite["direction"] == "forward"
+    assert probe.first_nonfinite["value"] == "Inf"  # log(0) = -inf: what it was, not null
     probe.close()
+    nan = gradlab.watch(model, out=tmp_path / "runs", on_nonfinite="record")
+    loss = model(torch.randn(16, 8)).mean() * torch.tensor(math.nan)
+    loss.backward()
+    nan.after_backward(0, loss)
+    assert nan.first_nonfinite is not None and nan.first_nonfinite["value"] == "NaN"
+    nan.close()
 
 
 def _csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -502,7 +502,7 @@ def where_nonfinite(step: int, loss: float, sentinel: Sentinel, model: nn.Module
     probed layer that module belongs to (its Linear, or its activation: `what` "activations"),
     None for a module outside them (or the loss)."""
     with precise or contextlib.nullcontext():  # in the run's precision: fp16 overflows again
-        where = sentinel.locate(loss_finite=math.isfinite(loss), scale=scale)
+        where = sentinel.locate(loss_finite=math.isfinite(loss), scale=scale, loss=loss)
     named = {display_name(name, module, model): module for name, module in model.named_modules()}
     module = named.get(where.get("module") or "")
     layer, what = None, where["what"]

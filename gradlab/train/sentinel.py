@@ -27,6 +27,7 @@ the random state is forked, parameter gradients are returned rather than accumul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,10 +83,12 @@ class Sentinel:
 
         out.register_hook(keep)
 
-    def locate(self, loss_finite: bool, scale: torch.Tensor | None = None) -> dict[str, Any]:
+    def locate(self, loss_finite: bool, scale: torch.Tensor | None = None,
+               loss: float | None = None) -> dict[str, Any]:
         """Where the last training step's NaN/Inf came from (see the module docstring):
         `{direction, what, module, passed_on, value}`. `scale`: a mixed-precision loss scale
-        the kept output gradient is divided by, so the replay is of the unscaled loss."""
+        the kept output gradient is divided by, so the replay is of the unscaled loss. `loss`:
+        its value, for `value` where the loss itself is what went non-finite."""
         if self.args is None:
             return _where(None, "unknown", None, note="no training forward pass was seen")
         out_grad = self.out_grad
@@ -93,10 +96,14 @@ class Sentinel:
             out_grad = out_grad / scale.to(out_grad.device, out_grad.dtype)
         self.paused = True
         try:
-            return _locate(self.model, self.args, self.kwargs, self.rng, out_grad,
-                           loss_finite, self._cuda)
+            where = _locate(self.model, self.args, self.kwargs, self.rng, out_grad,
+                            loss_finite, self._cuda)
         finally:
             self.paused = False
+        if where["what"] == "loss" and where["value"] is None and loss is not None \
+                and not math.isfinite(loss):
+            where["value"] = "NaN" if math.isnan(loss) else "Inf"
+        return where
 
 
 def _where(direction: str | None, what: str, module: str | None, passed_on: list[str] | None = None,
