@@ -601,9 +601,11 @@ def sweep(
     from gradlab.record.guard import RecordWriteError
     from gradlab.render.sweep_table import render_sweep_dir
 
-    err_console.print(f"sweep {plan.name}: {len(plan.points)} points × "
-                      f"{len(plan.seeds or [0])} seed(s) = {plan.runs} runs", style="dim",
-                      markup=False, highlight=False)
+    if not quiet:
+        n = len(plan.points)
+        err_console.print(f"sweep {plan.name}: {n} point{'s' if n != 1 else ''} × "
+                          f"{len(plan.seeds or [0])} seed(s) = {plan.runs} runs", style="dim",
+                          markup=False, highlight=False)
     try:
         from gradlab.sweep import run_sweep  # torch: a stop signal may come while it loads
     except KeyboardInterrupt as stop:

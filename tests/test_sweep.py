@@ -278,6 +278,18 @@ def test_mistakes_found_only_after_training_are_refused_before_anything_runs(tmp
     assert not out.exists()
 
 
+def test_one_point_is_one_point_and_quiet_is_quiet(tmp_path):
+    config, out = write(tmp_path, TINY), tmp_path / "runs"
+    loud = run_cli("sweep", str(config), "--grid", "model.depth=1", "--out", str(out),
+                   "--no-plots")
+    assert loud.exit_code == 0, loud.output
+    assert "1 point × 1 seed(s) = 1 runs" in loud.stderr and "1 points" not in loud.output
+    assert "sweep tiny: 1 point" in loud.stdout
+    quiet = run_cli("sweep", str(config), "--grid", "model.depth=1", "--out", str(out),
+                    "--no-plots", "-q", "--reuse")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
 def test_a_text_column_is_never_plottable_even_beside_a_diverged_point():
     rows = [{"status": "completed", "verdict": "ok", "final_loss": 0.5, "test_loss": None},
             {"status": "diverged", "verdict": "diverged", "final_loss": None, "test_loss": None}]

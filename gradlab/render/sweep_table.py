@@ -71,8 +71,10 @@ def sweep_table(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str) -
                             drop=1),
                      Column("depth/ξ", [num(p["depth_per_xi"], 2) for p in points], drop=1)]
         cols.append(Column("verdict", [p["verdict"] for p in points], "left", drop=3))
-        table = fit_table(cols, width, title=f"sweep {sweep.get('name')}: {len(points)} points"
-                          + (f" × {seeds} seeds" if spread else ""), title_justify="left")
+        n = len(points)
+        table = fit_table(cols, width, title=f"sweep {sweep.get('name')}: {n} point"
+                          + ("s" if n != 1 else "") + (f" × {seeds} seeds" if spread else ""),
+                          title_justify="left")
         parts: list[RenderableType] = [table] if table is not None else []
         legend = (f"{field}: mean over the seeds" if spread else field)
         if spread and on_log_scale(field):
