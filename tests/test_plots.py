@@ -115,8 +115,18 @@ def test_underflowed_gradients_are_drawn_not_dropped(runs):
     assert any("exactly 0" in t for t in legend_texts(fig))
     init = next(line for line in ax.get_lines() if line.get_label() == "step 0 (init)")
     y = np.asarray(init.get_ydata(), dtype=float)
-    assert np.isfinite(y).all() and (y > 0).all()  # zeros sit at the floor, visible on log axes
-    assert y[0] < y[-1] / 1e3  # vanishing shows as a slope from the output down to the input
+    zero = g[0] == 0
+    # an exact 0 is a ▽ on the floor in the line's colour, never a point of the line itself
+    assert np.isnan(y[zero]).all() and (y[~zero] > 0).all()
+    marks = [m for m in ax.get_lines() if m.get_marker() == "v"
+             and m.get_markeredgecolor() == init.get_color()]
+    assert len(marks) == 1
+    x = np.asarray(marks[0].get_xdata(), dtype=float)
+    assert list(x) == list(np.asarray(init.get_xdata(), dtype=float)[zero])
+    floor = float(marks[0].get_ydata()[0])
+    assert 0 < floor < np.nanmin(y)  # below every value drawn, visible on the log axis
+    finite = y[~zero]
+    assert finite[0] < finite[-1] / 1e3  # vanishing shows as a slope towards the input
     bar_label = run_figures.grad_heatmap_figure(record).axes[-1].get_ylabel()
     assert "black: exactly 0" in bar_label
 

@@ -246,11 +246,12 @@ def marking_isolated(y: np.ndarray, style: dict[str, Any]) -> dict[str, Any]:
 
 
 def draw_norms(ax: Axes, x: np.ndarray, y: np.ndarray, floor: float, **style: Any) -> bool:
-    """A gradient-norm line on a log axis with zeros drawn at `floor`; True if it had zeros.
-    A point with no finite neighbour gets a marker, so a lone value is never invisible."""
+    """A gradient-norm line on a log axis, an exact zero a ▽ at `floor` (in the line's colour,
+    not joined to it: a line into the floor would read as a value there); True if it had
+    zeros. A point with no finite nonzero neighbour gets a marker, so a lone value is never
+    invisible."""
     zero = y == 0
-    shown = np.where(zero, floor, y)
-    shown = np.where(np.isfinite(shown), shown, np.nan)
+    shown = np.where(np.isfinite(y) & ~zero, y, np.nan)
     ax.plot(x, shown, **_marking_isolated(len(shown), isolated(shown), style))
     if zero.any():
         ax.plot(x[zero], np.full(int(zero.sum()), floor), ls="none", marker="v", ms=7,
