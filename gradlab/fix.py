@@ -109,13 +109,17 @@ def _row(cfg: Config, v: comparing.Variant, f: dict[str, Any] | None,
     if isinstance(value, (int, float)) and isinstance(baseline, (int, float)):
         beats = value > baseline if metric == "test_accuracy" else value < 0.9 * baseline
     verdicts = [x for x in s.get("verdicts") or [] if x.get("severity") != "info"]
+    verdict = ", ".join(x["kind"] for x in verdicts) or ("ok" if s else "")
+    seeds = comparing.verdict_agreement(v) if v.is_group else ""
+    if seeds and seeds.split("/")[0] != seeds.split("/")[1]:  # the seeds disagree: say so
+        verdict += f" ({seeds} seeds)"
     return {
         "rank": "", "variant": v.name, "overrides": " ".join(f["set"]) if f else "(as given)",
         "why": f["why"] if f else "", "status": v.status, "test_metric": value, "metric": metric,
         "baseline": baseline, "beats_baseline": beats,
         "grad_ratio_init": s.get("grad_ratio_init"), "grad_ratio_final": s.get("grad_ratio_final"),
         "delta_ratio_init": s.get("delta_ratio_init"),
-        "verdict": ", ".join(x["kind"] for x in verdicts) or ("ok" if s else ""),
+        "verdict": verdict,
         "patch": str(patch) if patch else "", "run_dir": str(v.run_dir) if v.run_dir else "",
     }
 

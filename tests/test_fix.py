@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import gradlab.fix
 from gradlab.cli import app
-from gradlab.config import load_config, resolved
+from gradlab.config import config_from_dict, load_config, resolved
 from gradlab.fix import rank, remedies_of
 
 
@@ -154,3 +154,22 @@ def test_a_config_with_no_remedy_says_there_is_nothing_to_fix() -> None:
     console.print(fix_table([{**original, "rank": 1, "overrides": "train.lr=0.1",
                               "beats_baseline": False}], original, "c.yaml"))
     assert "no remedy beat the baseline in this budget" in console.export_text()
+
+
+def test_a_verdict_the_seeds_do_not_share_says_how_many_have_it() -> None:
+    from gradlab.compare import Variant
+    from gradlab.fix import _row
+
+    cfg = config_from_dict(STUCK, "stuck.yaml")
+    members = [Variant(Path("s.yaml"), config=cfg, seed=s) for s in (0, 1)]
+
+    def group(verdicts: dict[str, list[str]]) -> Variant:
+        return Variant(Path("s.yaml"), config=cfg, members=members, group={
+            "status": "completed", "verdicts": verdicts,
+            "fields": {"final_metrics.test_loss": {"mean": 0.5}, "baseline_loss": {"mean": 1.0}}})
+
+    split = _row(cfg, group({"0": ["not_learning"], "1": ["ok"]}), None, None)
+    assert split["verdict"] == "not_learning (1/2 seeds)"
+    shared = _row(cfg, group({"0": ["not_learning"], "1": ["not_learning"]}), None, None)
+    assert shared["verdict"] == "not_learning"
+
