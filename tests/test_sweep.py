@@ -237,6 +237,20 @@ def test_the_theory_overlay_puts_the_critical_point_where_mean_field_theory_does
     assert xi[near] > 20 * xi[min(xi)]  # ξ peaks at the critical point
 
 
+def test_cell_values_are_written_above_the_theory_lines(swept):
+    """A ξ curve or the critical line running through a cell never strikes its number out."""
+    from gradlab.render.sweep_figures import _draw
+
+    _, _, record, _ = swept
+    sweep = read_sweep(record)
+    cells = heatmap_cells(sweep, read_table(record), "final_loss")
+    ax = _draw(sweep, cells, _theory_overlay(record, sweep, cells)).axes[0]
+    lines = [x.get_zorder() for x in ax.get_lines()]
+    texts = [t for t in ax.texts if t.get_text() and t.get_bbox_patch() is not None]
+    assert lines and texts
+    assert all(t.get_zorder() > max(lines) for t in texts)
+
+
 def test_log_axes_for_log_spaced_or_decade_spanning_values():
     assert log_axis([2, 4, 8, 16, 32]) and log_axis([0.5, 0.84, 1.41, 2.38, 4.0])
     assert log_axis([1e-3, 0.5])

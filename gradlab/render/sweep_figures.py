@@ -372,9 +372,11 @@ def _write_cells(ax: Any, cells: Cells, cx: list[float], cy: list[float], mesh: 
                 parts.append("×" if d == n else f"×{d}")
             if m is None and not d and n:
                 parts.append("no value")
-            if parts:
+            if parts:  # above the theory's lines, on a patch of the cell's own colour
+                face = mesh.cmap(norm(m)) if m is not None else "lightgrey"
                 ax.text(x, y, "\n".join(parts), ha="center", va="center", fontsize=8,
-                        color=colour)
+                        color=colour, zorder=5,
+                        bbox={"facecolor": face, "edgecolor": "none", "pad": 1.0})
 
 
 def _draw_theory(ax: Any, overlay: dict[str, Any], sweep: dict[str, Any], xe: np.ndarray,
