@@ -434,6 +434,12 @@ def compare(
                     stopping.exit_code()) from None
     rows = comparing.comparison_rows(variants)
     stopped = any(v.interrupted for v in variants)
+    if all(v.status == "invalid" for v in variants):  # nothing ran: no record of nothing
+        for v in variants:
+            _say(err_console, str(v.error), style="red")
+        which = "the config is not" if len(variants) == 1 else f"none of the {len(variants)} " \
+            "configs is"
+        raise _fail(f"{which} valid: nothing ran, and no compare record was written")
     try:
         with uninterrupted():  # a stop signal now would leave half a compare record
             record_dir = comparing.write_record(rows, out)

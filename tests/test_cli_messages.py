@@ -273,6 +273,13 @@ def test_compare_shows_an_invalid_configs_problems_once_on_a_terminal(tmp_path: 
     configs = tmp_path / "c"
     configs.mkdir()
     bad = write(configs / "bad.yaml", tiny(name="bad", model={"depth": -3, "activaton": "relu"}))
+    # alone, nothing runs: its problems once, and no compare record of nothing
+    alone = invoke("compare", configs, "--out", tmp_path / "alone", "--no-plots", "-q")
+    assert alone.exit_code == 2 and alone.stderr.count("must be ≥ 0, got -3") == 1
+    assert "the config is not valid: nothing ran, and no compare record was written" in \
+        alone.stderr
+    assert not list((tmp_path / "alone").glob("compare-*"))
+    write(configs / "good.yaml", tiny(name="good"))
     args = ("compare", configs, "--out", tmp_path / "runs", "--no-plots", "-q")
     screen = invoke(*args, terminal=True, columns=80)
     assert screen.exit_code == 2, screen.output
