@@ -264,6 +264,25 @@ def test_run_shows_the_time_table_and_records_time_grads(write_yaml, tmp_path):
     assert {r["step"] for r in layer_rows} == {"0", "2", "4", "5"}  # every logged step
 
 
+def test_a_diverged_step_records_no_gradients_through_time_it_did_not_measure(tmp_path):
+    """configs/rnn_explode.yaml diverges at step 1 or 2, an unlogged step: time_grads.csv
+    holds step 0's rows alone (it once held step 0's again, as the divergence step's), and the
+    end values are those of the last step measured."""
+    from pathlib import Path
+
+    from gradlab.config import load_config
+    from gradlab.runner import run_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "rnn_explode.yaml",
+                      ["train.steps=40"])
+    outcome = run_config(cfg, tmp_path)
+    summary = outcome.summary
+    assert summary["status"] == "diverged" and summary["first_nonfinite"]["step"] % 25 != 0
+    _, rows = read_csv(outcome.path / "time_grads.csv")
+    assert {r["step"] for r in rows} == {"0"} and len(rows) == 50
+    assert summary["time_grads_final"] == summary["time_grads_init"]  # the last one measured
+
+
 def test_probing_through_time_does_not_change_the_run(tmp_path):
     """An exploding ReLU RNN, where float rounding grows step by step: the run with the probe
     reading ‖∂L/∂h_t‖ (every step logged, so steps 0 and 8 unroll) trains exactly as the run

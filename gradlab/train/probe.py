@@ -587,6 +587,7 @@ class Probe:
         fetched = torch.cat(parts).cpu().tolist()  # note: the one CPU-GPU sync of a logged step
         n, width = stats.numel(), stats.shape[1]
         n_time = 0 if self._time_norms is None else len(self._time_norms)
+        # None on a logged step without gradients through time: never the last step's values
         self.time_grads = fetched[n:n + n_time] if self._time_norms is not None else None
         self.scalars = dict(zip(names, fetched[n + n_time:]))
         cells = [fetched[i * width:(i + 1) * width] for i in range(len(self.layers))]
