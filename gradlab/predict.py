@@ -134,6 +134,14 @@ def measure(cfg: Config, built: Built, data: Dataset) -> dict[str, Any]:
     if time_norm:
         out["time_grads"] = time_norm
         out["time_grad_ratio"] = _ratio(time_norm[0], time_norm[-1])
+    out["notes"] = []  # where the run's own step 0 differs from this measurement
+    if cfg.train.precision != "fp32":
+        out["notes"].append(f"in float32: the run computes in {cfg.train.precision} "
+                            "(autocast), where small gradients may underflow to 0 (its "
+                            "layers.csv grad_underflow)")
+    if cfg.pretrain is not None:
+        out["notes"].append("at the random init: the run pretrains its layers first, so its "
+                            "step 0 starts from other weights")
     return out
 
 
@@ -186,17 +194,7 @@ def jacobian(model: nn.Module, data: Dataset, cfg: Config) -> dict[str, Any]:
     for p in net.parameters():
         p.grad = None
     x = data.x_train[:EXAMPLES].double()
-    notes = []
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        first = next(batches(len(data.x_train), cfg.train.batch_size, cfg.seed, x.device))
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average: after one pass, exactly that batch's
-        with torch.no_grad():
-            net.train()
-            net(data.x_train[first].double())
-        notes.append("batch norm in eval mode with the first minibatch's statistics")
+    notes = freeze_at_first_batch(net, data, cfg)
     net.eval()
     out: dict[str, Any] = {"examples": len(x), "dtype": "float64", "notes": notes,
                            "output": spectrum(jacobians(net, x))}
@@ -207,6 +205,35 @@ def jacobian(model: nn.Module, data: Dataset, cfg: Config) -> dict[str, Any]:
     else:
         out["body"] = None
     return out
+
+
+def freeze_at_first_batch(net: nn.Module, data: Dataset, cfg: Config) -> list[str]:
+    """Give every batch norm of `net` (float64) the statistics the run's first minibatch has in
+    train mode, so that in eval mode it normalises any input as training normalised that
+    batch; the notes to show (none without batch norm)."""
+    notes: list[str] = []
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        first = next(batches(len(data.x_train), cfg.train.batch_size, cfg.seed,
+                             data.x_train.device))
+        counts: dict[int, int] = {}  # values per channel each norm saw
+        hooks = [m.register_forward_pre_hook(
+            lambda m, args: counts.__setitem__(id(m), args[0].numel() // m.num_features))
+            for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: after one pass, exactly that batch's
+        with torch.no_grad():
+            net.train()
+            net(data.x_train[first].double())
+            for m in norms:  # the running variance is unbiased (n/(n-1)); train mode divides
+                n = counts.get(id(m), 0)  # by the biased one, as the run normalised the batch
+                if n > 1 and m.running_var is not None:
+                    m.running_var.mul_((n - 1) / n)
+        for h in hooks:
+            h.remove()
+        notes.append("batch norm in eval mode with the first minibatch's statistics")
+    return notes
 
 
 def jacobians(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -250,7 +277,9 @@ def spectrum(J: torch.Tensor) -> dict[str, Any]:
     lo, hi = (float(nonzero.min()), float(nonzero.max())) if nonzero.numel() else (0.0, 0.0)
     return {
         "shape": list(J.shape[1:]),
-        "singular_values": {"min": lo, "median": float(nonzero.median()) if nonzero.numel() else 0.0,
+        # the median proper (Tensor.median gives the lower of the two middle values)
+        "singular_values": {"min": lo, "median": float(torch.quantile(nonzero, 0.5))
+                            if nonzero.numel() else 0.0,
                             "max": hi, "count": int(s.numel()),
                             "zero": int(s.numel() - nonzero.numel())},
         "spread": hi / lo if lo > 0 else None,

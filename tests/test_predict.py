@@ -163,8 +163,30 @@ def test_the_jacobian_of_a_linear_net_is_the_product_of_its_weights() -> None:
 def test_spectrum_counts_numerically_zero_singular_values() -> None:
     J = torch.diag(torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64))[None]
     sv = spectrum(J)
-    assert sv["singular_values"] == {"min": 1.0, "median": 1.0, "max": 3.0, "count": 3, "zero": 1}
+    # the median of the nonzero 3 and 1 is 2, not the lower middle value (Tensor.median's 1)
+    assert sv["singular_values"] == {"min": 1.0, "median": 2.0, "max": 3.0, "count": 3, "zero": 1}
     assert sv["spread"] == 3.0 and math.isclose(sv["mean_squared_singular_value"], 10 / 3)
+
+
+def test_batch_norm_is_frozen_at_the_first_minibatch_as_training_normalised_it() -> None:
+    """In eval mode the frozen net gives the first minibatch the outputs train mode gave it
+    (train mode divides by the biased batch variance; a running variance is unbiased)."""
+    from gradlab.predict import freeze_at_first_batch
+    from gradlab.train.loop import batches
+
+    cfg = tiny_config(model={"depth": 4, "width": 16, "norm": "batch"}, train={"batch_size": 8})
+    data = load_data(cfg.data, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg.model, data.n_in, data.n_out).model.double()
+    first = next(batches(len(data.x_train), cfg.train.batch_size, cfg.seed, data.x_train.device))
+    batch = data.x_train[first].double()
+    with torch.no_grad():
+        net.train()
+        expected = net(batch)
+        assert freeze_at_first_batch(net, data, cfg)  # it says so
+        net.eval()
+        got = net(batch)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_slope_fit_and_verdicts() -> None:
@@ -249,3 +271,10 @@ def test_chaotic_relu_deltas_follow_the_theory_while_weight_gradients_stay_flat(
     assert sentence.startswith("per layer towards the input, ‖∂L/∂z‖ changes ×")
     lead, _, rest = sentence.partition("; the weight gradients ‖∂L/∂W‖")
     assert lead.split(": ")[-1].startswith("agrees") and rest.split(": ")[1].startswith("disagrees")
+
+
+def test_predict_says_where_the_runs_step_0_differs_from_its_float32_measurement() -> None:
+    plain = predict(tiny_config())["measured"]["notes"]
+    assert plain == []
+    fp16 = predict(tiny_config(train={"precision": "fp16"}))["measured"]["notes"]
+    assert fp16 and fp16[0].startswith("in float32: the run computes in fp16")

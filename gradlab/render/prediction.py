@@ -131,6 +131,7 @@ def measured_part(measured: dict[str, Any]) -> RenderableType:
     if measured.get("time_grad_ratio") is not None or measured.get("time_grads"):
         lines.append((2, "‖∂L/∂h_1‖/‖∂L/∂h_T‖ through time "
                          f"{num(measured.get('time_grad_ratio'))}", ""))
+    lines += [(2, f"note: {n}", "dim") for n in measured.get("notes") or []]
     return _block("measured at init", f"one backward pass on the run's first minibatch of "
                   f"{measured.get('batch')}, train mode; loss {num(measured.get('loss'))}", lines)
 
