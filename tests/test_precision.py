@@ -287,3 +287,19 @@ def test_the_api_reports_headroom_for_a_users_autocast_loop(tmp_path) -> None:
     assert any(v["kind"] == "precision" for v in s["verdicts"])
     rows = read_record(probe.path).layers
     assert all(r["z_absmax"] is not None and r["grad_underflow"] is None for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU an fp16 LSTM runs")
+def test_an_fp16_lstm_is_refused_before_it_runs_on_the_cpu() -> None:
+    """PyTorch's CPU LSTM has no float16 kernel: refused with the way out, where it failed
+    at step 0 (a oneDNN error); a GRU in fp16 and an LSTM in bf16 run."""
+    from gradlab.build.budget import preflight
+
+    lstm = load_config(CONFIGS / "lstm_adding.yaml", ["train.precision=fp16"])
+    with pytest.raises(ConfigError, match="fp16 LSTMs do not run on the CPU.*use bf16"):
+        preflight(lstm, "lstm_adding.yaml")
+    preflight(load_config(CONFIGS / "lstm_adding.yaml", ["train.precision=bf16"]), "x")
+    preflight(load_config(CONFIGS / "gru_adding.yaml", ["train.precision=fp16"]), "x")
+    # and the refusal is right: the fused CPU LSTM cannot run in float16
+    with pytest.raises(RuntimeError), torch.autocast("cpu", dtype=torch.float16):
+        torch.nn.LSTM(4, 8)(torch.randn(5, 2, 4))[0].sum().backward()

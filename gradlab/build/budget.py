@@ -178,10 +178,24 @@ def _need(est: dict[str, int]) -> int:
 
 
 def preflight(cfg: Config, source: str, n_in: int | None = None, n_out: int | None = None) -> None:
-    """Raise ConfigError (exit 2) when the run would not fit in memory."""
-    problems = memory_problems(cfg, n_in, n_out)
+    """Raise ConfigError (exit 2) when the run would not fit in memory, or cannot run on the
+    device it gets (an fp16 LSTM on the CPU)."""
+    problems = memory_problems(cfg, n_in, n_out) + device_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
+
+
+def device_problems(cfg: Config) -> list[tuple[str, str]]:
+    """What the device the run gets cannot compute: PyTorch's CPU LSTM has no float16 kernel
+    (oneDNN: 'could not create a primitive descriptor'), where RNN and GRU, and bf16, run."""
+    if cfg.train.precision != "fp16" or cfg.model.kind != "lstm" or cfg.device == "cuda":
+        return []
+    import torch  # here only: the one case that depends on the device
+
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return [("train.precision", "fp16 LSTMs do not run on the CPU (PyTorch has no float16 "
+                                    "CPU LSTM kernel): use bf16 here, or a CUDA device")]
+    return []
 
 
 def _bytes(n: float) -> str:
