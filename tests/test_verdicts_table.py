@@ -186,6 +186,10 @@ def test_messages_carry_their_numbers_and_say_when() -> None:
     v = by_kind(summary(ratio_init=2.3e-4, ratio_final=14.0), TANH)["vanishing"]
     assert v["when"] == "init" and "training recovered (ratio 14 at the end)" in v["message"]
     assert "is 2.3e-04 × the last layer's at init (4 orders of magnitude)" in v["message"]
+    zero = by_kind(summary(ratio_init=0.0, ratio_final=0.0, delta_ratio_init=0.0,
+                           **NOT_LEARNING), TANH)["vanishing"]["message"]
+    assert "the first layer's gradient is exactly 0 at init (every entry) and at the end" in zero
+    assert "‖∂L/∂z‖ is exactly 0 at the input" in zero and "0 ×" not in zero
     worst = by_kind(summary(over_run={"grad_norm_max": {"value": 4.1e16, "step": 3,
                                                         "layer": "fc1"}}, **NOT_LEARNING),
                     RELU)["exploding"]

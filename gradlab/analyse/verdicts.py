@@ -199,12 +199,16 @@ def _vanishing(ctx: _Context) -> Verdict | None:
     if not low:
         return None
     names = [layer["name"] for layer in ctx.layers]
-    message = (f"vanishing gradients: the first layer's gradient is {_fmt(init)} × the last "
-               f"layer's at init{_orders(init)}")
+    # "0 ×" reads as a factor: an exact 0 says so
+    message = ("vanishing gradients: the first layer's gradient is exactly 0 at init (every "
+               "entry)" if init == 0 else f"vanishing gradients: the first layer's gradient is "
+               f"{_fmt(init)} × the last layer's at init{_orders(init)}")
     if end is not None:
-        message += f" and {_fmt(end)} × at the end"
+        message += " and at the end" if end == 0 and init == 0 else \
+            " and exactly 0 at the end" if end == 0 else f" and {_fmt(end)} × at the end"
     if delta is not None and delta < VANISHING_RATIO:
-        message += f"; the backward signal ‖∂L/∂z‖ falls {_fmt(delta)} × towards the input"
+        message += ("; the backward signal ‖∂L/∂z‖ is exactly 0 at the input" if delta == 0
+                    else f"; the backward signal ‖∂L/∂z‖ falls {_fmt(delta)} × towards the input")
     recovered = end is not None and end >= VANISHING_RATIO
     if recovered:
         return _verdict("vanishing", "info", "init", names[:1],
@@ -312,11 +316,13 @@ def _precision(ctx: _Context) -> Verdict | None:
     parts, layers, fixes = [], [], []
     if lost >= UNDERFLOW or zero:
         layer = str(worst.get("layer"))
-        parts.append(f"{lost:.0%} of {layer}'s gradient entries, nonzero in float32, were 0 in "
-                     f"{dtype} at {_when(worst.get('step'))} (below its smallest normal "
-                     f"{_fmt(tiny)}, subnormal down to {_fmt(_num(p.get('smallest')))})")
+        parts.append(f"{lost:.0%} of {layer}'s gradient entries were 0 in {dtype} at "
+                     f"{_when(worst.get('step'))}, nonzero in a float32 backward (too small "
+                     f"even for its subnormals, down to {_fmt(_num(p.get('smallest')))}; "
+                     f"below its smallest normal {_fmt(tiny)} an entry keeps few digits)")
         if zero:
-            parts.append(f"{', '.join(zero)} got no gradient at all")
+            parts.append(f"{', '.join(zero)} lost every gradient entry on at least one logged "
+                         "step")
         layers = zero or [layer]
         if dtype == "fp16" and p.get("loss_scale") == "none":
             fixes.append(_fix("a loss scale lifts small gradients into fp16's range "
