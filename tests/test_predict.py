@@ -278,3 +278,20 @@ def test_predict_says_where_the_runs_step_0_differs_from_its_float32_measurement
     assert plain == []
     fp16 = predict(tiny_config(train={"precision": "fp16"}))["measured"]["notes"]
     assert fp16 and fp16[0].startswith("in float32: the run computes in fp16")
+
+
+def test_the_header_names_the_layers_its_fit_left_out() -> None:
+    """fp16 zeroes the first layers' gradients: the fit over the rest is said to leave them out."""
+    prediction = {"predictable": True, "chi1": 0.25, "depth": 4, "phase": "ordered",
+                  "depth_scale": 0.72, "predicted_grad_ratio": 0.125}
+    deltas, grads = [0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.4, 0.9]  # ×0.5 per layer where measured
+    layers = [{"name": f"fc{i + 1}", "init": {"delta_norm": d, "grad_norm": g}}
+              for i, (d, g) in enumerate(zip(deltas, grads))] + [{"name": "head", "init": {}}]
+    agreement = run_agreement({"prediction": prediction, "layers": layers})
+    assert agreement is not None and agreement["left_out"] == ["fc1", "fc2"]
+    assert math.isclose(agreement["delta_factor"], 0.5)
+    line = theory_lines({"prediction": prediction, "layers": layers})[1]
+    assert line.endswith("; fc1, fc2 left out (0 or not finite)")
+    whole = [{**r, "init": {"delta_norm": 0.5 ** (3 - i), "grad_norm": 1.0}} if i < 4 else r
+             for i, r in enumerate(layers)]
+    assert "left out" not in theory_lines({"prediction": prediction, "layers": whole})[1]

@@ -116,6 +116,13 @@ def run_agreement(summary: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     hidden = layers[:depth]
     names = [str(layer.get("name")) for layer in hidden]
-    slope, used, _ = fit_log_slope([(r.get("init") or {}).get("grad_norm") for r in hidden], names)
-    delta = fit_log_slope([(r.get("init") or {}).get("delta_norm") for r in hidden], names)[0]
-    return slope_agreement(float(chi), slope, len(used), delta) if slope is not None else None
+    slope, used, left = fit_log_slope([(r.get("init") or {}).get("grad_norm") for r in hidden],
+                                      names)
+    delta, _, delta_left = fit_log_slope([(r.get("init") or {}).get("delta_norm")
+                                          for r in hidden], names)
+    if slope is None:
+        return None
+    out = slope_agreement(float(chi), slope, len(used), delta)
+    if out is not None:  # the layers the headline's fit left out (0 or not finite)
+        out["left_out"] = delta_left if out.get("delta_verdict") is not None else left
+    return out

@@ -60,6 +60,9 @@ def theory_lines(summary: dict[str, Any]) -> list[str]:
              + (f" (slope ratio {ratio:.2f})" if ratio is not None else ""))
     if what != WEIGHT and agreement["verdict"] != verdict:
         line2 += f"; {WEIGHT}: {agreement['verdict']}"
+    left = agreement.get("left_out") or []
+    if left:  # a fit that leaves layers out says which: their norm is 0 (or not finite)
+        line2 += f"; {_names(left)} left out (0 or not finite)"
     return [line, line2]
 
 
