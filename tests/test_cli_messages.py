@@ -92,6 +92,23 @@ def test_a_problem_from_set_names_the_set_not_the_file_alone(write_yaml) -> None
     assert f"{bad} (--set train.lr=-1): train.lr: must be > 0.0, got -1" in both.stderr
 
 
+def test_a_check_across_sections_names_the_override_its_message_names(write_yaml) -> None:
+    """`pretrain: … set model.residual: false` comes from `--set model.residual=true`."""
+    path = write_yaml(tiny(pretrain={"method": "autoencoder", "steps_per_layer": 5}), "pre.yaml")
+    for override, words in (("model.residual=true", "set model.residual: false"),
+                            ("model.depth=0", "model.depth is 0"),
+                            ("model.kind=rnn", "is for model.kind mlp")):
+        result = invoke("validate", path, "--set", override)
+        assert result.exit_code == 2
+        assert f"{path} (--set {override}): pretrain: layer-wise pretraining" in result.stderr
+        assert words in result.stderr
+    # a key that only starts like another is not named: model.depth is not model.depth_x
+    from gradlab.config import ConfigError
+
+    error = ConfigError("f.yaml", [("pretrain", "needs model.depths")], [("model.depth", "--x")])
+    assert error.origin("pretrain", "needs model.depths") is None
+
+
 def test_a_problem_from_an_option_names_the_option(write_yaml, tmp_path: Path) -> None:
     path = write_yaml(tiny(), "cfg.yaml")
     result = invoke("run", path, "--device", "gpu", "--out", tmp_path / "runs")

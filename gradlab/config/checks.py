@@ -60,7 +60,7 @@ def cross_problems(cfg: Config) -> list[tuple[str, str]]:
         problems.append(("model.residual", "a model with no hidden layer (depth 0) has no "
                                             "blocks to skip"))
     if cfg.model.depth == 0 and cfg.pretrain is not None:
-        problems.append(("pretrain", "layer-wise pretraining needs hidden layers; depth is 0"))
+        problems.append(("pretrain", "layer-wise pretraining needs hidden layers; model.depth is 0"))
     if cfg.model.head_init is not None and kind != "mlp":
         problems.append(("model.head_init", f"is for model.kind mlp (a {kind}'s read-out "
                                             "follows model.init)"))

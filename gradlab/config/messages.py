@@ -30,19 +30,23 @@ class ConfigError(Exception):
         self.origins = list(origins)
         super().__init__(str(self))
 
-    def origin(self, path: str) -> str | None:
+    def origin(self, path: str, message: str = "") -> str | None:
         """The override a problem at `path` came from (the last one that set the key, a key
-        inside it, or a new key above it), or None: the file's."""
+        inside it, or a new key above it; else one whose key the `message` names, as a check
+        across sections does: `pretrain: … set model.residual: false`), or None: the file's."""
         for key, label in reversed(self.origins):
             if path and (path == key or path.startswith((key + ".", key + "["))
                          or key.startswith(path + ".")):
+                return label
+        for key, label in reversed(self.origins):
+            if message and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
                 return label
         return None
 
     def __str__(self) -> str:
         lines = []
         for path, msg in self.problems:
-            origin = self.origin(path)
+            origin = self.origin(path, msg)
             source = f"{self.source} ({origin})" if origin else self.source
             lines.append(f"{source}: {path}: {msg}" if path else f"{source}: {msg}")
         return "\n".join(lines)
