@@ -92,6 +92,20 @@ def test_a_problem_from_set_names_the_set_not_the_file_alone(write_yaml) -> None
     assert f"{bad} (--set train.lr=-1): train.lr: must be > 0.0, got -1" in both.stderr
 
 
+def test_a_sections_key_given_at_the_top_is_pointed_to_its_section(write_yaml) -> None:
+    path = write_yaml(tiny(), "cfg.yaml")
+    for override, meant in (("precision=bf16", "train.precision"), ("lr=0.1", "train.lr"),
+                            ("width=3", "model.width")):
+        result = invoke("validate", path, "--set", override)
+        key = override.split("=")[0]
+        assert result.exit_code == 2
+        assert f"{key}: unknown key '{key}' (did you mean '{meant}'?)" in result.stderr
+    assert "did you mean 'name'?" in invoke("validate", path, "--set", "nme=x").stderr
+    seeds = invoke("validate", path, "--set", "seeds=3")
+    assert "seeds: a list of seeds, e.g. [0, 1, 2], got 3 (the --seeds option also takes a " \
+           "count" in seeds.stderr
+
+
 def test_a_check_across_sections_names_the_override_its_message_names(write_yaml) -> None:
     """`pretrain: … set model.residual: false` comes from `--set model.residual=true`."""
     path = write_yaml(tiny(pretrain={"method": "autoencoder", "steps_per_layer": 5}), "pre.yaml")

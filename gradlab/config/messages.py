@@ -60,6 +60,16 @@ def translate(error: ValidationError, root: type[BaseModel]) -> list[tuple[str, 
         if err["type"] == "union_tag_invalid":  # the bad value is the section's `kind`
             path = f"{path}.kind" if path else "kind"
         msg = _message(err, fields)
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden" and "." not in path and not did_you_mean(key, fields):
+            inside = [f"{section}.{key}" for section, models in _sections(root).items()
+                      if any(key in m.model_fields for m in models)]
+            if inside:  # a section's key given at the top: `precision` for `train.precision`
+                msg = msg.replace(f"unknown key '{key}'",
+                                  f"unknown key '{key}' (did you mean '{inside[0]}'?)", 1)
+        if path == "seeds" and err["type"] == "list_type":  # `--seeds 3` is a count; this is not
+            msg = (f"a list of seeds, e.g. [0, 1, 2], got {shown(err.get('input'))} (the --seeds "
+                   "option also takes a count: --seeds 3 runs 0, 1, 2)")
         for line in msg.split("\n"):
             # Cross-section checks put their own key path at the start of each line.
             head, sep, rest = line.partition(": ")
@@ -129,6 +139,12 @@ def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
         or [o for o in options if o.lower() == folded] \
         or difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _sections(root: type[BaseModel]) -> dict[str, list[type[BaseModel]]]:
+    """The top-level sections of `root` that are models (a union's every member), by name."""
+    return {name: models for name, info in root.model_fields.items()
+            if (models := _models_in(info.annotation))}
 
 
 def _display_path(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, list[str]]:
