@@ -413,3 +413,15 @@ def test_a_long_variant_name_fits_the_ratio_chart(runs):
     assert np.isclose(fig.axes[0].get_position().width * fig.get_figwidth(),  # the axes' size
                       usual.axes[0].get_position().width * usual.get_figwidth())
     assert fig.get_figwidth() > usual.get_figwidth()
+
+
+def test_a_long_run_name_shrinks_the_title_to_fit_the_figure(runs, tmp_path: Path):
+    long = "a_run_with_a_rather_long_descriptive_name_x"
+    record = dataclasses.replace(runs["deep"], summary={**runs["deep"].summary, "name": long})
+    fig = step_figures.grad_norm_figure(record)
+    figures.save(fig, tmp_path / "grad_norm.png")  # measured and fitted as it is saved
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = fig.axes[0].title.get_window_extent(canvas.get_renderer())
+    assert fig.axes[0].get_title().startswith(long)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
