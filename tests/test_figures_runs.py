@@ -279,6 +279,11 @@ def test_every_kind_of_run_writes_every_figure(runs, kind):
         assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 400, name
         assert pixels.std() > 0.01, f"{name} is blank"
     assert not list((runs[kind] / "plots").glob(".*.tmp"))  # written atomically
+    # a pretrained run's step 0 is fine-tuning's first, not the random init
+    labels = [x.get_label() for x in
+              run_figures.grad_flow_figure(read_record(runs[kind])).axes[0].get_lines()]
+    start = "step 0 (after pretraining)" if kind == "pretrained" else "step 0 (init)"
+    assert start in labels
 
 
 # ------------------------------------------------------------------ NaN/Inf never crash

@@ -212,8 +212,10 @@ def grad_flow_figure(record: Record) -> Figure:
     zeros = bad = False
     top = top_of(g)
     end = " (last before the divergence)" if divergence(record) else " (end)"
+    # a pretrained run's step 0 is fine-tuning's first, from the pretrained weights
+    start = " (after pretraining)" if (record.summary or {}).get("pretrain") else " (init)"
     for k, i in enumerate(chosen):
-        when = " (init)" if i == 0 else end if i == len(steps) - 1 else ""
+        when = start if i == 0 else end if i == len(steps) - 1 else ""
         color = cmap(0.85 * k / max(1, len(chosen) - 1))
         zeros |= draw_norms(ax, x, g[i], floor, color=color, marker="o", ms=3, lw=1.6,
                              label=f"step {steps[i]}{when}")
