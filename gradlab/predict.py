@@ -47,6 +47,9 @@ def predict(cfg: Config) -> dict[str, Any]:
     """Theory and measurement at init for one config; JSON-safe (`record.files.clean`: a
     non-finite number is written as "nan"/"inf"/"-inf", null means not measured)."""
     started = time.perf_counter()
+    seeds = cfg.seeds
+    if seeds:  # a group: measured as its first seed's run starts, which is the one it draws
+        cfg = cfg.model_copy(update={"seed": seeds[0], "seeds": None})
     theory = predict_mlp(resolved(cfg))
     device = pick_device(cfg.device)
     threads = torch.get_num_threads()
@@ -57,6 +60,9 @@ def predict(cfg: Config) -> dict[str, Any]:
         with denormals_flushed(cfg.flush_denormal) as flushed:
             data, built = build_run(cfg, device)
             measured = measure(cfg, built, data)
+            if seeds:
+                measured["notes"].append(f"seed {seeds[0]}, the first of the config's seeds "
+                                         f"{', '.join(map(str, seeds))}")
             measured["jacobian"] = jacobian(built.model, data, cfg)
             recurrent = (recurrent_bounds(cfg, built, data, measured.get("time_grad_ratio"))
                          if built.time is not None else None)

@@ -295,3 +295,14 @@ def test_the_header_names_the_layers_its_fit_left_out() -> None:
     whole = [{**r, "init": {"delta_norm": 0.5 ** (3 - i), "grad_norm": 1.0}} if i < 4 else r
              for i, r in enumerate(layers)]
     assert "left out" not in theory_lines({"prediction": prediction, "layers": whole})[1]
+
+
+def test_a_config_with_seeds_is_measured_as_its_first_seeds_run() -> None:
+    group = predict(tiny_config(seeds=[3, 4]))
+    alone = predict(tiny_config(seed=3))
+    assert [r["grad_norm"] for r in group["measured"]["layers"]] == [
+        r["grad_norm"] for r in alone["measured"]["layers"]]
+    assert group["measured"]["notes"] == ["seed 3, the first of the config's seeds 3, 4"]
+    other = predict(tiny_config(seed=0))
+    assert [r["grad_norm"] for r in other["measured"]["layers"]] != [
+        r["grad_norm"] for r in alone["measured"]["layers"]]  # the premise: seeds differ
