@@ -121,6 +121,12 @@ def test_a_check_across_sections_names_the_override_its_message_names(write_yaml
 
     error = ConfigError("f.yaml", [("pretrain", "needs model.depths")], [("model.depth", "--x")])
     assert error.origin("pretrain", "needs model.depths") is None
+    # nor a key the message lists among the allowed ones, nor a top-level key used as a word
+    unknown = "unknown key 'modle' (did you mean 'model'?); allowed: name, seed, model.depth"
+    assert ConfigError("f.yaml", [], [("model.depth", "--x"), ("seed", "--seed 3")]).origin(
+        "modle", unknown) is None
+    assert ConfigError("f.yaml", [], [("seeds", "--seeds 3")]).origin(
+        "expect.over", "takes one share of the seeds") is None
 
 
 def test_a_problem_from_an_option_names_the_option(write_yaml, tmp_path: Path) -> None:

@@ -38,8 +38,9 @@ class ConfigError(Exception):
             if path and (path == key or path.startswith((key + ".", key + "["))
                          or key.startswith(path + ".")):
                 return label
-        for key, label in reversed(self.origins):
-            if message and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+        named = message.split("; allowed:")[0]  # the message's own words, not a key list
+        for key, label in reversed(self.origins):  # dotted keys only: `seeds`, `device` are words
+            if "." in key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", named):
                 return label
         return None
 
