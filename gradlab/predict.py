@@ -58,7 +58,7 @@ def predict(cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(1)
     try:
         with denormals_flushed(cfg.flush_denormal) as flushed:
-            data, built = build_run(cfg, device)
+            data, built = build_run(cfg, device, training=False)  # measured in float32
             measured = measure(cfg, built, data)
             if seeds:
                 measured["notes"].append(f"seed {seeds[0]}, the first of the config's seeds "

@@ -106,16 +106,17 @@ def run_config(cfg: Config, out: Path, observers: tuple[Observer, ...] = (),
         return _run(cfg, out, observers, device, flushed, place, list(overrides or []))
 
 
-def build_run(cfg: Config, device: torch.device) -> tuple[Dataset, Built]:
+def build_run(cfg: Config, device: torch.device, training: bool = True) -> tuple[Dataset, Built]:
     """The data and the initialised model of a run, seeded as every run seeds them (data, then
     the model, from `cfg.seed`), with the checks only the real sizes allow: a file's batch size
-    and the memory pre-flight. `gradlab predict` builds through here too."""
+    and the memory pre-flight (with `training`, also what the device cannot train). `gradlab
+    predict`, which measures in float32, builds through here with `training` False."""
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, cfg.seed).to(device)
     problems = batch_size_problems(cfg.train.batch_size, len(data.x_train))
     if problems:
         raise ConfigError("<config>", problems)
-    preflight(cfg, "<config>", data.n_in, data.n_out)
+    preflight(cfg, "<config>", data.n_in, data.n_out, training=training)
     torch.manual_seed(cfg.seed)
     built = build_model(cfg.model, data.n_in, data.n_out)
     built.model.to(device)

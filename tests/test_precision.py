@@ -300,6 +300,12 @@ def test_an_fp16_lstm_is_refused_before_it_runs_on_the_cpu() -> None:
         preflight(lstm, "lstm_adding.yaml")
     preflight(load_config(CONFIGS / "lstm_adding.yaml", ["train.precision=bf16"]), "x")
     preflight(load_config(CONFIGS / "gru_adding.yaml", ["train.precision=fp16"]), "x")
+    preflight(lstm, "lstm_adding.yaml", training=False)  # predict measures it in float32
+    from gradlab.predict import predict
+
+    assert predict(load_config(CONFIGS / "lstm_adding.yaml", [
+        "train.precision=fp16", "data.n_samples=256"]))["measured"]["notes"][0].startswith(
+        "in float32")
     # and the refusal is right: the fused CPU LSTM cannot run in float16
     with pytest.raises(RuntimeError), torch.autocast("cpu", dtype=torch.float16):
         torch.nn.LSTM(4, 8)(torch.randn(5, 2, 4))[0].sum().backward()

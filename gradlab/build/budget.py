@@ -177,10 +177,11 @@ def _need(est: dict[str, int]) -> int:
     return est["parameters"] + max(est["activations"], est["evaluation"]) + est["data"]
 
 
-def preflight(cfg: Config, source: str, n_in: int | None = None, n_out: int | None = None) -> None:
-    """Raise ConfigError (exit 2) when the run would not fit in memory, or cannot run on the
-    device it gets (an fp16 LSTM on the CPU)."""
-    problems = memory_problems(cfg, n_in, n_out) + device_problems(cfg)
+def preflight(cfg: Config, source: str, n_in: int | None = None, n_out: int | None = None,
+              training: bool = True) -> None:
+    """Raise ConfigError (exit 2) when the run would not fit in memory, or (`training`) cannot
+    train on the device it gets (an fp16 LSTM on the CPU)."""
+    problems = memory_problems(cfg, n_in, n_out) + (device_problems(cfg) if training else [])
     if problems:
         raise ConfigError(source, problems)
 
@@ -190,12 +191,13 @@ def device_problems(cfg: Config) -> list[tuple[str, str]]:
     (oneDNN: 'could not create a primitive descriptor'), where RNN and GRU, and bf16, run."""
     if cfg.train.precision != "fp16" or cfg.model.kind != "lstm" or cfg.device == "cuda":
         return []
-    import torch  # here only: the one case that depends on the device
+    if cfg.device != "cpu":  # auto: torch, here only, to ask for a GPU
+        import torch
 
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return [("train.precision", "fp16 LSTMs do not run on the CPU (PyTorch has no float16 "
-                                    "CPU LSTM kernel): use bf16 here, or a CUDA device")]
-    return []
+        if torch.cuda.is_available():
+            return []
+    return [("train.precision", "fp16 LSTMs do not run on the CPU (PyTorch has no float16 "
+                                "CPU LSTM kernel): use bf16 here, or a CUDA device")]
 
 
 def _bytes(n: float) -> str:
