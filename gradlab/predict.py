@@ -136,7 +136,9 @@ def measure(cfg: Config, built: Built, data: Dataset) -> dict[str, Any]:
         names = [built.layers[i].name for i in hidden]
         slope, used, excluded = fit_log_slope([grad_norm[i] for i in hidden], names)
         out.update(log_slope=slope, slope_layers=used, slope_excluded=excluded)
-        out["delta_log_slope"] = fit_log_slope([delta_norm[i] for i in hidden], names)[0]
+        delta, delta_used, delta_left = fit_log_slope([delta_norm[i] for i in hidden], names)
+        out.update(delta_log_slope=delta, delta_slope_layers=delta_used,
+                   delta_slope_excluded=delta_left)
     if time_norm:
         out["time_grads"] = time_norm
         out["time_grad_ratio"] = _ratio(time_norm[0], time_norm[-1])
@@ -356,9 +358,12 @@ def agreement(theory: dict[str, Any], measured: dict[str, Any], n_in: int,
     if not theory.get("predictable") or chi is None or slope is None:
         return None
     out = slope_agreement(chi, slope, len(measured.get("slope_layers") or []),
-                          measured.get("delta_log_slope"))
+                          measured.get("delta_log_slope"),
+                          len(measured.get("delta_slope_layers") or []))
     if out is None:
         return None
+    out["left_out"] = (measured.get("delta_slope_excluded") if out.get("delta_verdict")
+                       is not None else measured.get("slope_excluded")) or []
     body = (measured.get("jacobian") or {}).get("body")
     depth = int(theory.get("depth") or 0)
     out["jacobian_mean_squared"] = None

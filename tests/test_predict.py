@@ -295,6 +295,12 @@ def test_the_header_names_the_layers_its_fit_left_out() -> None:
     whole = [{**r, "init": {"delta_norm": 0.5 ** (3 - i), "grad_norm": 1.0}} if i < 4 else r
              for i, r in enumerate(layers)]
     assert "left out" not in theory_lines({"prediction": prediction, "layers": whole})[1]
+    # the count is the headline fit's: deltas over 2 layers, weights over all 4
+    split = [{**r, "init": {**r["init"], "grad_norm": 1.0}} if i < 4 else r
+             for i, r in enumerate(layers)]
+    both = run_agreement({"prediction": prediction, "layers": split})
+    assert both is not None and both["left_out"] == ["fc1", "fc2"]
+    assert "‖∂L/∂z‖ changes ×0.5 (fit over 2 hidden layers)" in both["sentence"]
 
 
 def test_a_config_with_seeds_is_measured_as_its_first_seeds_run() -> None:

@@ -49,7 +49,8 @@ def _verdict(chi: float, slope: float) -> tuple[float | None, str]:
 
 
 def slope_agreement(chi: float, slope: float, layers: int,
-                    delta_slope: float | None = None) -> dict[str, Any] | None:
+                    delta_slope: float | None = None,
+                    delta_layers: int | None = None) -> dict[str, Any] | None:
     """The theory's per-layer gradient factor √χ₁ against the measured weight-gradient one,
     exp(slope), and (when given) the pre-activation gradients' exp(delta_slope), which the
     sentence then leads with (`headline`).
@@ -79,8 +80,9 @@ def slope_agreement(chi: float, slope: float, layers: int,
     what, shown, shown_ratio, shown_verdict = headline(out)
     how = (f" (slope ratio {shown_ratio:.2f})" if shown_ratio is not None
            else " (both flat)" if shown_verdict == "agrees" else " (the theory is flat)")
+    fitted = delta_layers if what != WEIGHT and delta_layers is not None else layers
     sentence = (f"per layer towards the input, {what} changes ×{shown:.3g} (fit over "
-                f"{layers} hidden layers); the theory's √χ₁ is {math.sqrt(chi):.3g}: "
+                f"{fitted} hidden layers); the theory's √χ₁ is {math.sqrt(chi):.3g}: "
                 f"{shown_verdict}{how}")
     if what != WEIGHT and verdict != shown_verdict:
         sentence += (f"; the weight gradients ‖∂L/∂W‖ ×{factor:.3g}: {verdict} (a weight "
@@ -118,11 +120,11 @@ def run_agreement(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     names = [str(layer.get("name")) for layer in hidden]
     slope, used, left = fit_log_slope([(r.get("init") or {}).get("grad_norm") for r in hidden],
                                       names)
-    delta, _, delta_left = fit_log_slope([(r.get("init") or {}).get("delta_norm")
-                                          for r in hidden], names)
+    delta, delta_used, delta_left = fit_log_slope([(r.get("init") or {}).get("delta_norm")
+                                                   for r in hidden], names)
     if slope is None:
         return None
-    out = slope_agreement(float(chi), slope, len(used), delta)
+    out = slope_agreement(float(chi), slope, len(used), delta, len(delta_used))
     if out is not None:  # the layers the headline's fit left out (0 or not finite)
         out["left_out"] = delta_left if out.get("delta_verdict") is not None else left
     return out
