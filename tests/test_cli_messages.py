@@ -95,7 +95,7 @@ def test_a_problem_from_set_names_the_set_not_the_file_alone(write_yaml) -> None
 def test_a_sections_key_given_at_the_top_is_pointed_to_its_section(write_yaml) -> None:
     path = write_yaml(tiny(), "cfg.yaml")
     for override, meant in (("precision=bf16", "train.precision"), ("lr=0.1", "train.lr"),
-                            ("width=3", "model.width")):
+                            ("width=3", "model.width"), ("steps=100", "train.steps")):
         result = invoke("validate", path, "--set", override)
         key = override.split("=")[0]
         assert result.exit_code == 2

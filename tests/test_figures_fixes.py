@@ -373,6 +373,8 @@ def test_log_tick_labels_are_distinct_and_never_read_ten_times_a_power() -> None
     major = ax.yaxis.get_major_formatter()
     assert [t for t in major.format_ticks([0.994, 0.998, 1.0, 1.002]) if t] == [
         "0.994", "0.998", "1", "1.002"]
+    ax.set_ylim(200, 1500)  # narrow, but past 1000: powers of ten, never Python's 1e+03
+    assert not any("e+" in t for t in major.format_ticks([200, 300, 1000, 1500]))
     ax.set_ylim(1e-3, 1e2)  # a wide view keeps its powers of ten
     assert major.format_ticks([1e-3, 1e-2, 1.0, 1e2]) == ["10⁻³", "10⁻²", "1", "10²"]
     plt.close(fig)

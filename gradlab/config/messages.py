@@ -62,12 +62,12 @@ def translate(error: ValidationError, root: type[BaseModel]) -> list[tuple[str, 
             path = f"{path}.kind" if path else "kind"
         msg = _message(err, fields)
         key = str(err["loc"][-1]) if err["loc"] else ""
-        if err["type"] == "extra_forbidden" and "." not in path and not did_you_mean(key, fields):
+        if err["type"] == "extra_forbidden" and "." not in path:
             inside = [f"{section}.{key}" for section, models in _sections(root).items()
                       if any(key in m.model_fields for m in models)]
-            if inside:  # a section's key given at the top: `precision` for `train.precision`
-                msg = msg.replace(f"unknown key '{key}'",
-                                  f"unknown key '{key}' (did you mean '{inside[0]}'?)", 1)
+            if inside:  # a section's key given at the top (`precision`, `steps`): that first
+                msg = re.sub(rf"unknown key '{re.escape(key)}'( \(did you mean '[^']*'\?\))?",
+                             f"unknown key '{key}' (did you mean '{inside[0]}'?)", msg, count=1)
         if path == "seeds" and err["type"] == "list_type":  # `--seeds 3` is a count; this is not
             msg = (f"a list of seeds, e.g. [0, 1, 2], got {shown(err.get('input'))} (the --seeds "
                    "option also takes a count: --seeds 3 runs 0, 1, 2)")

@@ -163,7 +163,7 @@ class PowerOfTen(LogFormatter):
         mantissa = float(f"{x / 10.0 ** exponent:.{figures}g}")
         if mantissa >= 10:  # 0.9999 rounds to 10 × 10⁻¹: it is 1
             exponent, mantissa = exponent + 1, mantissa / 10
-        if span < 1 and 1e-3 <= vmin and vmax < 1e4:  # a narrow view: 0.998, 1, 1.002 alike
+        if span < 1 and 1e-3 <= vmin and vmax < 1e3:  # a narrow view: 0.998, 1, 1.002 alike
             return f"{x:.{figures}g}"
         power = "1" if exponent == 0 else "10" + str(exponent).translate(SUPERSCRIPT)
         if mantissa == 1:
