@@ -143,8 +143,13 @@ def test_a_net_too_shallow_for_q_star_says_what_its_layers_predict() -> None:
     transient = math.sqrt(math.prod(chis))
     assert transient == pytest.approx(0.197, abs=0.005)
     [note] = out["notes"]
-    assert f"layer by layer predicts ‖∂L/∂z‖ first/last {transient:.2g}, χ₁ 0.51" in note
-    assert f"q {qs[0]:.3g} at the first, {qs[-1]:.3g} at the last" in note
+    assert f"own χ(q_l) predict ‖∂L/∂z‖ first/last {transient:.2g}, χ₁ at q* = 0.0547 " \
+           "predicts 0.51" in note
+    assert f"q goes from {qs[0]:.3g} at the first layer to {qs[-1]:.3g} at the last" in note
+    # also where q* is a limit (0 here), which is where a net's transient matters most
+    zero = T.predict_mlp(_config(init={"scheme": "normal", "std": 0.1}, width=100, depth=10,
+                                 bias_init={"scheme": "zeros"}))
+    assert zero["q_star"] == 0.0 and any("own χ(q_l) predict" in n for n in zero["notes"])
     # where the layers sit near q* (deep_tanh: 3.1e-4 against 4.1e-4), no such note
     assert T.predict_mlp(_config(init={"scheme": "default"}, width=64, depth=15))["notes"] == []
 
