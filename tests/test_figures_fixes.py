@@ -427,3 +427,12 @@ def test_a_long_run_name_shrinks_the_title_to_fit_the_figure(runs, tmp_path: Pat
     box = fig.axes[0].title.get_window_extent(canvas.get_renderer())
     assert fig.axes[0].get_title().startswith(long)
     assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+    # a figure's own title too (the activations' and gradient entries' suptitles)
+    for draw in (run_figures.activations_figure, step_figures.grad_distributions_figure):
+        fig = draw(record)
+        figures.save(fig, tmp_path / "f.png")
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        for text in fig.texts:
+            box = text.get_window_extent(canvas.get_renderer())
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (draw.__name__, text.get_text())

@@ -82,13 +82,13 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 def fit_titles(fig: Figure, pad: float = 4.0, smallest: float = 7.0) -> None:
-    """Shrink an axes title wider than the figure (a long run name before `[completed]`) until
-    it fits, down to `smallest` points; measured, as no fixed size knows the name's length."""
+    """Shrink an axes title or a figure's own title (its suptitle) wider than the figure (a
+    long run name before `[completed]`) until it fits, down to `smallest` points; measured, as
+    no fixed size knows the name's length. Both are centred on where they stand."""
     renderer = FigureCanvasAgg(fig).get_renderer()
     width = fig.bbox.width
-    for ax in fig.axes:
-        text = ax.title
-        if not text.get_text():
+    for text in [*(ax.title for ax in fig.axes), *fig.texts]:
+        if not text.get_text() or text.get_horizontalalignment() != "center":
             continue
         box = text.get_window_extent(renderer)
         room = 2 * min(box.x0 + box.width / 2, width - box.x0 - box.width / 2) - 2 * pad
