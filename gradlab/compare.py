@@ -814,7 +814,7 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "seeds": " ".join(str(m.seed) for m in v.members),
             "final_loss_ci": _half_width(v, "final_loss"),
             "test_metric_ci": _half_width(v, f"final_metrics.{test_key}"),
-            "verdict_seeds": verdict_agreement(v),
+            "verdict_seeds": _verdict_agreement(v),
             "partner": _partner(v),
             "paired": " ".join(
                 "held" if all(e.ok for e in v.expectations if e.partner == name) else "FAILED"
@@ -838,7 +838,7 @@ def _partner(v: Variant) -> str:
     return " ".join(str(s.get("partner")) for s in specs)
 
 
-def verdict_agreement(v: Variant) -> str:
+def _verdict_agreement(v: Variant) -> str:
     """For a group: how many of its seeds share the first seed's top verdict (`2/3`)."""
     kinds = [(k or [""])[0] for k in ((v.group or {}).get("verdicts") or {}).values()]
     if not kinds:

@@ -109,10 +109,12 @@ def _row(cfg: Config, v: comparing.Variant, f: dict[str, Any] | None,
     if isinstance(value, (int, float)) and isinstance(baseline, (int, float)):
         beats = value > baseline if metric == "test_accuracy" else value < 0.9 * baseline
     verdicts = [x for x in s.get("verdicts") or [] if x.get("severity") != "info"]
-    verdict = ", ".join(x["kind"] for x in verdicts) or ("ok" if s else "")
-    seeds = comparing.verdict_agreement(v) if v.is_group else ""
-    if seeds and seeds.split("/")[0] != seeds.split("/")[1]:  # the seeds disagree: say so
-        verdict += f" ({seeds} seeds)"
+    kinds = [x["kind"] for x in verdicts]
+    per_seed = list(((v.group or {}).get("verdicts") or {}).values()) if v.is_group else []
+    # a group: each of the first seed's verdicts with how many seeds have it, where not all do
+    verdict = ", ".join(
+        k if not per_seed or (n := sum(k in seed for seed in per_seed)) == len(per_seed)
+        else f"{k} ({n}/{len(per_seed)} seeds)" for k in kinds) or ("ok" if s else "")
     return {
         "rank": "", "variant": v.name, "overrides": " ".join(f["set"]) if f else "(as given)",
         "why": f["why"] if f else "", "status": v.status, "test_metric": value, "metric": metric,

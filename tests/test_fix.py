@@ -172,4 +172,10 @@ def test_a_verdict_the_seeds_do_not_share_says_how_many_have_it() -> None:
     assert split["verdict"] == "not_learning (1/2 seeds)"
     shared = _row(cfg, group({"0": ["not_learning"], "1": ["not_learning"]}), None, None)
     assert shared["verdict"] == "not_learning"
+    # counted per verdict, whatever comes first on the other seeds
+    mixed = _row(cfg, group({"0": ["not_learning", "vanishing"], "1": ["vanishing"]}), None, None)
+    assert mixed["verdict"] == "not_learning (1/2 seeds), vanishing"
+    both = _row(cfg, group({"0": ["not_learning"], "1": ["vanishing", "not_learning"]}), None,
+                None)
+    assert both["verdict"] == "not_learning"
 
