@@ -582,7 +582,7 @@ def sweep(
 ) -> None:
     """Run the cross product of --grid overrides and draw a heatmap of a summary field over
     two swept keys (with the mean-field ξ line where they are depth and a weight variance)."""
-    from gradlab.sweep import field_problem, plan_sweep
+    from gradlab.sweep import field_problem, plan_sweep, text_keys
 
     overrides = _overrides(set_, steps, None, device, seeds)
     try:
@@ -592,7 +592,7 @@ def sweep(
             e = ConfigError(e.source, e.problems,
                             origins(overrides, _labels(steps, None, device, seeds)))
         raise _fail(str(e)) from None
-    if plot and (why := field_problem(plot, plan.keys, plot=True)):
+    if plot and (why := field_problem(plot, plan.keys, plot=True, text_keys=text_keys(plan.axes))):
         raise _fail(f"--plot: {why}")
     if check and not plan.claims:  # before anything trains: there would be nothing to check
         raise _fail(f"--check: {config} has no sweep.expect claims to check (a spec's sweep: "

@@ -285,7 +285,7 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str] | None = None,
                 if (why := field_problem(k, keys))]
     problems += [(f"sweep.expect.{i}.any_of.{k}", why) for i, c in enumerate(claims)
                  for alt in c.get("any_of") or [] for k in alt if (why := field_problem(k, keys))]
-    if plot and (why := field_problem(str(plot), keys, plot=True)):
+    if plot and (why := field_problem(str(plot), keys, plot=True, text_keys=text_keys(axes))):
         problems.append(("sweep.plot", why))
     if problems:
         raise ConfigError(source, problems)
@@ -372,19 +372,32 @@ def point_names(base: str, axes: list[Axis]) -> list[str]:
 ROW_KEYS = (*LEAD, *PREDICTION, "run_dir")  # sweep.csv columns that are not summary fields
 
 
+def text_keys(axes: list[Axis]) -> list[str]:
+    """The swept keys whose values are not all numbers (an activation, a scheme)."""
+    return [a.key for a in axes if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in a.values)]
+
+
 # what a run's evaluation measures: final_metrics.* and initial_metrics.* are these
 METRICS = tuple(f"{split}_{what}" for split in ("train", "test") for what in ("loss", "accuracy"))
 # sweep.csv columns of text, which a heatmap cannot draw
-TEXT_FIELDS = (*TEXT_COLUMNS, "error", "name", "device", "task")
+TEXT_FIELDS = (*TEXT_COLUMNS, "error", "name", "device", "task",
+               # sections and lists of summary.json: their numbers are dotted fields inside
+               "final_metrics", "initial_metrics", "prediction", "precision", "clip", "pretrain",
+               "over_run", "layers", "verdicts", "overrides", "first_nonfinite",
+               *(f"first_nonfinite.{k}" for k in ("what", "layer", "module", "direction",
+                                                  "value", "passed_on")))
 
 
-def field_problem(field: str, keys: list[str], plot: bool = False) -> str | None:
+def field_problem(field: str, keys: list[str], plot: bool = False,
+                  text_keys: list[str] | None = None) -> str | None:
     """Why `field` is no column of sweep.csv (None if it is): a swept key, one of ROW_KEYS, or
     a summary field (dotted for nested ones, as `expect:` names them; under final_metrics and
-    initial_metrics one of METRICS). With `plot`, also why a heatmap cannot draw it (text)."""
+    initial_metrics one of METRICS). With `plot`, also why a heatmap cannot draw it: text (a
+    TEXT_FIELDS field, or one of `text_keys`, swept keys whose values are not numbers)."""
     head, _, rest = field.partition(".")
-    if plot and field in TEXT_FIELDS:
-        return f"{field!r} is text: a heatmap needs a numeric field, such as " \
+    if plot and (field in TEXT_FIELDS or field in (text_keys or [])):
+        return f"{field!r} is not a number: a heatmap needs a numeric field, such as " \
                "final_metrics.test_accuracy, final_loss or grad_ratio_init"
     if head in ("final_metrics", "initial_metrics") and field not in keys:
         if rest in METRICS:

@@ -276,8 +276,11 @@ def test_mistakes_found_only_after_training_are_refused_before_anything_runs(tmp
          "--grid: model.depth: given twice"),
         (["--grid", "model.depth=1,2", "--plot", "final_metrics.test_acc"],
          "did you mean 'final_metrics.test_accuracy'?"),
-        (["--grid", "model.depth=1,2", "--plot", "status"], "'status' is text"),
+        (["--grid", "model.depth=1,2", "--plot", "status"], "'status' is not a number"),
         (["--grid", "model.depth=1,2", "--check"], "has no sweep.expect claims to check"),
+        (["--grid", "model.activation=tanh,relu", "--plot", "model.activation"],
+         "'model.activation' is not a number"),
+        (["--grid", "model.depth=1,2", "--plot", "first_nonfinite"], "is not a number"),
     ]
     for args, message in cases:
         result = run_cli("sweep", str(config), *args, "--out", str(out))
@@ -288,7 +291,7 @@ def test_mistakes_found_only_after_training_are_refused_before_anything_runs(tmp
     assert result.exit_code == 2 and "sweep.expect.0.every.final_metrics.test_acc" in result.output
     spec = {**TINY, "sweep": {"grid": {"model.depth": [1, 2]}, "plot": "verdict"}}
     result = run_cli("sweep", str(write(tmp_path, spec, "p.yaml")), "--out", str(out))
-    assert result.exit_code == 2 and "sweep.plot: 'verdict' is text" in result.output
+    assert result.exit_code == 2 and "sweep.plot: 'verdict' is not a number" in result.output
     assert not out.exists()
 
 
