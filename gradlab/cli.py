@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from gradlab.analyse.expect import over_rule
-from gradlab.config import ConfigError, load_config
+from gradlab.config import ConfigError, config_from_dict, load_config
 from gradlab.config.load import origins
 from gradlab.config.schema import MAX_SEEDS
 
@@ -702,13 +702,19 @@ def validate(
     for path in paths:
         try:
             if "sweep" in read_yaml(path):  # a sweep spec: every point checked, as sweep does
-                from gradlab.sweep import plan_sweep
+                from gradlab.build.budget import preflight
+                from gradlab.sweep import MAX_VARIANTS, plan_sweep
 
                 plan = plan_sweep(path, [], set_ or [], yes=True)
+                for point in plan.points:  # and each point's pre-flight, as its run has it
+                    preflight(config_from_dict(point.raw, str(path)), f"{path} ({point.name})")
+                many = len(plan.points) > MAX_VARIANTS
                 out_console.print(f"{path}: ok (a sweep spec: {len(plan.points)} points × "
                                   f"{len(plan.seeds or [0])} seed(s) = {plan.runs} runs, "
-                                  f"{len(plan.claims)} claim(s))", markup=False,
-                                  highlight=False, soft_wrap=True)
+                                  f"{len(plan.claims)} claim(s)"
+                                  + ("; more points than gradlab sweep runs without --yes"
+                                     if many else "") + ")",
+                                  markup=False, highlight=False, soft_wrap=True)
                 continue
             cfg = load_config(path, set_ or [])
             from gradlab.build.budget import preflight  # torch only for a run near the limit

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -359,7 +360,7 @@ def test_a_spec_with_a_sweep_section_checks_its_claims(tmp_path):
     assert result.exit_code == 2 and "sweep.gird: unknown key" in result.output
 
 
-def test_the_canonical_sweep_spec_plans_and_is_not_a_plain_config():
+def test_the_canonical_sweep_spec_plans_and_is_not_a_plain_config(tmp_path):
     spec = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "tanh_phase.yaml"
     plan = plan_sweep(spec, [])
     assert plan.keys == ["model.depth", "model.init.gain"] and plan.seeds == [0, 1]
@@ -372,6 +373,15 @@ def test_the_canonical_sweep_spec_plans_and_is_not_a_plain_config():
     assert "ok (a sweep spec: 25 points × 2 seed(s) = 50 runs, 2 claim(s))" in result.output
     bad = run_cli("validate", str(spec), "--set", "model.width=0")
     assert bad.exit_code == 2 and "model.width" in bad.output
+    # each point gets its run's pre-flight too (an fp16 LSTM cannot train on the CPU)
+    lstm = {"name": "ls", "seed": 0, "data": {"kind": "adding", "n_samples": 256, "length": 10},
+            "model": {"kind": "lstm", "depth": 1, "width": 8},
+            "train": {"steps": 5, "batch_size": 16, "precision": "fp16"},
+            "sweep": {"grid": {"model.width": [8, 16]}}}
+    refused = run_cli("validate", str(write(tmp_path, lstm, "ls.yaml")))
+    if not torch.cuda.is_available():
+        assert refused.exit_code == 2 and "(ls.width_8): train.precision: fp16 LSTMs" in \
+            refused.output
     for command in ("run", "predict"):
         result = run_cli(command, str(spec))
         assert result.exit_code == 2, (command, result.output)
