@@ -365,7 +365,7 @@ def _unsettled(act: Activation, sigma_w2: float, sigma_b2: float, q_star: float,
     qs = [sigma_w2 + sigma_b2]
     for _ in range(depth - 1):
         qs.append(min(length_map(qs[-1], act, sigma_w2, sigma_b2), Q_INF))
-    chis = [sigma_w2 * gaussian_expectation(lambda x: act.dphi(x) ** 2, q) for q in qs[:-1]]
+    chis = [chi1(act, sigma_w2, sigma_b2, q) for q in qs[:-1]]  # χ at each layer's own q
     if not (chis and all(c > 0 for c in chis) and 0 < ratio < math.inf):
         return None
     log_transient = 0.5 * sum(math.log(c) for c in chis)  # in logs: no overflow at any depth

@@ -278,9 +278,7 @@ def train(cfg: Config, built: Built, data: Dataset, steps: int,
                     or where_nonfinite(step, m.loss, sentinel, model, layers, precise,
                                        amp.scale() if amp is not None else None))
                 _before_divergence(recent, layers if probe.enabled else [], params, tell)
-                flushed = probe.flush(step)  # None where the step was not a logged one
-                tell.on_log(_logged(step, lr, m, flushed, None,
-                                    probe.time_grads if flushed is not None else None))
+                tell.on_log(_logged(step, lr, m, probe.flush(step), None, probe.time_grads))
                 break
 
             # clip, optimiser step, then update-to-weight ratios

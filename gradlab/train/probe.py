@@ -286,7 +286,7 @@ class Probe:
         self._z: dict[int, torch.Tensor] = {}  # layer index → (max |z_l|, non-finite entries)
         self._scale: torch.Tensor | None = None  # the loss scale of this step's backward
         self.scalars: dict[str, float] = {}  # the extra scalars fetched with the last rows
-        self.time_grads: list[float] | None = None  # ‖∂L/∂h_t‖ at the last logged step
+        self.time_grads: list[float] | None = None  # ‖∂L/∂h_t‖ this step fetched (None until it does)
         self._hooks: list[RemovableHandle] = []
         self._model = model
         self._last_row: int | None = None  # the row whose owner module ran last
@@ -353,6 +353,7 @@ class Probe:
         self._quantiles = self._armed and self._wants_quantiles(step)
         self._forget()
         self._state_norms = []
+        self.time_grads = None  # this step's alone: a step that fetches nothing has none
         if self._armed or self._ordering:
             self._attach()
         else:
@@ -587,7 +588,6 @@ class Probe:
         fetched = torch.cat(parts).cpu().tolist()  # note: the one CPU-GPU sync of a logged step
         n, width = stats.numel(), stats.shape[1]
         n_time = 0 if self._time_norms is None else len(self._time_norms)
-        # None on a logged step without gradients through time: never the last step's values
         self.time_grads = fetched[n:n + n_time] if self._time_norms is not None else None
         self.scalars = dict(zip(names, fetched[n + n_time:]))
         cells = [fetched[i * width:(i + 1) * width] for i in range(len(self.layers))]
