@@ -58,6 +58,7 @@ from gradlab.record.group import (
     new_group_dir,
     read_group,
     seed_stem,
+    top_verdicts,
     write_group,
 )
 from gradlab.record.guard import RecordWriteError
@@ -805,7 +806,8 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "grad_ratio_init": s.get("grad_ratio_init"),
             "grad_ratio_final": s.get("grad_ratio_final"),
             "weakest_grad": s.get("grad_norm_min_final"),
-            "verdict": verdicts[0]["kind"] if verdicts else "",
+            "verdict": top_verdicts(v.group) if v.group else
+            (verdicts[0]["kind"] if verdicts else ""),
             "steps_per_second": s.get("steps_per_second"),
             "expect": "" if v.expect_ok is None else ("held" if v.expect_ok else "FAILED"),
             "problems": "; ".join(failed + ([problem] if problem else [])),
@@ -879,7 +881,8 @@ def write_record(rows: list[dict[str, Any]], out: Path) -> Path:
 
 def mean_summary(group: dict[str, Any]) -> dict[str, Any]:
     """A group's summary as a run's looks: each numeric field the mean over the seeds (dotted
-    fields nested again), the group's status and task, and the first seed's verdicts."""
+    fields nested again), the group's status and task. No verdicts: each seed has its own
+    (`record.group.top_verdicts` says how many seeds share each)."""
     summary: dict[str, Any] = {"name": group.get("name"), "status": group.get("status"),
                                "task": group.get("task")}
     for key, stats in (group.get("fields") or {}).items():
@@ -890,7 +893,4 @@ def mean_summary(group: dict[str, Any]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = stats["mean"]
-    verdicts = group.get("verdicts") or {}
-    first: list[str] = next(iter(verdicts.values()), [])
-    summary["verdicts"] = [{"kind": k} for k in first]
     return summary

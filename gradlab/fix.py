@@ -36,11 +36,12 @@ class FixOutcome:
     original: dict[str, Any]  # the row of the config as given
 
 
-def remedies_of(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The fixes of a run's verdicts, warnings and errors first, each once, in their order."""
+def remedies_of(*summaries: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fixes of the runs' warnings and errors, each once, in their order (a group's seeds in
+    order: a remedy only a later seed's verdicts give comes after the first seed's)."""
     seen: set[tuple[str, ...]] = set()
     fixes = []
-    for v in summary.get("verdicts") or []:
+    for v in (v for summary in summaries for v in summary.get("verdicts") or []):
         if v.get("severity") not in ("error", "warning"):
             continue
         for f in v.get("fixes") or []:
@@ -68,10 +69,8 @@ def fix(path: Path, out: Path, jobs: int | None = None, overrides: list[str] | N
     [given] = comparing.compare([Path(path)], out, jobs=jobs if cfg.seeds else 1,
                                 overrides=overrides, plots=plots, on_done=on_done, pairs=False,
                                 cluster=cluster)
-    # over several seeds, the remedies are those of the first seed's verdicts
-    first = given.members[0] if given.members else given
-    summary = (first.record.summary if first.record else None) or {}
-    fixes = remedies_of(summary)[:max_fixes]
+    # over several seeds, the remedies of every seed's verdicts
+    fixes = remedies_of(*(s for s in given.summaries().values() if s))[:max_fixes]
     record = unique_dir(Path(out), f"fix-{cfg.name}-{utc_stamp()}")
     patches = record / "patches"
     patches.mkdir()
@@ -108,22 +107,30 @@ def _row(cfg: Config, v: comparing.Variant, f: dict[str, Any] | None,
     beats = None
     if isinstance(value, (int, float)) and isinstance(baseline, (int, float)):
         beats = value > baseline if metric == "test_accuracy" else value < 0.9 * baseline
-    verdicts = [x for x in s.get("verdicts") or [] if x.get("severity") != "info"]
-    kinds = [x["kind"] for x in verdicts]
-    per_seed = list(((v.group or {}).get("verdicts") or {}).values()) if v.is_group else []
-    # a group: each of the first seed's verdicts with how many seeds have it, where not all do
-    verdict = ", ".join(
-        k if not per_seed or (n := sum(k in seed for seed in per_seed)) == len(per_seed)
-        else f"{k} ({n}/{len(per_seed)} seeds)" for k in kinds) or ("ok" if s else "")
     return {
         "rank": "", "variant": v.name, "overrides": " ".join(f["set"]) if f else "(as given)",
         "why": f["why"] if f else "", "status": v.status, "test_metric": value, "metric": metric,
         "baseline": baseline, "beats_baseline": beats,
         "grad_ratio_init": s.get("grad_ratio_init"), "grad_ratio_final": s.get("grad_ratio_final"),
         "delta_ratio_init": s.get("delta_ratio_init"),
-        "verdict": verdict,
+        "verdict": _verdicts_after(v),
         "patch": str(patch) if patch else "", "run_dir": str(v.run_dir) if v.run_dir else "",
     }
+
+
+def _verdicts_after(v: comparing.Variant) -> str:
+    """The run's verdicts that are warnings or errors (`ok` if none); for a group, every such
+    verdict of any seed, each with how many seeds have it where not all do (`not_learning (1/2
+    seeds)`), read from the seeds' own summaries."""
+    per_seed = [[x["kind"] for x in (s or {}).get("verdicts") or []
+                 if x.get("severity") != "info"] for s in v.summaries().values()]
+    if not any(s for s in v.summaries().values()):
+        return ""
+    kinds = list(dict.fromkeys(k for seed in per_seed for k in seed))
+    if len(per_seed) == 1:
+        return ", ".join(kinds) or "ok"
+    return ", ".join(k if (n := sum(k in seed for seed in per_seed)) == len(per_seed)
+                     else f"{k} ({n}/{len(per_seed)} seeds)" for k in kinds) or "ok"
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

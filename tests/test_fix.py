@@ -159,23 +159,43 @@ def test_a_config_with_no_remedy_says_there_is_nothing_to_fix() -> None:
 def test_a_verdict_the_seeds_do_not_share_says_how_many_have_it() -> None:
     from gradlab.compare import Variant
     from gradlab.fix import _row
+    from gradlab.record.reader import Record
 
     cfg = config_from_dict(STUCK, "stuck.yaml")
-    members = [Variant(Path("s.yaml"), config=cfg, seed=s) for s in (0, 1)]
 
-    def group(verdicts: dict[str, list[str]]) -> Variant:
+    def group(*seeds: list[tuple[str, str]]) -> Variant:
+        """A group whose seed k's own summary has the verdicts (kind, severity) seeds[k]."""
+        members = [Variant(Path("s.yaml"), config=cfg, seed=k, record=Record(
+            Path(f"seed-{k}"), {"status": "completed", "verdicts": [
+                {"kind": kind, "severity": severity} for kind, severity in verdicts]},
+            {}, [], [])) for k, verdicts in enumerate(seeds)]
         return Variant(Path("s.yaml"), config=cfg, members=members, group={
-            "status": "completed", "verdicts": verdicts,
+            "status": "completed", "verdicts": {str(k): [kind for kind, _ in v]
+                                                for k, v in enumerate(seeds)},
             "fields": {"final_metrics.test_loss": {"mean": 0.5}, "baseline_loss": {"mean": 1.0}}})
 
-    split = _row(cfg, group({"0": ["not_learning"], "1": ["ok"]}), None, None)
+    stuck, vanishing = ("not_learning", "warning"), ("vanishing", "warning")
+    split = _row(cfg, group([stuck], [("ok", "info")]), None, None)
     assert split["verdict"] == "not_learning (1/2 seeds)"
-    shared = _row(cfg, group({"0": ["not_learning"], "1": ["not_learning"]}), None, None)
+    shared = _row(cfg, group([stuck], [stuck]), None, None)
     assert shared["verdict"] == "not_learning"
     # counted per verdict, whatever comes first on the other seeds
-    mixed = _row(cfg, group({"0": ["not_learning", "vanishing"], "1": ["vanishing"]}), None, None)
+    mixed = _row(cfg, group([stuck, vanishing], [vanishing]), None, None)
     assert mixed["verdict"] == "not_learning (1/2 seeds), vanishing"
-    both = _row(cfg, group({"0": ["not_learning"], "1": ["vanishing", "not_learning"]}), None,
-                None)
-    assert both["verdict"] == "not_learning"
+    both = _row(cfg, group([stuck], [vanishing, stuck]), None, None)
+    assert both["verdict"] == "not_learning, vanishing (1/2 seeds)"
+    # a warning only a later seed has is shown; an info verdict (clipping) is not, on any seed
+    later = _row(cfg, group([("ok", "info")], [("clipping", "info"), vanishing]), None, None)
+    assert later["verdict"] == "vanishing (1/2 seeds)"
+    calm = _row(cfg, group([("clipping", "info")], [("ok", "info")]), None, None)
+    assert calm["verdict"] == "ok"
+
+
+def test_a_group_gets_the_remedies_of_every_seeds_verdicts() -> None:
+    first = {"verdicts": [{"kind": "vanishing", "severity": "warning",
+                           "fixes": [{"set": ["a=1"]}, {"set": ["b=2"]}]}]}
+    later = {"verdicts": [{"kind": "exploding", "severity": "error",
+                           "fixes": [{"set": ["b=2"]}, {"set": ["c=3"]}]},
+                          {"kind": "clipping", "severity": "info", "fixes": [{"set": ["d=4"]}]}]}
+    assert [f["set"] for f in remedies_of(first, later)] == [["a=1"], ["b=2"], ["c=3"]]
 

@@ -13,7 +13,7 @@ from gradlab.analyse.expect import check_seeds, check_versus, needed_seeds
 from gradlab.cli import app
 from gradlab.compare import compare, comparison_rows
 from gradlab.config import ConfigError, load_config
-from gradlab.record.group import field_stats, read_group
+from gradlab.record.group import field_stats, read_group, seeds_verdicts
 from gradlab.record.reader import read_record, read_summary
 
 TINY = {"data": {"kind": "teacher", "n_samples": 256, "n_features": 8},
@@ -183,6 +183,27 @@ def test_a_group_is_ordinary_seed_records_and_a_summary_of_them(tmp_path):
     row = comparison_rows([v])[0]
     assert row["seeds"] == "0 1 2" and row["final_loss"] == pytest.approx(stats["mean"])
     assert row["final_loss_ci"] == pytest.approx((stats["ci95"][1] - stats["ci95"][0]) / 2)
+
+
+def test_a_groups_verdict_says_how_many_seeds_share_it():
+    assert seeds_verdicts(["vanishing"] * 3) == "vanishing"
+    assert seeds_verdicts(["vanishing"] * 3, counted=True) == "vanishing 3/3"
+    assert seeds_verdicts(["ok", "exploding", "exploding"]) == "exploding 2/3, ok 1/3"
+    assert seeds_verdicts(["saturated", "exploding"]) == "saturated 1/2, exploding 1/2"
+    assert seeds_verdicts(["vanishing", ""]) == "vanishing 1/2"  # a seed without a summary
+    assert seeds_verdicts(["", ""]) == ""
+
+
+def test_a_groups_row_shows_every_seeds_verdict_not_the_first_ones(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    [v] = compare([write(d, "g")], tmp_path / "runs", overrides=["seeds=[0, 1]"], plots=False)
+    assert comparison_rows([v])[0]["verdict"] == read_summary(
+        v.run_dir / "seed-0")["verdicts"][0]["kind"]  # the seeds agree: the kind alone
+    v.group["verdicts"] = {"0": ["ok"], "1": ["exploding", "ok"]}  # as if seed 1 had exploded
+    row = comparison_rows([v])[0]
+    assert row["verdict"] == "ok 1/2, exploding 1/2"
+    assert "verdicts" not in v.summary, "a mean over seeds has no verdict of its own"
 
 
 def test_runs_lists_a_group_once_and_report_reads_it(tmp_path):

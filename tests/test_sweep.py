@@ -319,6 +319,27 @@ def test_a_text_column_is_never_plottable_even_beside_a_diverged_point():
     assert "no run of the sweep has the field 'nothing'" in unplottable(rows, "nothing")
 
 
+def test_a_points_verdict_is_every_seeds_not_the_first_ones():
+    from rich.console import Console
+
+    from gradlab.render.sweep_table import sweep_table
+
+    sweep = {"name": "s", "grid": [{"key": "model.depth"}], "seeds": [0, 1],
+             "points": [{"name": f"s.depth_{d}", "values": {"model.depth": d}} for d in (2, 4)]}
+    rows = [{"variant": "s.depth_2", "seed": seed, "status": "completed", "verdict": verdict,
+             "final_loss": 0.1} for seed, verdict in ((0, "exploding"), (1, "ok"))]
+    rows += [{"variant": "s.depth_4", "seed": seed, "status": "completed",
+              "verdict": "vanishing", "final_loss": 2.3} for seed in (0, 1)]
+    console = Console(width=80, record=True)
+    console.print(sweep_table(sweep, rows, "final_loss"))
+    text = console.export_text()
+    two, four = (line for line in text.splitlines() if line.split()[:1] in (["2"], ["4"]))
+    assert two.split()[-2:] == ["exploding", "1/2"] and "ok 1/2" in text
+    assert four.split()[-1] == "vanishing" and "vanishing 2/2" not in text
+    assert "verdict: where the seeds' differ, each with how many seeds have it" in \
+        text.replace("\n", " ")
+
+
 # ---------------------------------------------------------------- claims
 
 

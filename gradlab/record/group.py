@@ -34,6 +34,23 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
+def seeds_verdicts(kinds: list[str], counted: bool = False) -> str:
+    """One verdict per seed (`kinds`, in seed order, "" where a seed has none) as a group shows
+    it: the kind alone where every seed's is the same (with `counted`, `kind 3/3`), else each
+    kind with how many of the seeds have it, most first (`exploding 1/2, ok 1/2`)."""
+    named = [k for k in kinds if k]
+    order = sorted(dict.fromkeys(named), key=lambda k: -named.count(k))  # stable: seed order
+    if len(order) == 1 and len(named) == len(kinds) and not counted:
+        return order[0]
+    return ", ".join(f"{k} {named.count(k)}/{len(kinds)}" for k in order)
+
+
+def top_verdicts(group: dict[str, Any], counted: bool = False) -> str:
+    """`seeds_verdicts` of each seed's top (first) verdict in group.json."""
+    return seeds_verdicts([(k or [""])[0] for k in (group.get("verdicts") or {}).values()],
+                          counted)
+
+
 def is_group_dir(path: Path) -> bool:
     return (Path(path) / GROUP_FILE).is_file()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from gradlab.record.group import is_group_dir, read_group
+from gradlab.record.group import is_group_dir, read_group, top_verdicts
 from gradlab.record.reader import find_runs, listing_record, run_started
 from gradlab.record.validate import CorruptRecord
 from gradlab.render.report import logged_progress
@@ -29,8 +29,7 @@ def _group_entry(path: Path) -> tuple[str, str, float | None, str]:
         return "corrupt", "–", None, e.short
     seeds = group.get("seeds") or []
     loss = ((group.get("fields") or {}).get("final_loss") or {}).get("mean")
-    kinds = [(k or ["–"])[0] for k in (group.get("verdicts") or {}).values()]
-    verdict = ", ".join(f"{k} {kinds.count(k)}/{len(kinds)}" for k in dict.fromkeys(kinds))
+    verdict = top_verdicts(group, counted=True)
     return (str(group.get("status")), f"{len(seeds)} seeds ({' '.join(map(str, seeds))})",
             loss, verdict or "–")
 

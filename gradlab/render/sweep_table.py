@@ -1,6 +1,7 @@
 """The sweep table in the terminal: one row per grid point, its swept values, how its runs
 ended, the field's mean over seeds (with min and max), the mean-field ξ and depth/ξ, and the
-first seed's verdict; then the claims. Reads sweep.json and sweep.csv (`record.sweep`); no torch.
+verdict (where the seeds' differ, each with how many seeds have it); then the claims. Reads
+sweep.json and sweep.csv (`record.sweep`); no torch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from gradlab.record.group import field_stats, on_log_scale
+from gradlab.record.group import field_stats, on_log_scale, seeds_verdicts
 from gradlab.record.sweep import default_field, read_sweep, read_table, short_labels
 from gradlab.render.style import Column, Fitted, fit_table, num, status_style
 
@@ -43,7 +44,7 @@ def point_summaries(sweep: dict[str, Any], rows: list[dict[str, Any]],
                     "min": min(values) if values else None, "max": max(values) if values else None,
                     "xi": first.get("prediction.depth_scale"),
                     "depth_per_xi": first.get("depth_per_xi"),
-                    "verdict": first.get("verdict") or ""})
+                    "verdict": seeds_verdicts([str(r.get("verdict") or "") for r in mine])})
     return out
 
 
@@ -64,13 +65,15 @@ def sweep_table(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str) -
         if spread:
             cols.append(Column("min–max", [f"{num(p['min'])}–{num(p['max'])}"
                                            if p["min"] is not None else "–" for p in points],
-                               drop=2))
+                               drop=3))
         if any(p["xi"] is not None or p["depth_per_xi"] is not None for p in points):
             cols += [Column("ξ", [num(p["xi"], 2) if p["xi"] is not None else
                                   ("∞" if p["depth_per_xi"] == 0 else "–") for p in points],
                             drop=1),
                      Column("depth/ξ", [num(p["depth_per_xi"], 2) for p in points], drop=1)]
-        cols.append(Column("verdict", [p["verdict"] for p in points], "left", drop=3))
+        # the diagnosis stays longer than the seeds' spread
+        cols.append(Column("verdict", [p["verdict"].replace(", ", "\n") for p in points],
+                           "left", drop=2))
         n = len(points)
         table = fit_table(cols, width, title=f"sweep {sweep.get('name')}: {n} point"
                           + ("s" if n != 1 else "") + (f" × {seeds} seeds" if spread else ""),
@@ -81,6 +84,8 @@ def sweep_table(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str) -
             legend += " (geometric, as in a group record)"
         if any(p["xi"] is not None for p in points):
             legend += "; ξ: mean-field depth scale 1/|ln χ₁| (∞ at χ₁ = 1)"
+        if any("/" in p["verdict"] for p in points):
+            legend += "; verdict: where the seeds' differ, each with how many seeds have it"
         parts.append(Text(legend, "dim"))
         parts += claim_lines(sweep.get("claims") or [])
         return Group(*parts)
