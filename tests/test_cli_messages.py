@@ -306,7 +306,9 @@ def test_the_latest_run_line_fits(tmp_path: Path, write_yaml, monkeypatch) -> No
     assert short.stderr.splitlines()[0] == f"{head} {run_dir}"  # it fits: one line
 
 
-def test_compare_shows_an_invalid_configs_problems_once_on_a_terminal(tmp_path: Path) -> None:
+def test_compare_shows_an_invalid_configs_problems_once_on_a_terminal(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setattr("gradlab.compare.EXECUTOR", "thread")  # the messages, not the pool
     configs = tmp_path / "c"
     configs.mkdir()
     bad = write(configs / "bad.yaml", tiny(name="bad", model={"depth": -3, "activaton": "relu"}))
