@@ -138,12 +138,16 @@ def test_a_grid_over_the_maximum_needs_yes(tmp_path):
 # ---------------------------------------------------------------- the record
 
 
-@pytest.fixture
-def swept(tmp_path):
-    """A 2 × 2 sweep over depth and gain, two seeds, through the CLI."""
-    config, out = write(tmp_path, TINY), tmp_path / "runs"
-    result = run_cli("sweep", str(config), "--grid", "model.depth=1,3",
-                     "--grid", "model.init.gain=0.5,2", "--seeds", "0,1", "--out", str(out))
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A 2 × 2 sweep over depth and gain, two seeds, through the CLI: one for the module's
+    tests, which read it (one adds a --reuse record beside it, one redraws its heatmap)."""
+    tmp = tmp_path_factory.mktemp("swept")
+    config, out = write(tmp, TINY), tmp / "runs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gradlab.compare.EXECUTOR", "thread")
+        result = run_cli("sweep", str(config), "--grid", "model.depth=1,3",
+                         "--grid", "model.init.gain=0.5,2", "--seeds", "0,1", "--out", str(out))
     assert result.exit_code == 0, result.output
     [record] = list(out.glob("sweep-tiny-*"))
     return config, out, record, result.output
