@@ -182,6 +182,19 @@ def test_overfitting_says_what_was_fitted_and_offers_weight_decay_once() -> None
     assert "overfitting" not in by_kind(fitted(classified(0.29), 0.05), RELU)
 
 
+def test_the_smallest_ratio_qualifies_the_ratio_and_orders_are_counted_right() -> None:
+    v = by_kind(summary(ratio_init=0.292, ratio_final=5e-4, delta_ratio_init=4.6e-6,
+                        over_run={"grad_ratio": {"min": 6.1e-5, "min_step": 40}},
+                        **NOT_LEARNING), TANH)["vanishing"]["message"]
+    # the weight gradients' low point sits beside their ratio, not after ‖∂L/∂z‖'s
+    assert "and 5.0e-04 × at the end (smallest 6.1e-05, at step 40); the backward signal " \
+           "‖∂L/∂z‖ falls 4.6e-06 × towards the input" in v
+    assert "0.292 × the last layer's at init and" in v  # half an order is no "1 orders"
+    one = by_kind(summary(ratio_init=0.05, ratio_final=5e-4, **NOT_LEARNING), TANH)
+    assert "0.05 × the last layer's at init (1 order of magnitude)" in \
+        one["vanishing"]["message"]
+
+
 def test_messages_carry_their_numbers_and_say_when() -> None:
     v = by_kind(summary(ratio_init=2.3e-4, ratio_final=14.0), TANH)["vanishing"]
     assert v["when"] == "init" and "training recovered (ratio 14 at the end)" in v["message"]

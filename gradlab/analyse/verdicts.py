@@ -206,16 +206,18 @@ def _vanishing(ctx: _Context) -> Verdict | None:
     if end is not None:
         message += " and at the end" if end == 0 and init == 0 else \
             " and exactly 0 at the end" if end == 0 else f" and {_fmt(end)} × at the end"
+    recovered = end is not None and end >= VANISHING_RATIO
+    if not recovered and worst is not None and end is not None and worst < end \
+            and init != worst:  # the ratio's own low point, beside the ratio
+        at = (ctx.over.get("grad_ratio") or {}).get("min_step")
+        message += f" (smallest {_fmt(worst)}" + (f", at step {at})" if at is not None else ")")
     if delta is not None and delta < VANISHING_RATIO:
         message += ("; the backward signal ‖∂L/∂z‖ is exactly 0 at the input" if delta == 0
                     else f"; the backward signal ‖∂L/∂z‖ falls {_fmt(delta)} × towards the input")
-    recovered = end is not None and end >= VANISHING_RATIO
     if recovered:
         return _verdict("vanishing", "info", "init", names[:1],
                         f"{message}: training recovered (ratio {_fmt(end)} at the end)", [])
     when = "throughout" if init is not None and init < VANISHING_RATIO else "end"
-    if worst is not None and end is not None and worst < end and init != worst:
-        message += f" (smallest {_fmt(worst)})"
     severity = "info" if ctx.learned else "warning"
     if ctx.learned:
         message += "; the net learned nonetheless (the last layers do the work)"
@@ -225,7 +227,16 @@ def _vanishing(ctx: _Context) -> Verdict | None:
 def _orders(r: float | None) -> str:
     if r is None or r <= 0 or r >= 1:
         return " (every entry exactly 0)" if r == 0 else ""
-    return f" ({-math.log10(r):.0f} orders of magnitude)"
+    return f" ({_magnitudes(r)})" if _magnitudes(r) else ""
+
+
+def _magnitudes(r: float) -> str:
+    """How many orders of magnitude below 1 a ratio in (0, 1) is, rounded, in words ("" above
+    0.1: a factor of 3 is no order of magnitude)."""
+    if -math.log10(r) < 1:
+        return ""
+    n = round(-math.log10(r))
+    return f"{n} order{'s' if n > 1 else ''} of magnitude"
 
 
 def _ratio_words(r: float | None) -> str:
@@ -233,8 +244,8 @@ def _ratio_words(r: float | None) -> str:
         return "–"
     if r == 0:
         return "exactly 0 ×"
-    if r < 1:
-        return f"{_fmt(r)} × ({-math.log10(r):.0f} orders of magnitude below)"
+    if r < 1 and _magnitudes(r):
+        return f"{_fmt(r)} × ({_magnitudes(r)} below)"
     return f"{_fmt(r)} ×"
 
 
