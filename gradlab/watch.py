@@ -41,17 +41,18 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 import torch
 from torch import nn
 
 from gradlab import __version__
-from gradlab.analyse.verdicts import describe_fix, diagnose
+from gradlab.analyse.verdicts import describe_fix, diagnose, gradient_reach
 from gradlab.build.discover import (
     DiscoveryError,
     Found,
@@ -60,6 +61,7 @@ from gradlab.build.discover import (
     discover,
     display_name,
     parameter_signature,
+    unwatched,
 )
 from gradlab.build.probed import ProbedLayer
 from gradlab.build.stepwise import time_steps
@@ -175,6 +177,13 @@ class Watch:
             found = discover(model, layers)
         except DiscoveryError as e:
             raise WatchError(str(e)) from None
+        missed = unwatched(model, found) if layers is None else {}
+        if missed:  # a verdict about "every layer" would be about the watched ones only
+            kinds = ", ".join(f"{kind} ×{n}" for kind, n in missed.items())
+            warnings.warn(f"gradlab.watch: {sum(missed.values())} weight(s) in modules of no "
+                          f"layer kind gradlab knows are not watched ({kinds}); pass "
+                          "layers=[...] (modules or their names) to watch them",
+                          stacklevel=_callers_level())
         self.model = model
         self.name = _run_name(name, model)
         self.every, self.steps, self.start = every, steps, start
@@ -676,6 +685,15 @@ REMEDIES: dict[str, list[str]] = {
 }
 
 
+def _callers_level() -> int:
+    """The `stacklevel` of a warning that points at the first frame outside gradlab."""
+    here, level = Path(__file__).parent, 1
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and Path(frame.f_code.co_filename).is_relative_to(here):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The verdicts with remedies for a user's own model: `--set` fixes name gradlab config
     keys, which a watched model does not have."""
@@ -696,8 +714,8 @@ def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> 
     if not out and summary.get("status") == "completed" and summary.get("layers"):
         # not `ok`, which says the net learned: no baseline (or no evaluation), no judgement
         out.append({"kind": "gradients_ok", "severity": "info", "when": "end", "layers": [],
-                    "message": "gradients reach every layer within a few orders of magnitude; "
-                               "whether the net learned is not judged (give watch() a "
+                    "message": gradient_reach(summary, "")
+                               + "; whether the net learned is not judged (give watch() a "
                                "baseline_loss and report evaluated(step, test_loss=...))",
                     "remedies": [], "fixes": []})
     return out

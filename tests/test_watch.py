@@ -581,3 +581,78 @@ def test_a_report_while_the_loop_runs_shows_what_was_logged(tmp_path: Path) -> N
     text = probe.report(width=80)
     probe.close()
     assert "running  3/? steps" in text and "None" not in text
+
+
+class WithASpareLayer(nn.Module):
+    """`spare` is registered between the layers but never called: it gets no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.spare = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.fc1(x)))
+
+
+def test_a_layer_that_takes_no_part_has_no_gradient_not_a_gradient_of_zero(
+        tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = WithASpareLayer(), torch.randn(32, 8)
+    y = torch.randint(0, 3, (32,))
+    reference = copy.deepcopy(model).double()
+    F.cross_entropy(reference(x.double()), y).backward()
+    assert reference.spare.weight.grad is None  # the premise: no gradient at all
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradlab.watch(model, every=1, steps=2, out=tmp_path, name="spare") as probe:
+        for step in range(2):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            probe.after_backward(step, loss=loss)
+            opt.step()
+            probe.after_step(step)
+    rows = {r["name"]: r for r in read_csv(probe.path / "layers.csv")[1] if r["step"] == "0"}
+    for key in ("grad_norm", "grad_rms", "grad_absmax"):
+        assert rows["spare"][key] == "", key  # not measured: an empty cell, never 0
+    assert float(rows["spare"]["update_ratio"]) == 0  # measured: the weight did not move
+    summary = json.loads((probe.path / "summary.json").read_text())
+    # the ratio is the first layer's over the head's, as a float64 recomputation has it
+    expected = norm(reference.fc1.weight.grad) / norm(reference.head.weight.grad)
+    assert summary["grad_ratio_init"] == pytest.approx(expected, rel=1e-5)
+    [verdict] = summary["verdicts"]
+    assert verdict["kind"] == "gradients_ok" and "exploding" not in verdict["message"]
+    assert "gradients reach every other layer" in verdict["message"]
+    assert "spare got no gradient (took no part in the loss)" in verdict["message"]
+
+
+class RawLinear(nn.Module):
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) / math.sqrt(n_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+def test_weights_discovery_passes_over_are_named_and_no_verdict_claims_every_layer(
+        tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), RawLinear(4, 4), RawLinear(4, 1))
+    with pytest.warns(UserWarning, match=r"2 weight\(s\) in modules of no layer kind gradlab "
+                      r"knows are not watched \(RawLinear ×2\); pass layers=") as caught:
+        probe = gradlab.watch(model, every=1, steps=1, out=tmp_path, name="raw")
+    assert caught[0].filename == __file__  # it points at the caller's line
+    backward(model)
+    probe.after_backward(0)
+    probe.after_step(0)
+    probe.close()
+    [verdict] = json.loads((probe.path / "summary.json").read_text())["verdicts"]
+    assert "every layer" not in verdict["message"]
+    assert "the gradient ratio first/last layer was not measured (one probed layer with a " \
+           "gradient)" in verdict["message"]
+    named = [model[0], model[2], model[3]]  # named layers: nothing left out is a surprise
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradlab.watch(model, layers=named, out=tmp_path, name="named").close()

@@ -70,8 +70,7 @@ def diagnose(summary: dict[str, Any], config: dict[str, Any]) -> list[Verdict]:
             verdicts.insert(0, _verdict(
                 "ok", "info", "end", [],
                 f"the net learned (test loss {_fmt(ctx.test_loss)} against the baseline's "
-                f"{_fmt(ctx.baseline)}) and gradients reach every layer within a few orders "
-                "of magnitude", [], []))
+                f"{_fmt(ctx.baseline)}){gradient_reach(summary, ' and ')}", [], []))
     # errors, then the warnings that name a cause, then not learning (their effect), then info
     order = {"error": 0, "warning": 1, "info": 3}
     return sorted(verdicts, key=lambda v: order[v["severity"]] + (v["kind"] == "not_learning"))
@@ -108,6 +107,29 @@ class _Context:
         if self.accuracy is not None and self.learning_accuracy is not None:
             return self.accuracy >= self.learning_accuracy
         return self.test_loss < LEARNED * self.baseline
+
+
+def gradient_reach(summary: dict[str, Any], join: str) -> str:
+    """What a healthy verdict may say of the gradients, after `join`: that they reach every
+    layer within a few orders of magnitude only where the first/last ratio was measured; the
+    layers that got no gradient at all (they took no part in the loss) by name."""
+    layers = summary.get("layers") or []
+    none = [str(x.get("name")) for x in layers
+            if (x.get("init") or {}).get("grad_norm") is None
+            and (x.get("final") or {}).get("grad_norm") is None]
+    end = _num(summary.get("grad_ratio_final"))
+    if end is not None:
+        said = f"{join}gradients reach {'every other' if none else 'every'} layer within a few " \
+               "orders of magnitude"
+    else:
+        graded = len(layers) - len(none)
+        said = f"{join}the gradient ratio first/last layer was not measured" + (
+            " (one probed layer with a gradient)" if graded == 1 else
+            " (no probed layer with a gradient)" if graded == 0 else "")
+    if none:
+        said += (f"; {', '.join(none[:4])}{' …' if len(none) > 4 else ''} got no gradient "
+                 "(took no part in the loss)")
+    return said
 
 
 def _verdict(kind: str, severity: str, when: str, layers: list[str], message: str,

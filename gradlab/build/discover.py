@@ -160,6 +160,20 @@ def discover(model: nn.Module, layers: Sequence[nn.Module | str | ProbedLayer] |
     return found
 
 
+def unwatched(model: nn.Module, found: Sequence[Found]) -> dict[str, int]:
+    """The trainable matrices and kernels (parameters of 2 or more dimensions) of `model` that
+    none of `found` watches, counted by the type of the module holding them: what discovery
+    passed over (a layer written from raw parameters) or `layers=` left out."""
+    watched = {id(f.layer.weight) for f in found}
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad and p.dim() >= 2 and id(p) not in watched:
+                kind = type(module).__name__
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def _rows(name: str, module: nn.Module, strict: bool) -> list[Found]:
     """The rows of one module: none for a module of no known kind (unless `strict`: then its
     `weight`, or a DiscoveryError)."""

@@ -107,7 +107,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _grad_ratio(rows: list[dict[str, Any]], key: str = "grad_norm") -> float | None:
     """A norm of the first probed layer over that of the last (None where either is not
-    measured); NaN or Inf where a measured one is."""
+    measured); NaN or Inf where a measured one is. A layer with no gradient at all (it took no
+    part in the loss: its grad_norm is not measured) is no end of the net."""
+    rows = [r for r in rows if r.get("grad_norm") is not None]
     if len(rows) < 2:
         return None
     a, b = rows[0].get(key), rows[-1].get(key)

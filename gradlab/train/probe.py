@@ -508,6 +508,9 @@ class Probe:
             return
         self._armed = False
         self._detach()  # the tensor hooks on z_l and h_t have fired; the module hooks can go
+        # a layer that took no part in the loss (never called, or frozen) has no gradient: its
+        # gradient statistics are not measured (a zero would read as a gradient of exactly 0)
+        has_grad = [p.weight.grad is not None for p in self.layers]
         grads = [p.weight.grad if p.weight.grad is not None else torch.zeros_like(p.weight)
                  for p in self.layers]
         grad_norm = norms64(grads)
@@ -532,7 +535,9 @@ class Probe:
                    **self._precision_stats(grads), **quantiles}
         none = [False] * n
         kinds = [self._kinds.get(i) for i in range(n)]
+        graded = {name: has_grad for name in ("grad_norm", "grad_rms", "grad_absmax")}
         self._measured = {
+            **graded,
             "update_ratio": none,
             "delta_norm": [i in self._deltas for i in range(n)],
             "act_mean": measured_acts, "act_std": measured_acts,
@@ -541,9 +546,11 @@ class Probe:
             "act_dead": [m and k in DYING for m, k in zip(measured_acts, kinds)],
             "z_absmax": [i in self._z for i in range(n)],
             "overflow": [self._low] * n,
-            "grad_underflow": none, "grad_tiny": [self._low] * n,
+            "grad_underflow": none, "grad_tiny": [self._low and g for g in has_grad],
             **measured_quantiles,
         }
+        for name in ("grad_q05", "grad_q50", "grad_q95"):
+            self._measured[name] = [m and g for m, g in zip(self._measured[name], has_grad)]
         self._time_norms = self._time_grad_norms()
         self._forget()
         self._extra = {}
@@ -559,7 +566,8 @@ class Probe:
                   if (g := layer.weight.grad) is not None and r is not None else zero
                   for layer, r in zip(self.layers, reference)]
         self._pending[:, COLUMN["grad_underflow"]] = torch.stack(counts)
-        self._measured["grad_underflow"] = [True] * len(self.layers)
+        self._measured["grad_underflow"] = [layer.weight.grad is not None
+                                            for layer in self.layers]
 
     def after_step(self, step: int) -> list[dict[str, Any]] | None:
         """Add update-to-weight ratios and fetch the step's rows (one transfer)."""
