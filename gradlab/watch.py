@@ -748,10 +748,16 @@ def compare_runs(runs: Sequence[str | os.PathLike[str] | Watch], out: str | os.P
     from gradlab.render.compare_figures import plot_compare_record
 
     class Recorded(Variant):
-        """A run record taken as a variant of a comparison: it has no config to run."""
+        """A run record taken as a variant of a comparison: it has no config to run. Two
+        records of one name (two watches of one model class) get distinct names, `NAME-2`,
+        so that each row, link and curve is its own record's."""
+
+        unique: str | None = None
 
         @property
         def name(self) -> str:
+            if self.unique is not None:
+                return self.unique
             summary = (self.record.summary if self.record else None) or {}
             return str(summary.get("name") or self.path.parent.name)
 
@@ -765,6 +771,16 @@ def compare_runs(runs: Sequence[str | os.PathLike[str] | Watch], out: str | os.P
         if not is_run_dir(path):
             raise WatchError(f"compare_runs: {path} is not a run directory")
         variants.append(Recorded(path, run_dir=path, record=read_record(path)))
+    taken = {v.name for v in variants}
+    seen: set[str] = set()
+    for v in variants:
+        if v.name in seen and isinstance(v, Recorded):
+            k = 2
+            while f"{v.name}-{k}" in taken:
+                k += 1
+            v.unique = f"{v.name}-{k}"
+            taken.add(v.unique)
+        seen.add(v.name)
     record = write_record(comparison_rows(variants), Path(out))
     plot_compare_record(record, draw=plots)
     return record

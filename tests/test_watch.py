@@ -656,3 +656,29 @@ def test_weights_discovery_passes_over_are_named_and_no_verdict_claims_every_lay
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gradlab.watch(model, layers=named, out=tmp_path, name="named").close()
+
+
+def test_compare_runs_keeps_two_records_of_one_name_apart(tmp_path: Path) -> None:
+    """Two watches of one model class share its name: each row, link and curve must still be
+    its own record's (they once both showed the second record)."""
+    from gradlab.record.comparison import read_comparison, variant_records
+    from gradlab.render.compare_figures import variant_labels
+
+    paths = []
+    for steps in (12, 4):
+        model = small()
+        with gradlab.watch(model, every=2, steps=steps, out=tmp_path) as probe:
+            for step in range(steps):
+                loss = backward(model)
+                probe.after_backward(step, loss=loss)
+                probe.after_step(step)
+        paths.append(probe.path)
+    record = gradlab.compare_runs(paths, out=tmp_path / "cmp", plots=False)
+    rows = read_comparison(record)
+    assert [r["variant"] for r in rows] == ["Sequential", "Sequential-2"]
+    assert [r["steps"] for r in rows] == [12, 4]
+    for row, path in zip(rows, paths):
+        assert (record / "variants" / row["variant"]).resolve() == path.resolve()
+    records = variant_records(record)
+    assert [len({m["step"] for m in r.metrics}) for r in records] == [7, 3]  # 0, 2, …, last
+    assert variant_labels(records) == ["Sequential", "Sequential-2"]

@@ -78,10 +78,13 @@ def plot_compare_record(path: Path, draw: bool = True) -> list[Path]:
 
 
 def variant_labels(records: list[Record]) -> list[str]:
-    """One legend label per run: its name, its status when not completed, unique."""
+    """One legend label per run: its name (a record read through a compare record's link,
+    variants/NAME, the name the comparison's table gives it), its status when not completed,
+    unique."""
     labels: list[str] = []
     for r in records:
-        label = run_name(r) + ("" if r.status == "completed" else f" ({r.status})")
+        name = r.path.name if r.path.parent.name == "variants" else run_name(r)
+        label = name + ("" if r.status == "completed" else f" ({r.status})")
         base, n = label, 2
         while label in labels:
             label, n = f"{base} #{n}", n + 1
