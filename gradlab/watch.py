@@ -522,7 +522,8 @@ class Watch:
             outcome = {"status": status, "error": error, "steps_done": self._steps_done,
                        "seconds": self._seconds or time.perf_counter() - self._started,
                        "initial": self._initial_metrics(), "final": self._final_metrics(status),
-                       "clipped_steps": 0, "clip": False,
+                       # the loop's own clipping (or a framework's) is not seen: not measured
+                       "clipped_steps": None, "clip": False,
                        "first_nonfinite": self.first_nonfinite}
             base = {**self._base, "steps_planned": self.steps or self._steps_done}
             if self.scaler is not None:

@@ -270,7 +270,7 @@ def test_the_record_reads_like_a_gradlab_run_record(tmp_path: Path) -> None:
 
     compared = gradlab.compare_runs([probe, path], out=tmp_path / "runs", plots=False)
     rows = read_comparison(compared)
-    assert [r["variant"] for r in rows] == ["mine", "mine"]
+    assert [r["variant"] for r in rows] == ["mine", "mine-2"]  # one record twice: two names
     assert rows[0]["status"] == "completed" and rows[0]["grad_ratio_init"] == pytest.approx(
         summary["grad_ratio_init"])
     assert (compared / "report.md").exists()
@@ -682,3 +682,17 @@ def test_compare_runs_keeps_two_records_of_one_name_apart(tmp_path: Path) -> Non
     records = variant_records(record)
     assert [len({m["step"] for m in r.metrics}) for r in records] == [7, 3]  # 0, 2, …, last
     assert variant_labels(records) == ["Sequential", "Sequential-2"]
+
+
+def test_a_watched_loops_clipping_is_not_measured_so_its_share_is_null(tmp_path: Path) -> None:
+    """The loop clips every step; watch cannot see that, so clip_fraction must not say 0."""
+    model = small()
+    with gradlab.watch(model, every=1, steps=3, out=tmp_path, name="clipped") as probe:
+        for step in range(3):
+            loss = backward(model)
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            probe.after_backward(step, loss=loss)
+            probe.after_step(step)
+    summary = json.loads((probe.path / "summary.json").read_text())
+    assert summary["clip_fraction"] is None and summary["clip"] is None
+    assert "clipping" not in [v["kind"] for v in summary["verdicts"]]

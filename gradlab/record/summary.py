@@ -19,7 +19,8 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
     """summary.json's fields from the run's outcome and its logged rows.
 
     `outcome` holds status, error, steps_done, seconds, initial and final (the evaluations
-    before and after training), clipped_steps and first_nonfinite.
+    before and after training), clipped_steps (None where clipping is not seen: a watched
+    loop's) and first_nonfinite.
     """
     first, last = edge_steps(path / "layers.csv")
     initial, final = outcome.get("initial") or {}, outcome.get("final") or {}
@@ -46,7 +47,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
         "grad_norm_min_final": _min(last, "grad_norm"),
         "weight_norm_init": _total(first, "weight_norm"),
         "weight_norm_final": _total(last, "weight_norm"),
-        "clip_fraction": clipped / steps_done if steps_done else None,
+        "clip_fraction": clipped / steps_done if steps_done and clipped is not None else None,
         "clip": ({"steps_clipped": clipped, "steps": steps_done,
                   "fraction": clipped / steps_done if steps_done else None}
                  if outcome.get("clip") else None),
