@@ -114,7 +114,7 @@ def main() -> None:
         print(probe.report())
     for probe in watched:
         s = probe.summary or {}
-        print(f"{probe.name:18}  grad ratio first/last layer at init {s.get('grad_ratio_init'):.2g}"
+        print(f"{probe.name:18}  grad ratio first/last at init {s.get('grad_ratio_init'):.2g}"
               f", test accuracy {s.get('final_metrics', {}).get('test_accuracy', math.nan):.0%}")
     # the two records side by side, as `gradlab compare` writes them (figures: gradlab report)
     print(f"gradlab report {gradlab.compare_runs(watched, out=args.out, plots=False)}")

@@ -86,7 +86,7 @@ def main() -> None:
         print(probe.report())
     for probe in watched:
         s = probe.summary or {}
-        print(f"{probe.name:20}  grad ratio first/last layer at init "
+        print(f"{probe.name:20}  grad ratio first/last at init "
               f"{s.get('grad_ratio_init'):.2g}, test accuracy "
               f"{s.get('final_metrics', {}).get('test_accuracy', math.nan):.0%}")
     # the two records side by side, as `gradlab compare` writes them (figures: gradlab report)
