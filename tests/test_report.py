@@ -244,3 +244,25 @@ def test_numbers_read_as_a_person_writes_them() -> None:
     # step counts stay whole numbers; tiny values go exponential
     assert [num(1000), num(300), num(0.1234), num(2.5e-5), num(None)] == [
         "1000", "300", "0.123", "2.50e-05", "–"]
+
+
+def test_a_model_mixing_activations_shows_saturation_and_dead_units_per_layer() -> None:
+    """ReLU convolutions and a tanh layer: the tanh layer's saturation is in the table beside
+    the ReLU layers' dead units, whatever the config names as the activation."""
+    from gradlab.record.reader import Record
+    from gradlab.render.report import layer_table
+
+    def layer(name: str, **final: float) -> dict:
+        stats = {"grad_norm": 0.1, "act_std": 0.5, **final}
+        return {"name": name, "shape": [4, 4], "init": stats, "final": stats}
+
+    layers = [layer("conv1", act_dead=0.1), layer("fc", act_saturated=0.56), layer("head")]
+    record = Record(Path("x"), {"layers": layers}, {"model": {"activation": "relu"}}, [], [])
+    console = Console(width=80, record=True)
+    console.print(layer_table(record))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "saturated" in line)
+    assert "dead" in header
+    fc = next(line for line in lines if " fc " in line)
+    conv = next(line for line in lines if "conv1" in line)
+    assert fc.split()[-2:] == ["56%", "–"] and conv.split()[-2:] == ["–", "10%"]

@@ -21,7 +21,6 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gradlab.config.schema import SATURATING
 from gradlab.record.reader import Record, is_training_row
 from gradlab.render.chart import chart
 from gradlab.render.prediction import theory_lines
@@ -196,9 +195,6 @@ def layer_table(record: Record, all_layers: bool = False) -> RenderableType:
 
 def _layer_table(record: Record, layers: list[dict[str, Any]], all_layers: bool,
                  width: int) -> RenderableType:
-    act = (record.config.get("model") or {}).get("activation", "")
-    unit_stat, unit_label = ("act_saturated", "saturated") if act in SATURATING \
-        else ("act_dead", "dead")
     biggest = {w: max((_stat(layer, w, "grad_norm") or 0.0) for layer in layers)
                for w in ("init", "final")}
     shown = select_layers(len(layers), all_layers)
@@ -228,8 +224,13 @@ def _layer_table(record: Record, layers: list[dict[str, Any]], all_layers: bool,
         else:
             columns.append(Column(head, cells(
                 lambda r, when=when, key=key: short(_stat(r, when, key))), drop=drop))
-    if any(_stat(layers[i], "final", unit_stat) is not None for i in shown):
-        columns.append(Column(unit_label, cells(lambda r: pct(_stat(r, "final", unit_stat)))))
+    # saturation where a layer's activation saturates, dead units where its units can die:
+    # each layer's own activation, so a model that mixes them (ReLU convolutions, a tanh
+    # layer) has both columns
+    for unit_stat, unit_label in (("act_saturated", "saturated"), ("act_dead", "dead")):
+        if any(_stat(layers[i], "final", unit_stat) is not None for i in shown):
+            columns.append(Column(unit_label, cells(
+                lambda r, unit_stat=unit_stat: pct(_stat(r, "final", unit_stat)))))
     table = fit_table(columns, width)
     assert table is not None  # fit_table shortens names rather than give up
     # the title and the notes on lines of their own: a narrow table would wrap them
