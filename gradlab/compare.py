@@ -841,11 +841,12 @@ def _partner(v: Variant) -> str:
 
 
 def _verdict_agreement(v: Variant) -> str:
-    """For a group: how many of its seeds share the first seed's top verdict (`2/3`)."""
+    """For a group: how many of its seeds share the top verdict most of them have (`2/3`),
+    the first that `verdict` (`top_verdicts`) names."""
     kinds = [(k or [""])[0] for k in ((v.group or {}).get("verdicts") or {}).values()]
     if not kinds:
         return ""
-    return f"{kinds.count(kinds[0])}/{len(kinds)}"
+    return f"{max(kinds.count(k) for k in kinds)}/{len(kinds)}"
 
 
 def _mark_overlaps(rows: list[dict[str, Any]], variants: list[Variant]) -> None:

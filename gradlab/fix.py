@@ -121,10 +121,10 @@ def _row(cfg: Config, v: comparing.Variant, f: dict[str, Any] | None,
 def _verdicts_after(v: comparing.Variant) -> str:
     """The run's verdicts that are warnings or errors (`ok` if none); for a group, every such
     verdict of any seed, each with how many seeds have it where not all do (`not_learning (1/2
-    seeds)`), read from the seeds' own summaries."""
-    per_seed = [[x["kind"] for x in (s or {}).get("verdicts") or []
-                 if x.get("severity") != "info"] for s in v.summaries().values()]
-    if not any(s for s in v.summaries().values()):
+    seeds)`), read from the seeds' own summaries (of the seeds that have one)."""
+    per_seed = [[x["kind"] for x in s.get("verdicts") or [] if x.get("severity") != "info"]
+                for s in v.summaries().values() if s]  # a seed with no record is not counted
+    if not per_seed:
         return ""
     kinds = list(dict.fromkeys(k for seed in per_seed for k in seed))
     if len(per_seed) == 1:

@@ -203,6 +203,15 @@ def test_a_groups_row_shows_every_seeds_verdict_not_the_first_ones(tmp_path):
     v.group["verdicts"] = {"0": ["ok"], "1": ["exploding", "ok"]}  # as if seed 1 had exploded
     row = comparison_rows([v])[0]
     assert row["verdict"] == "ok 1/2, exploding 1/2"
+    assert row["verdict_seeds"] == "1/2"  # the most common top verdict's share
+    from rich.console import Console
+
+    from gradlab.render.compare_table import comparison_table
+    console = Console(width=80, record=True)
+    console.print(comparison_table([row]))
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    at = next(i for i, line in enumerate(lines) if "ok 1/2" in line)  # a verdict a line
+    assert "exploding 1/2" in lines[at + 1] and "1/2," not in "".join(lines)
     assert "verdicts" not in v.summary, "a mean over seeds has no verdict of its own"
 
 

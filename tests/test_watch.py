@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -649,10 +650,14 @@ def test_weights_discovery_passes_over_are_named_and_no_verdict_claims_every_lay
     probe.close()
     [verdict] = json.loads((probe.path / "summary.json").read_text())["verdicts"]
     assert "every layer" not in verdict["message"]
-    assert "the gradient ratio first/last layer was not measured (one probed layer with a " \
-           "gradient)" in verdict["message"]
+    assert "a single probed layer with a gradient: no first/last ratio" in verdict["message"]
+    # parameters that are no layer's weight, in a kind gradlab knows or beside it: no warning
+    others = nn.Sequential(nn.MultiheadAttention(4, 2, add_bias_kv=True), nn.Linear(4, 1))
+    others.register_parameter("pos", nn.Parameter(torch.zeros(1, 3, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradlab.watch(others, out=tmp_path, name="others").close()
     named = [model[0], model[2], model[3]]  # named layers: nothing left out is a surprise
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gradlab.watch(model, layers=named, out=tmp_path, name="named").close()
@@ -682,6 +687,10 @@ def test_compare_runs_keeps_two_records_of_one_name_apart(tmp_path: Path) -> Non
     records = variant_records(record)
     assert [len({m["step"] for m in r.metrics}) for r in records] == [7, 3]  # 0, 2, …, last
     assert variant_labels(records) == ["Sequential", "Sequential-2"]
+    # one record given twice: two rows, two labels, the same as the table's
+    twice = gradlab.compare_runs([paths[0], paths[0]], out=tmp_path / "twice", plots=False)
+    assert variant_labels(variant_records(twice)) == [r["variant"] for r in read_comparison(
+        twice)] == ["Sequential", "Sequential-2"]
 
 
 def test_a_watched_loops_clipping_is_not_measured_so_its_share_is_null(tmp_path: Path) -> None:
@@ -696,3 +705,41 @@ def test_a_watched_loops_clipping_is_not_measured_so_its_share_is_null(tmp_path:
     summary = json.loads((probe.path / "summary.json").read_text())
     assert summary["clip_fraction"] is None and summary["clip"] is None
     assert "clipping" not in [v["kind"] for v in summary["verdicts"]]
+
+
+class LateLayer(nn.Module):
+    """`extra` joins the forward pass at step 2: no gradient at the first logged step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.head, self.extra = nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(1, 1)
+        self.late = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(torch.tanh(self.fc1(x)))
+        return self.extra(out) * 1e-4 if self.late else out
+
+
+def test_the_ratio_ends_at_the_same_layers_at_every_step(tmp_path: Path) -> None:
+    """A layer that gets a gradient at some steps only is no end of the first/last ratio:
+    init and end compare fc1 with the head, never fc1 with `extra`."""
+    torch.manual_seed(0)
+    model, x = LateLayer(), torch.randn(16, 3)
+    with gradlab.watch(model, every=1, steps=4, out=tmp_path, name="late") as probe:
+        for step in range(4):
+            model.late = step >= 2
+            loss = model(x).pow(2).mean()
+            model.zero_grad()
+            loss.backward()
+            probe.after_backward(step, loss=loss)
+            probe.after_step(step)
+    rows = read_csv(probe.path / "layers.csv")[1]
+    at = {(int(r["step"]), r["name"]): r["grad_norm"] for r in rows}
+    assert at[(0, "extra")] == "" and at[(3, "extra")] != ""  # the premise
+    summary = json.loads((probe.path / "summary.json").read_text())
+    for key, step in (("grad_ratio_init", 0), ("grad_ratio_final", 3)):
+        expected = float(at[(step, "fc1")]) / float(at[(step, "head")])
+        assert summary[key] == pytest.approx(expected, rel=1e-12), key
+    ratios = summary["over_run"]["grad_ratio"]
+    assert ratios["max"] == pytest.approx(max(float(at[(s, "fc1")]) / float(at[(s, "head")])
+                                              for s in range(4)), rel=1e-12)

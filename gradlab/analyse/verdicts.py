@@ -118,13 +118,16 @@ def gradient_reach(summary: dict[str, Any], join: str) -> str:
             if (x.get("init") or {}).get("grad_norm") is None
             and (x.get("final") or {}).get("grad_norm") is None]
     end = _num(summary.get("grad_ratio_final"))
-    if end is not None:
+    graded = len(layers) - len(none)
+    if end is not None and VANISHING_RATIO <= end <= EXPLODING_RATIO:
         said = f"{join}gradients reach {'every other' if none else 'every'} layer within a few " \
                "orders of magnitude"
+    elif end is not None:
+        said = f"{join}the first layer's gradient is {_fmt(end)} × the last layer's at the end"
+    elif graded == 1:
+        said = f"{join}a single probed layer with a gradient: no first/last ratio"
     else:
-        graded = len(layers) - len(none)
         said = f"{join}the gradient ratio first/last layer was not measured" + (
-            " (one probed layer with a gradient)" if graded == 1 else
             " (no probed layer with a gradient)" if graded == 0 else "")
     if none:
         said += (f"; {', '.join(none[:4])}{' …' if len(none) > 4 else ''} got no gradient "

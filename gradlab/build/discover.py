@@ -161,16 +161,20 @@ def discover(model: nn.Module, layers: Sequence[nn.Module | str | ProbedLayer] |
 
 
 def unwatched(model: nn.Module, found: Sequence[Found]) -> dict[str, int]:
-    """The trainable matrices and kernels (parameters of 2 or more dimensions) of `model` that
-    none of `found` watches, counted by the type of the module holding them: what discovery
-    passed over (a layer written from raw parameters) or `layers=` left out."""
+    """The trainable `weight` matrices and kernels (2 or more dimensions) of `model`'s modules
+    that none of `found` watches, counted by module type: the layers discovery passed over (a
+    layer written from raw parameters), which `layers=[...]` can watch. Other parameters (a
+    position embedding, attention's bias_k) are no layer's weight and are not counted."""
     watched = {id(f.layer.weight) for f in found}
     counts: dict[str, int] = {}
     for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if p.requires_grad and p.dim() >= 2 and id(p) not in watched:
-                kind = type(module).__name__
-                counts[kind] = counts.get(kind, 0) + 1
+        if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
+            continue  # kinds discovery knows: their weights are watched row by row
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.requires_grad and weight.dim() >= 2 \
+                and id(weight) not in watched:
+            kind = type(module).__name__
+            counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

@@ -83,8 +83,8 @@ def read_record(path: Path, most: int | None = MOST_ROWS) -> Record:
         raise FileNotFoundError(f"{path}: not a gradlab run directory")
     key = (path.resolve(), most, _file_stamps(path))
     if _last_read and _last_read[0] == key:  # the report, then its figures: one read
-        record = _last_read[1]
-        return replace(record, summary=copy.deepcopy(record.summary),
+        record = _last_read[1]  # under the path asked for (a link and its target read alike)
+        return replace(record, path=path, summary=copy.deepcopy(record.summary),
                        config=copy.deepcopy(record.config), metrics=list(record.metrics),
                        layers=list(record.layers), time_grads=list(record.time_grads))
     record = Record(path, read_summary(path), read_config(path),

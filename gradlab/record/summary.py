@@ -23,6 +23,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
     loop's) and first_nonfinite.
     """
     first, last = edge_steps(path / "layers.csv")
+    ends = ratio_layers(first, last)
     initial, final = outcome.get("initial") or {}, outcome.get("final") or {}
     steps_done, seconds = outcome.get("steps_done", 0), outcome.get("seconds", 0.0)
     clipped = outcome.get("clipped_steps", 0)
@@ -39,10 +40,10 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
         "loss_ratio": _ratio(final.get("train_loss"), initial.get("train_loss")),
         "final_metrics": final,
         "generalisation_gap": _gap(final),
-        "grad_ratio_init": _grad_ratio(first),
-        "grad_ratio_final": _grad_ratio(last),
-        "delta_ratio_init": _grad_ratio(first, "delta_norm"),
-        "delta_ratio_final": _grad_ratio(last, "delta_norm"),
+        "grad_ratio_init": _grad_ratio(first, ends=ends),
+        "grad_ratio_final": _grad_ratio(last, ends=ends),
+        "delta_ratio_init": _grad_ratio(first, "delta_norm", ends),
+        "delta_ratio_final": _grad_ratio(last, "delta_norm", ends),
         "grad_norm_min_init": _min(first, "grad_norm"),
         "grad_norm_min_final": _min(last, "grad_norm"),
         "weight_norm_init": _total(first, "weight_norm"),
@@ -62,7 +63,7 @@ def build_summary(path: Path, base: dict[str, Any], outcome: dict[str, Any],
             for i, row in enumerate(first)
         ],
     }
-    summary["over_run"] = over_run(path)
+    summary["over_run"] = over_run(path, ends)
     summary["precision"] = precision_summary(path, outcome.get("precision"), shapes, first, last)
     time_first, time_last = edge_steps(path / "time_grads.csv")
     if time_first:  # recurrent models: gradients through time
@@ -106,11 +107,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _grad_ratio(rows: list[dict[str, Any]], key: str = "grad_norm") -> float | None:
+def ratio_layers(first: list[dict[str, Any]], last: list[dict[str, Any]]) -> set[str]:
+    """The layers a first/last ratio may end at, the same at every step: those with a gradient
+    at the first and the last logged step. A layer with none (it took no part in the loss:
+    never called, or frozen) is no end of the net; nor is one that joins or leaves later."""
+    def graded(rows: list[dict[str, Any]]) -> set[str]:
+        return {str(r.get("name")) for r in rows if r.get("grad_norm") is not None}
+
+    return graded(first) & graded(last) if first and last else graded(first or last)
+
+
+def _grad_ratio(rows: list[dict[str, Any]], key: str = "grad_norm",
+                ends: set[str] | None = None) -> float | None:
     """A norm of the first probed layer over that of the last (None where either is not
-    measured); NaN or Inf where a measured one is. A layer with no gradient at all (it took no
-    part in the loss: its grad_norm is not measured) is no end of the net."""
-    rows = [r for r in rows if r.get("grad_norm") is not None]
+    measured); NaN or Inf where a measured one is. With `ends` (`ratio_layers`), the first and
+    last of those layers, at every step alike."""
+    if ends is not None:
+        rows = [r for r in rows if str(r.get("name")) in ends]
     if len(rows) < 2:
         return None
     a, b = rows[0].get(key), rows[-1].get(key)
@@ -138,7 +151,7 @@ def _total(rows: list[dict[str, Any]], key: str) -> float | None:
     return math.sqrt(sum(v * v for v in values)) if values else None
 
 
-def over_run(path: Path) -> dict[str, Any]:
+def over_run(path: Path, ends: set[str] | None = None) -> dict[str, Any]:
     """The worst of every logged training step, read streaming: for each first/last ratio
     (weight gradients, the backward signal δ, the activations' std from the first hidden layer
     to the last) its smallest and largest value and where; the largest layer gradient norm and
@@ -150,8 +163,8 @@ def over_run(path: Path) -> dict[str, Any]:
         if not rows:
             return
         step = rows[0]["step"]
-        _extreme(out, "grad_ratio", _grad_ratio(rows), step)
-        _extreme(out, "delta_ratio", _grad_ratio(rows, "delta_norm"), step)
+        _extreme(out, "grad_ratio", _grad_ratio(rows, ends=ends), step)
+        _extreme(out, "delta_ratio", _grad_ratio(rows, "delta_norm", ends), step)
         stds = [r.get("act_std") for r in rows]
         stds = [v for v in stds if isinstance(v, (int, float))]
         if len(stds) >= 2 and stds[0] and math.isfinite(stds[0]):

@@ -65,8 +65,8 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
             Column("ratio\ninit", [short(r["grad_ratio_init"]) for r in rows]),
             Column("ratio\nend", [short(r["grad_ratio_final"]) for r in rows]),
             Column("min\n|grad|", [short(r["weakest_grad"]) for r in rows]),
-            Column("verdict", [Text(r["verdict"] or "–") for r in rows] if status else merged,
-                   "left"),
+            Column("verdict", [Text((r["verdict"] or "–").replace(", ", "\n")) for r in rows]
+                   if status else merged, "left"),
             Column("steps\n/s", [_rate(r["steps_per_second"]) for r in rows],
                    drop=1 if rate_drops else 0),
         ]
@@ -88,7 +88,8 @@ def _comparison(rows: list[dict[str, Any]], show_claims: bool, width: int) -> Re
                       "≈ where that interval overlaps its paired partner's (or, outside a "
                       "pair, another variant's of the same task)")
     if "status" not in shown:
-        legend.append("verdict: the run's first verdict, or its status if it did not complete")
+        legend.append("verdict: the run's first verdict (a group's: each seed's, with how many "
+                      "seeds have it where they differ), or its status if it did not complete")
     if show_claims:
         legend.append("claims: whether the config's expect: block held")
     # the legend sits below the table rather than in its caption, which wraps at the table's width
@@ -147,7 +148,7 @@ def _spread(value: float | None, half: float | None, overlaps: bool = False) -> 
 def _outcome(row: dict[str, Any]) -> Text:
     """The verdict of a completed run; the status (in its colour) of any other, with its
     verdict below when that says something else."""
-    status, verdict = row["status"], row["verdict"] or ""
+    status, verdict = row["status"], (row["verdict"] or "").replace(", ", "\n")
     if status == "completed":
         return Text(verdict or "–")
     text = Text(status, status_style(status))
