@@ -124,7 +124,8 @@ def watch(model: nn.Module, *, every: int = 10, out: str | os.PathLike[str] = "r
           start: int = 0, on_nonfinite: str = "raise", activations: bool = True,
           task: str | None = None, baseline_loss: float | None = None,
           baseline_accuracy: float | None = None,
-          scaler: torch.amp.GradScaler | None = None, precision: str = "fp32") -> Watch:
+          scaler: torch.amp.GradScaler | None = None, precision: str = "fp32",
+          clip: dict[str, Any] | None = None) -> Watch:
     """Watch `model`'s layers and write a run record under `out/name/<stamp>/`.
 
     every: log per-layer statistics every `every` steps (and on the last, when `steps` is
@@ -146,11 +147,17 @@ def watch(model: nn.Module, *, every: int = 10, out: str | os.PathLike[str] = "r
         dtype: the rows then hold headroom against its limits (`z_absmax`, `overflow`,
         `grad_tiny`; `grad_underflow` needs a float32 backward of the same batch and is not
         measured here) and summary.json `precision`, which the precision verdict reads.
+    clip: how the loop clips its gradients, which gradlab does not see: `{"max_norm": 1.0}`
+        (clip_grad_norm_; or `{"max_value": 0.5}`, clip_grad_value_) and `"seen": "before"`
+        (after_backward is called before clipping: the default) or `"after"`. Written to
+        config.yaml `train.clip`; seen before clipping by norm, the steps it fires on are
+        counted (summary `clip_fraction`); seen after, the report says the norms are capped.
     """
     return Watch(model, every=every, out=out, name=name, layers=layers, steps=steps,
                  optimizer=optimizer, start=start, on_nonfinite=on_nonfinite,
                  activations=activations, task=task, baseline_loss=baseline_loss,
-                 baseline_accuracy=baseline_accuracy, scaler=scaler, precision=precision)
+                 baseline_accuracy=baseline_accuracy, scaler=scaler, precision=precision,
+                 clip=clip)
 
 
 class Watch:
@@ -164,8 +171,11 @@ class Watch:
                  start: int = 0, on_nonfinite: str = "raise", activations: bool = True,
                  task: str | None = None, baseline_loss: float | None = None,
                  baseline_accuracy: float | None = None,
-                 scaler: torch.amp.GradScaler | None = None, precision: str = "fp32"):
+                 scaler: torch.amp.GradScaler | None = None, precision: str = "fp32",
+                 clip: dict[str, Any] | None = None):
         _check_options(every, steps, start, on_nonfinite, task)
+        self._clip = _check_clip(clip)
+        self._clipped = 0  # steps the loop's clipping fired on, where that can be seen
         if precision not in ("fp32", "bf16", "fp16"):
             raise WatchError(f"precision={precision!r}: expected 'fp32', 'bf16' or 'fp16' (the "
                              "dtype the loop's torch.autocast runs in)")
@@ -219,6 +229,8 @@ class Watch:
             else None
         self.config = _describe_model(self.name, model, found, every, activations, optimizer,
                                       through_time)
+        if self._clip is not None:
+            self.config["train"]["clip"] = dict(self._clip)
         device = next(model.parameters()).device
         self._base: dict[str, Any] = {
             "name": self.name, "pid": os.getpid(), "device": device.type,
@@ -271,6 +283,12 @@ class Watch:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def _counts_clipping(self) -> bool:
+        """Whether the steps the loop clips can be counted: by norm, seen before it."""
+        return self._clip is not None and self._clip["by"] == "norm" \
+            and self._clip["seen"] == "before"
+
     def after_backward(self, step: int, loss: torch.Tensor | float | None = None) -> None:
         """Call after `loss.backward()` and before `optimizer.step()`: reads the gradients,
         checks the loss and the gradient norm for NaN/Inf (one sync)."""
@@ -312,6 +330,8 @@ class Watch:
             self._probe.unscale(scale)
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None else None
         self._last = {"step": step, "loss": loss_v, "lr": lr, "grad_norm": norm_v}
+        if self._counts_clipping and math.isfinite(norm_v):
+            self._clipped += norm_v > self._clip["max_norm"]  # type: ignore[index]
         if loss_v is not None:
             if self._first_loss is None:
                 self._first_loss = loss_v
@@ -522,8 +542,10 @@ class Watch:
             outcome = {"status": status, "error": error, "steps_done": self._steps_done,
                        "seconds": self._seconds or time.perf_counter() - self._started,
                        "initial": self._initial_metrics(), "final": self._final_metrics(status),
-                       # the loop's own clipping (or a framework's) is not seen: not measured
-                       "clipped_steps": None, "clip": False,
+                       # the loop's own clipping (or a framework's) is seen only where it is
+                       # by norm and the gradients are measured before it: else not measured
+                       "clipped_steps": self._clipped if self._counts_clipping else None,
+                       "clip": self._counts_clipping,
                        "first_nonfinite": self.first_nonfinite}
             base = {**self._base, "steps_planned": self.steps or self._steps_done}
             if self.scaler is not None:
@@ -577,6 +599,31 @@ class Watch:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _check_clip(clip: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`clip=` checked: one of max_norm / max_value (a positive number), `seen` before or after
+    (before by default), nothing else."""
+    if clip is None:
+        return None
+    if not isinstance(clip, dict):
+        raise WatchError(f"clip: expected a mapping such as {{'max_norm': 1.0}}, got "
+                         f"{type(clip).__name__}")
+    unknown = set(clip) - {"max_norm", "max_value", "seen"}
+    limits = [k for k in ("max_norm", "max_value") if k in clip]
+    if unknown or len(limits) != 1:
+        raise WatchError(f"clip: expected one of max_norm, max_value and optionally seen, got "
+                         f"{sorted(clip)}")
+    limit = clip[limits[0]]
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0 \
+            or not math.isfinite(limit):
+        raise WatchError(f"clip.{limits[0]}={limit!r}: expected a positive number")
+    seen = clip.get("seen", "before")
+    if seen not in ("before", "after"):
+        raise WatchError(f"clip.seen={seen!r}: expected 'before' (after_backward is called "
+                         "before the loop clips) or 'after'")
+    return {"by": "norm" if limits[0] == "max_norm" else "value", limits[0]: float(limit),
+            "seen": seen}
 
 
 def _check_options(every: int, steps: int | None, start: int, on_nonfinite: str,

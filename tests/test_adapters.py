@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from conftest import read_csv
 from torch import nn
 from torch.nn import functional as F
@@ -124,6 +125,7 @@ def pl() -> Any:
 
 def lightning_fit(pl: Any, tmp_path: Path, *, batch: int = 8, accumulate: int = 1,
                   fail_at: int | None = None, nan_at: int | None = None,
+                  clip_at: float | None = None,
                   **options: Any) -> tuple[Any, nn.Module]:
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -158,6 +160,7 @@ def lightning_fit(pl: Any, tmp_path: Path, *, batch: int = 8, accumulate: int = 
     loader = DataLoader(TensorDataset(*data()), batch_size=batch)
     callback = GradlabCallback(every=EVERY, out=tmp_path / "runs", name="pl", **options)
     trainer = pl.Trainer(max_steps=STEPS, accumulate_grad_batches=accumulate, accelerator="cpu",
+                         gradient_clip_val=clip_at,
                          devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=1, default_root_dir=tmp_path, callbacks=[callback])
@@ -326,3 +329,16 @@ def test_hugging_face_warns_that_clipped_gradients_are_recorded(
     callback.close()
     assert "max_grad_norm=1.0" in caplog.text
     assert callback.watch is not None and callback.watch.closed
+    # and the record says it: config.yaml's train.clip, seen after the Trainer clipped
+    config = yaml.safe_load((callback.watch.path / "config.yaml").read_text())
+    assert config["train"]["clip"] == {"by": "norm", "max_norm": 1.0, "seen": "after"}
+
+
+def test_lightning_counts_the_steps_its_clipping_fires_on(pl: Any, tmp_path: Path) -> None:
+    """Lightning clips after on_before_optimizer_step: the norms are seen before clipping, so
+    a clip far below them fires on every step, and the record counts it."""
+    callback, _ = lightning_fit(pl, tmp_path, clip_at=1e-4)
+    summary = callback.watch.summary
+    assert summary["clip"] == {"steps_clipped": STEPS, "steps": STEPS, "fraction": 1.0}
+    config = yaml.safe_load((callback.watch.path / "config.yaml").read_text())
+    assert config["train"]["clip"] == {"by": "norm", "max_norm": 1e-4, "seen": "before"}

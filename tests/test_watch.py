@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -743,3 +744,34 @@ def test_the_ratio_ends_at_the_same_layers_at_every_step(tmp_path: Path) -> None
     ratios = summary["over_run"]["grad_ratio"]
     assert ratios["max"] == pytest.approx(max(float(at[(s, "fc1")]) / float(at[(s, "head")])
                                               for s in range(4)), rel=1e-12)
+
+
+def test_the_loops_own_clipping_is_recorded_as_told_and_counted_where_seen(
+        tmp_path: Path) -> None:
+    def run(name: str, clip: dict[str, Any]) -> tuple[gradlab.Watch, dict[str, Any]]:
+        model = small()
+        with gradlab.watch(model, every=1, steps=4, out=tmp_path, name=name, clip=clip) as probe:
+            for step in range(4):
+                loss = backward(model)
+                probe.after_backward(step, loss=loss)  # before the loop clips
+                nn.utils.clip_grad_norm_(model.parameters(), clip.get("max_norm", 1.0))
+                probe.after_step(step)
+        return probe, json.loads((probe.path / "summary.json").read_text())
+
+    probe, before = run("before", {"max_norm": 0.05})
+    norms = [float(r["grad_norm"]) for r in read_csv(probe.path / "metrics.csv")[1]]
+    assert before["clip"]["steps_clipped"] == sum(n > 0.05 for n in norms) == 4
+    assert before["clip_fraction"] == 1.0
+    assert "clipping" in [v["kind"] for v in before["verdicts"]]
+    probe, after = run("after", {"max_norm": 0.05, "seen": "after"})
+    assert after["clip_fraction"] is None and after["clip"] is None  # capped: not countable
+    config = (probe.path / "config.yaml").read_text()
+    assert "clip:" in config and "seen: after" in config
+    report = CliRunner().invoke(app, ["report", str(probe.path), "--no-plots"],
+                                env={"COLUMNS": "80"})
+    assert "gradients recorded after the loop's clipping to norm 0.05" in report.stdout
+    for bad, words in (({"max_norm": -1}, "clip.max_norm=-1: expected a positive number"),
+                       ({"max_norm": 1, "max_value": 1}, "expected one of max_norm, max_value"),
+                       ({"max_norm": 1, "seen": "during"}, "clip.seen='during'")):
+        with pytest.raises(gradlab.WatchError, match=re.escape(words)):
+            gradlab.watch(small(), out=tmp_path, clip=bad)

@@ -60,11 +60,11 @@ class Driver:
         return self.watch is not None and not self.watch.closed
 
     def start(self, model: nn.Module, *, optimizer: Any, start: int, steps: int | None,
-              precision: str) -> Watch:
+              precision: str, clip: dict[str, Any] | None = None) -> Watch:
         self.close()  # a run before this one (fit called twice) is complete
         steps = steps if steps is not None and steps >= 1 else None
         self.watch = watch(model, optimizer=optimizer, start=start, steps=steps,
-                           precision=precision, **self.options)
+                           precision=precision, clip=clip, **self.options)
         self._model = model
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._next, self._done, self._pending, self.diverged = start, 0, False, None

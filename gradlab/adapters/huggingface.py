@@ -33,7 +33,9 @@ Ctrl-C as `interrupted`; without it such a record reads back as `incomplete`.
 The Trainer clips before `on_pre_optimizer_step` (`max_grad_norm`, 1.0 by default): the rows
 are then the clipped gradients the optimizer uses, every layer scaled by one factor when the
 total norm was over the limit (their ratios, the vanishing/exploding profile, are unchanged;
-the total is capped). `max_grad_norm=0` records the raw gradients; the callback warns once.
+the total is capped). With clipping on the callback warns once and the record says so
+(config.yaml `train.clip` with `seen: after`; a line of the report's header); `max_grad_norm=0`
+records the raw gradients.
 A model that computes no `loss` itself (`compute_loss_func`, label smoothing) records no loss.
 At the first NaN/Inf the record completes as `diverged` and `control.should_training_stop` is
 set. Refused with a `gradlab.WatchError`: several processes or GPUs and `fp16` (an overflowed
@@ -110,8 +112,10 @@ class GradlabCallback(Driven, transformers.TrainerCallback):
         steps = state.max_steps - start if state.max_steps and state.max_steps > 0 else None
         self._remove_hook()
         self._losses = []
+        clip = ({"max_norm": float(args.max_grad_norm), "seen": "after"}
+                if args.max_grad_norm and args.max_grad_norm > 0 else None)
         self._driver.start(model, optimizer=optimizer, start=start, steps=steps,
-                           precision="bf16" if args.bf16 else "fp32")
+                           precision="bf16" if args.bf16 else "fp32", clip=clip)
         self._hook = model.register_forward_hook(self._keep_loss)
 
     def on_step_begin(self, args: transformers.TrainingArguments, state: transformers.TrainerState,

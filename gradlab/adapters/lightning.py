@@ -95,8 +95,13 @@ class GradlabCallback(Driven, pl.Callback):
         planned = trainer.estimated_stepping_batches
         steps = int(planned) - trainer.global_step if math.isfinite(planned) else None
         self._loss = None
+        value = trainer.gradient_clip_val
+        clip = None  # Lightning clips after on_before_optimizer_step: the norms are seen before
+        if value is not None and float(value) > 0:
+            by = str(trainer.gradient_clip_algorithm or "norm")
+            clip = {"max_norm" if by == "norm" else "max_value": float(value), "seen": "before"}
         self._driver.start(model, optimizer=trainer.optimizers[0], start=trainer.global_step,
-                           steps=steps, precision=precision)
+                           steps=steps, precision=precision, clip=clip)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            loss: torch.Tensor) -> None:

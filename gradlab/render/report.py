@@ -91,6 +91,12 @@ def _header(record: Record, width: int) -> RenderableType:
     if s.get("overrides"):
         lines.append("made with " + " ".join(f"--set {o}" for o in s["overrides"]) + "\n",
                      style="dim")
+    clip = (record.config.get("train") or {}).get("clip") or {}
+    if clip.get("seen") == "after":  # a watched loop's clipping, as it told gradlab
+        limit = f"norm {num(clip.get('max_norm'))}" if clip.get("by") == "norm" else \
+            f"value {num(clip.get('max_value'))}"
+        lines.append(f"gradients recorded after the loop's clipping to {limit}: a larger one "
+                     "reads as capped\n", style="yellow")
     precision = precision_line(s.get("precision"))
     if precision:
         lines.append(_packed("", precision, inner, indent=2) + "\n")
