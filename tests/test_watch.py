@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import read_csv
@@ -775,3 +776,26 @@ def test_the_loops_own_clipping_is_recorded_as_told_and_counted_where_seen(
                        ({"max_norm": 1, "seen": "during"}, "clip.seen='during'")):
         with pytest.raises(gradlab.WatchError, match=re.escape(words)):
             gradlab.watch(small(), out=tmp_path, clip=bad)
+
+
+def test_a_model_mixing_activations_draws_each_layers_own_unit_fraction(tmp_path: Path) -> None:
+    """ReLU layers and a tanh layer: the tanh layer's saturation is drawn beside the ReLU
+    layers' dead units (it was in the verdict and nowhere in the figure)."""
+    from gradlab.record.reader import read_record
+    from gradlab.render.activation_figures import activations_figure
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                          nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    with gradlab.watch(model, every=1, steps=2, out=tmp_path, name="mixed") as probe:
+        for step in range(2):
+            loss = backward(model)
+            probe.after_backward(step, loss=loss)
+            probe.after_step(step)
+    figure = activations_figure(read_record(probe.path))
+    third = figure.axes[2]
+    labels = [line.get_label() for line in third.get_lines()]
+    assert "saturated, end (step 1)" in labels and "dead, end (step 1)" in labels
+    [saturated] = [line for line in third.get_lines() if line.get_label() == "saturated, end (step 1)"]
+    ys = saturated.get_ydata()
+    assert np.isnan(ys[:2]).all() and np.isfinite(ys[2])  # the tanh layer only

@@ -48,15 +48,20 @@ def activations_figure(record: Record) -> Figure:
     activation = str((record.config.get("model") or {}).get("activation") or "")
     key, label = _unit_stat(record, activation)
     _, _, frac, frac_present = layer_grid(record, key)
+    # a watched model mixing activations (ReLU convolutions, a tanh layer): the layers of the
+    # other kind have the other fraction, drawn beside this one
+    other_key, other_label = (("act_saturated", "saturated") if key == "act_dead"
+                              else ("act_dead", "dead"))
+    _, _, other, other_present = layer_grid(record, other_key)
     quantiles = [layer_grid(record, f"act_q{q}")[2] for q in ("05", "50", "95")]
     has_q = bool(np.isfinite(quantiles[0]).any())  # records from before the quantiles: std
     # an empty cell is "not measured" (the head, a layer skipped on a step); a logged NaN/Inf
     # (an overflowed forward pass) was measured
     distribution = present & std_present
-    measured = distribution | frac_present
+    measured = distribution | frac_present | other_present
     logged = [i for i in range(len(steps)) if measured[i].any()]
     slope = activation in MAX_SLOPE
-    third = slope or np.isfinite(frac[logged]).any()
+    third = slope or np.isfinite(frac[logged]).any() or np.isfinite(other[logged]).any()
     fig, grid = new_figure(14 if third else 10, 5.0, 1, 3 if third else 2, bottom=0.95,
                            top=0.85, wspace=0.3)
     axes = list(grid[0])
@@ -70,7 +75,8 @@ def activations_figure(record: Record) -> Figure:
             empty(a, "")
         return fig
     hidden = [c for c in range(len(names)) if measured[:, c].any()]  # not the head
-    mean, std, frac = mean[:, hidden], std[:, hidden], frac[:, hidden]
+    mean, std, frac, other = mean[:, hidden], std[:, hidden], frac[:, hidden], other[:, hidden]
+    mixed = not slope and bool(np.isfinite(other[logged]).any())
     distribution = distribution[:, hidden]
     quantiles = [q[:, hidden] for q in quantiles]
     names = [names[c] for c in hidden]
@@ -107,7 +113,11 @@ def activations_figure(record: Record) -> Figure:
         for i, when, color in ends[::-1]:  # init drawn last (dashed): visible where they agree
             y = _mean_slope(activation, mean[i], std[i]) if slope else frac[i]
             a.plot(x, y, color=color, marker="o", ms=3, lw=1.6,
-                   ls="--" if when == "init" else "-", label=f"{when} (step {steps[i]})")
+                   ls="--" if when == "init" else "-",
+                   label=f"{label + ', ' if mixed else ''}{when} (step {steps[i]})")
+            if mixed:
+                a.plot(x, other[i], color=color, marker="s", ms=5, lw=1.0, ls=":",
+                       label=f"{other_label}, {when} (step {steps[i]})")
             if slope and np.isfinite(y).all() and (y > 0).all():
                 products.append(f"{when}: {float(np.prod(y)):.1e}")
         if products:
@@ -128,11 +138,13 @@ def activations_figure(record: Record) -> Figure:
         else:
             a.set_ylim(-0.02, 1.02)
             a.yaxis.set_major_formatter(PercentFormatter(1.0))
-            a.set_ylabel(f"{label} units")
+            a.set_ylabel(f"{label} units" + (f" ({other_label} where it applies)"
+                                              if mixed else ""))
             heading(a, f"{label} fraction" + (" (|output| near the asymptotes)"
                                                if label == "saturated" else
-                                               " (units off for the whole batch)"),
-                        fontsize="medium")
+                                               " (units off for the whole batch)")
+                    + (f"\n{other_label}: layers of the other activation kind"
+                       if mixed else ""), fontsize="medium")
         a.legend(fontsize="small", loc="best")
     for a in axes:
         layer_ticks(a, names)
