@@ -555,7 +555,8 @@ class Watch:
                 outcome["precision"] = self._precision()
             shapes = [list(self._found[i].layer.shape) for i in self._row_order()]
             summary = build_summary(self.path, base, outcome, shapes)
-            summary["verdicts"] = custom_remedies(diagnose(summary, self.config), summary)
+            summary["verdicts"] = custom_remedies(diagnose(summary, self.config), summary,
+                                                  self._clip)
             self._writer.write_summary(summary)
             self.summary = summary
         self._writer.check()
@@ -742,9 +743,11 @@ def _callers_level() -> int:
     return level
 
 
-def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any],
+                    clip: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The verdicts with remedies for a user's own model: `--set` fixes name gradlab config
-    keys, which a watched model does not have."""
+    keys, which a watched model does not have. Where the loop clips already (`clip`, as
+    watch() was told), "clip the gradient" becomes a lower limit than its own."""
     out = []
     for given in verdicts:
         v = {**given, "fixes": []}
@@ -758,6 +761,11 @@ def custom_remedies(verdicts: list[dict[str, Any]], summary: dict[str, Any]) -> 
             settings = {describe_fix(f) for f in given["fixes"]}
             v["remedies"] = list(REMEDIES.get(v["kind"])
                                  or [r for r in v["remedies"] if r not in settings])
+        if clip is not None:
+            limit = f"{clip['by']} {clip.get('max_norm', clip.get('max_value')):g}"
+            v["remedies"] = [f"the loop clips already ({limit}): clip lower, or lower the "
+                             "learning rate" if r.startswith("clip the gradient") else r
+                             for r in v["remedies"]]
         out.append(v)
     if not out and summary.get("status") == "completed" and summary.get("layers"):
         # not `ok`, which says the net learned: no baseline (or no evaluation), no judgement

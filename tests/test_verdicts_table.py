@@ -291,3 +291,17 @@ def test_a_watched_model_keeps_its_remedies_in_words(summ: dict[str, Any],
         for remedy in worded["remedies"]:
             assert not re.search(r"--set|\b(data|model|train|pretrain|probe)\.\w+=", remedy), \
                 (given["kind"], remedy)
+
+
+def test_a_watched_loop_that_clips_is_not_told_to_clip() -> None:
+    from gradlab.watch import custom_remedies
+
+    s = summary(ratio_init=0.5, ratio_final=0.5, over_run={
+        "grad_norm_max": {"value": 4.1e16, "step": 3, "layer": "fc1"}}, **NOT_LEARNING)
+    [exploding] = [v for v in custom_remedies(diagnose(s, RELU), s) if v["kind"] == "exploding"]
+    assert any(r.startswith("clip the gradient") for r in exploding["remedies"])  # the premise
+    told = custom_remedies(diagnose(s, RELU), s, {"by": "norm", "max_norm": 1.0, "seen": "after"})
+    [exploding] = [v for v in told if v["kind"] == "exploding"]
+    assert not any(r.startswith("clip the gradient") for r in exploding["remedies"])
+    assert "the loop clips already (norm 1): clip lower, or lower the learning rate" in \
+        exploding["remedies"]
