@@ -343,3 +343,27 @@ def test_a_remedy_can_be_paired_with_several_problems():
     assert versus_problems([{"partner": "a", "final_loss": {"less_by": 1}},
                             {"partner": "a", "final_loss": {"less_by": 1}}]) == [
         ("versus", "names a partner twice")]
+
+
+def test_one_seed_gives_no_interval_and_a_partial_field_says_over_how_many(tmp_path):
+    """A diverged seed has no final loss: the group's final_loss is the other seed's alone,
+    with no 95% interval (one value), and the report says 1/2; a norm that is 0 on a seed
+    has no geometric mean, and no t interval reaching below 0 around its arithmetic one."""
+    from rich.console import Console
+
+    from gradlab.render.group_report import group_report
+
+    one = field_stats([None, 2.3], "final_loss")
+    assert one["n"] == 1 and one["mean"] == 2.3 and one["ci95"] is None
+    zero = field_stats([0.0, 3.93e25], "grad_norm_min_final")
+    assert zero["mean"] == pytest.approx(1.965e25) and zero["ci95"] is None
+    assert zero["scale"] == "linear"
+    both = field_stats([2.0, 3.0], "final_loss")
+    assert both["n"] == 2 and both["ci95"] is not None
+    group = {"name": "g", "seeds": [0, 4], "status": "mixed",
+             "statuses": {"0": "diverged", "4": "completed"}, "verdicts": {},
+             "fields": {"final_loss": one, "steps_done": field_stats([3, 20], "steps_done")}}
+    console = Console(width=80, record=True)
+    console.print(group_report(tmp_path, group))
+    [line] = [x for x in console.export_text().splitlines() if x.startswith("final_loss")]
+    assert line.split()[:4] == ["final_loss", "1/2", "2.3", "–"]

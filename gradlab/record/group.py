@@ -109,21 +109,24 @@ def on_log_scale(key: str) -> bool:
 
 
 def field_stats(values: list[float | None], key: str = "") -> dict[str, Any]:
-    """Per-seed values (None where a seed lacks the field) and their mean, min, max, ci95;
-    `scale: log` when the mean and interval are geometric (`on_log_scale`)."""
+    """Per-seed values (None where a seed lacks the field) and their count `n`, mean, min,
+    max and ci95; `scale: log` when the mean and interval are geometric (`on_log_scale`). No
+    interval from one value (Student's t has no degree of freedom), nor for a field kept on
+    a log scale that a seed has at 0 or below (a norm of exactly 0): its mean is then the
+    arithmetic one, and a t interval around it would reach below 0."""
     present = [x for x in values if x is not None]
     stats: dict[str, Any] = {"values": values}
     if not present:
         return stats
-    stats.update(min=min(present), max=max(present))
+    stats.update(n=len(present), min=min(present), max=max(present))
     if on_log_scale(key) and all(x > 0 for x in present):
         logs = [math.log(x) for x in present]
         lo, hi = interval(logs)
-        stats.update(mean=math.exp(sum(logs) / len(logs)), ci95=[math.exp(lo), math.exp(hi)],
-                     scale="log")
+        stats.update(mean=math.exp(sum(logs) / len(logs)), ci95=[math.exp(lo), math.exp(hi)]
+                     if len(present) > 1 else None, scale="log")
     else:
-        stats.update(mean=sum(present) / len(present), ci95=list(interval(present)),
-                     scale="linear")
+        stats.update(mean=sum(present) / len(present), ci95=list(interval(present))
+                     if len(present) > 1 and not on_log_scale(key) else None, scale="linear")
     return stats
 
 

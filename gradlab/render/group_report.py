@@ -53,8 +53,12 @@ def group_report(path: Path, group: dict[str, Any], every: bool = False) -> Rend
     def name(k: str) -> str:
         return k + (" (geo)" if fields[k].get("scale") == "log" else "")
 
+    # a field some seeds lack (a diverged seed has no final loss) is over fewer seeds
+    partial = any(fields[k].get("n", len(seeds)) < len(seeds) for k in keys)
     columns = [
         Column("field", [name(k) for k in keys], "left"),
+        *([Column("seeds", [f"{fields[k].get('n', 0)}/{len(seeds)}" for k in keys])]
+          if partial else []),
         Column("mean", [cell(fields[k].get("mean")) for k in keys]),
         Column("95% interval", [_interval(fields[k]) for k in keys]),
         Column("min", [cell(fields[k].get("min")) for k in keys], drop=1),
@@ -68,9 +72,10 @@ def group_report(path: Path, group: dict[str, Any], every: bool = False) -> Rend
     def build(width: int) -> RenderableType:
         table = fit_table(columns, width)
         assert table is not None
-        note = Text("95% interval: of the mean, Student's t over the seeds; (geo): geometric "
-                    "mean and interval, on a log scale\n"
-                    f"each seed's report: gradlab report {path}/seed-N", style="dim")
+        note = Text("95% interval: of the mean, Student's t over the seeds (– from one seed); "
+                    "(geo): geometric mean and interval, on a log scale"
+                    + ("; seeds: how many have the field" if partial else "") + "\n"
+                    f"each seed's report:\n  gradlab report {path}/seed-N", style="dim")
         return Group(head, table, note)
 
     return Fitted(build)
