@@ -206,7 +206,11 @@ def parse_seeds(text: str) -> list[int]:
         if not 1 <= values[0] <= MAX_SEEDS:
             raise _fail(f"--seeds {text}: a count is 1 to {MAX_SEEDS}")
         return list(range(values[0]))
-    if len(set(values)) != len(values) or len(values) > MAX_SEEDS:
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise _fail(f"--seeds {text}: seed {', '.join(map(str, twice))} given twice "
+                    "(each seed is one run)")
+    if len(values) > MAX_SEEDS:
         raise _fail(f"--seeds {text}: at most {MAX_SEEDS} distinct seeds")
     return values
 

@@ -327,3 +327,16 @@ def test_compare_shows_an_invalid_configs_problems_once_on_a_terminal(tmp_path: 
     piped = invoke(*args)  # piped: stderr keeps one line a problem beside the table
     assert piped.exit_code == 2
     assert f"{bad}: model.depth: must be ≥ 0, got -3" in piped.stderr.splitlines()
+
+
+def test_a_boolean_is_no_number_and_a_seed_given_twice_is_named(write_yaml) -> None:
+    """`depth: true` once validated and trained a depth-1 net; `--seeds 0,0` was said to be
+    over the limit of seeds."""
+    path = write_yaml(tiny(model={"depth": True, "width": 8}, train={"steps": True}), "b.yaml")
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert f"{path}: model.depth: must be a whole number, got 'true'" in result.stderr
+    assert f"{path}: train.steps: must be a whole number, got 'true'" in result.stderr
+    fine = write_yaml(tiny(), "fine.yaml")
+    twice = invoke("run", fine, "--seeds", "0,0")
+    assert twice.exit_code == 2 and "--seeds 0,0: seed 0 given twice" in twice.stderr

@@ -7,6 +7,7 @@ Each kind of choice (activation, init, optimiser, ...) is one `Literal` here; th
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -86,6 +87,23 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 class _Section(BaseModel):
     # every number finite: `lr: .inf` or `noise: .nan` is refused, not trained
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML's `true` is no number (`depth: true` would train a depth-1 net): a boolean
+        given to a numeric field goes on as its YAML word, which that field then refuses
+        under its own key."""
+        if not isinstance(data, dict):
+            return data
+        return {k: str(v).lower() if isinstance(v, bool) and k in cls.model_fields
+                and _numeric(cls.model_fields[k].annotation) else v for k, v in data.items()}
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes numbers and not booleans (int, float, their optionals, tuples)."""
+    kinds = {annotation, *typing.get_args(annotation)}
+    return bool(kinds & {int, float}) and bool not in kinds
 
 
 def _shorthand(key: str) -> Any:
