@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -484,15 +485,24 @@ def _start_group(v: Variant, out: Path, reuse: bool,
 
 
 def _finish_group(v: Variant) -> None:
-    """group.json from the seeds' records on disk, and the claims checked over the seeds."""
+    """group.json from the seeds' records on disk, and the claims checked over the seeds. A
+    comparison stopped before some seeds started: those are `not run`, and no claim is
+    checked on them; a group none of whose seeds started is no group (its directory goes)."""
     assert v.config is not None and v.config.seeds and v.run_dir is not None
+    not_run = {m.seed for m in v.members if m.error == NOT_STARTED and m.seed is not None}
+    if not_run and len(not_run) == len(v.members):
+        shutil.rmtree(v.run_dir, ignore_errors=True)  # group.json of a group that never ran
+        v.group, v.error, v.run_dir = None, NOT_STARTED, None
+        return
     try:
-        v.group = group_summary(v.run_dir, v.config.name, v.config.seeds, str(v.path))
+        v.group = group_summary(v.run_dir, v.config.name, v.config.seeds, str(v.path),
+                                not_run=not_run)
         write_group(v.run_dir, v.group)
     except OSError as e:
         v.error, v.write_failed = f"{v.run_dir}: group.json cannot be written: {e}", True
     v.reused = all(m.reused for m in v.members)
-    v.expectations = check_seeds(v.config.expect, v.summaries())
+    v.expectations = check_seeds(v.config.expect, {
+        seed: s for seed, s in v.summaries().items() if seed not in not_run})
 
 
 def _check_pairs(variants: list[Variant]) -> None:

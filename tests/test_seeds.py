@@ -367,3 +367,27 @@ def test_one_seed_gives_no_interval_and_a_partial_field_says_over_how_many(tmp_p
     console.print(group_report(tmp_path, group))
     [line] = [x for x in console.export_text().splitlines() if x.startswith("final_loss")]
     assert line.split()[:4] == ["final_loss", "1/2", "2.3", "–"]
+
+
+def test_seeds_a_stopped_comparison_never_started_are_not_run_not_failed_claims(tmp_path):
+    from gradlab.compare import NOT_STARTED, Variant, _finish_group
+    from gradlab.record.reader import read_record
+
+    d = tmp_path / "c"
+    d.mkdir()
+    path = write(d, "g", expect={"status": "completed"})
+    [done] = compare([path], tmp_path / "runs", overrides=["seeds=[0]"], plots=False)
+    cfg = load_config(path, ["seeds=[0, 1]"])
+    ran = Variant(path, config=cfg, seed=0, record=read_record(done.run_dir / "seed-0"))
+    queued = Variant(path, config=cfg, seed=1, error=NOT_STARTED)
+    partial = Variant(path, config=cfg, members=[ran, queued], run_dir=done.run_dir)
+    _finish_group(partial)
+    assert partial.group["statuses"] == {"0": "completed", "1": "not run"}
+    assert partial.expectations and all(e.ok for e in partial.expectations)  # seed 0's only
+    # none of it started: no group record of nothing, no claim, status `not run`
+    (tmp_path / "empty").mkdir()
+    never = Variant(path, config=cfg, run_dir=tmp_path / "empty", members=[
+        Variant(path, config=cfg, seed=s, error=NOT_STARTED) for s in (0, 1)])
+    _finish_group(never)
+    assert never.status == "not run" and never.expectations == []
+    assert not (tmp_path / "empty").exists() and never.run_dir is None

@@ -141,8 +141,10 @@ def group_status(statuses: list[str]) -> str:
 
 
 def group_summary(group_dir: Path, name: str, seeds: list[int], config: str = "",
-                  final: bool = True) -> dict[str, Any]:
-    """group.json's content, read from the seeds' records under `group_dir` (seed-N)."""
+                  final: bool = True, not_run: set[int] | frozenset[int] = frozenset()
+                  ) -> dict[str, Any]:
+    """group.json's content, read from the seeds' records under `group_dir` (seed-N);
+    `not_run`: seeds a stopped comparison never started."""
     summaries: dict[int, dict[str, Any] | None] = {}
     for seed in seeds:
         run_dir = Path(group_dir) / seed_stem(seed)
@@ -150,7 +152,8 @@ def group_summary(group_dir: Path, name: str, seeds: list[int], config: str = ""
             summaries[seed] = read_summary(run_dir) if run_dir.is_dir() else None
         except CorruptRecord:
             summaries[seed] = None
-    statuses = {seed: (s or {}).get("status") or ("missing" if final else "running")
+    statuses = {seed: (s or {}).get("status") or ("not run" if seed in not_run else
+                                                   "missing" if final else "running")
                 for seed, s in summaries.items()}
     per_seed = {seed: numeric_fields(s or {}) for seed, s in summaries.items()}
     keys = sorted({k for fields in per_seed.values() for k in fields})
