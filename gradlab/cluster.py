@@ -12,13 +12,15 @@ SIGTERM: their records say `interrupted`); what they wrote is collected as usual
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +202,22 @@ def _absolute(task: tuple[Any, ...]) -> tuple[Any, ...]:
     return (os.path.abspath(path), overrides, os.path.abspath(out), threads, plots, place)
 
 
+@contextlib.contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """While submitit starts its processes: SIGINT ignored, which they inherit. Ctrl-C goes to
+    the terminal's whole process group, and submitit's local job controller would print its
+    KeyboardInterrupt tracebacks over the report; the jobs themselves take SIGINT as a stop
+    request again (`run_array_task`), and compare cancels what is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_jobs(cluster: Cluster, todo: list[Any], jobs: int, out: Path, plots: bool,
               on_done: Callable[[Any], None] | None) -> bool:
     from gradlab import compare
@@ -211,7 +229,9 @@ def _run_jobs(cluster: Cluster, todo: list[Any], jobs: int, out: Path, plots: bo
     running: dict[Any, tuple[Any, float]] = {}  # job → (variant, submitted at)
     if cluster.backend == "slurm":  # one array; Slurm keeps to its parallelism
         submitted = time.time()
-        for v, job in zip(todo, ex.map_array(run_array_task, [tasks[id(v)] for v in todo])):
+        with _children_ignore_ctrl_c():
+            array = ex.map_array(run_array_task, [tasks[id(v)] for v in todo])
+        for v, job in zip(todo, array):
             running[job] = (v, submitted)
         queue.clear()
     limit = cluster.parallelism or jobs
@@ -246,7 +266,9 @@ def _run_jobs(cluster: Cluster, todo: list[Any], jobs: int, out: Path, plots: bo
                     deadline = time.monotonic()
             while queue and len(running) < limit:
                 v = queue.popleft()
-                running[ex.submit(run_array_task, tasks[id(v)])] = (v, time.time())
+                with _children_ignore_ctrl_c():
+                    job = ex.submit(run_array_task, tasks[id(v)])
+                running[job] = (v, time.time())
             for job in [j for j in running if j.done()]:
                 collect(job)
             if deadline is not None and time.monotonic() >= deadline:

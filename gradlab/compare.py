@@ -508,11 +508,14 @@ def _finish_group(v: Variant) -> None:
 def _check_pairs(variants: list[Variant]) -> None:
     """Every `versus:` claim, seed by seed against its partner's runs."""
     named = {v.config.name: v for v in variants if v.config is not None}
+    # a partner a stopped comparison never started: nothing to hold a claim against
+    unstarted = {name for name, w in named.items() if w.status == "not run"}
     for v in variants:
-        if v.config is None or not versus_specs(v.config.expect):
+        if v.config is None or not versus_specs(v.config.expect) or v.status == "not run":
             continue
-        v.expectations += check_versus(v.config.expect, v.summaries(),
-                                       {name: w.summaries() for name, w in named.items()})
+        v.expectations += [e for e in check_versus(
+            v.config.expect, v.summaries(), {name: w.summaries() for name, w in named.items()})
+            if e.partner not in unstarted]
 
 
 def worker_threads(cores: int, jobs: int) -> int:
@@ -828,9 +831,10 @@ def comparison_rows(variants: list[Variant]) -> list[dict[str, Any]]:
             "test_metric_ci": _half_width(v, f"final_metrics.{test_key}"),
             "verdict_seeds": _verdict_agreement(v),
             "partner": _partner(v),
-            "paired": " ".join(
-                "held" if all(e.ok for e in v.expectations if e.partner == name) else "FAILED"
-                for name in _partner(v).split()),
+            "paired": " ".join(  # "–": not checked (a partner that never started)
+                ("held" if all(e.ok for e in mine) else "FAILED") if mine else "–"
+                for name in _partner(v).split()
+                for mine in [[e for e in v.expectations if e.partner == name]]),
         })
     _mark_overlaps(rows, variants)
     return rows

@@ -391,3 +391,21 @@ def test_seeds_a_stopped_comparison_never_started_are_not_run_not_failed_claims(
     _finish_group(never)
     assert never.status == "not run" and never.expectations == []
     assert not (tmp_path / "empty").exists() and never.run_dir is None
+
+
+def test_a_paired_claim_against_a_partner_that_never_started_is_not_checked(tmp_path):
+    """A stopped comparison: the remedy ran, its partner never started. The pair is neither
+    held nor FAILED ('–'), and no claim says 'against missing'."""
+    from gradlab.compare import NOT_STARTED, _check_pairs
+
+    d = tmp_path / "c"
+    d.mkdir()
+    write(d, "problem")
+    write(d, "remedy", expect={"versus": {"partner": "problem", "final_loss": {"less_by": 0}}})
+    remedy, problem = compare([d / "remedy.yaml", d / "problem.yaml"], tmp_path / "runs",
+                              plots=False, pairs=False)
+    problem.record, problem.error, problem.run_dir = None, NOT_STARTED, None
+    remedy.expectations = []
+    _check_pairs([remedy, problem])
+    assert problem.status == "not run" and remedy.expectations == []
+    assert comparison_rows([remedy, problem])[0]["paired"] == "–"
