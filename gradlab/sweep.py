@@ -61,6 +61,11 @@ class Axis:
     key: str  # a dotted config key
     spec: str  # as written: `10,20,40`, `0.05:0.3:8`, `log:1e-3:1e-1:5`, or a YAML list
     values: list[Any]
+    option: bool = True  # given as --grid (else by the spec's sweep.grid)
+
+    @property
+    def origin(self) -> str:
+        return "--grid" if self.option else "sweep.grid"
 
 
 def parse_values(key: str, text: str) -> list[Any]:
@@ -170,12 +175,12 @@ def _axis_from_spec(key: str, value: Any, source: str) -> Axis:
     where = f"sweep.grid.{key}"
     if isinstance(value, str):
         try:
-            return Axis(key, value, parse_values(key, value))
+            return Axis(key, value, parse_values(key, value), option=False)
         except ConfigError as e:
             raise ConfigError(source, [(where, msg) for _, msg in e.problems]) from None
     values = value if isinstance(value, list) else [value]
     try:
-        return Axis(key, json.dumps(values), _distinct(key, values))
+        return Axis(key, json.dumps(values), _distinct(key, values), option=False)
     except ConfigError as e:
         raise ConfigError(source, [(where, msg) for _, msg in e.problems]) from None
 
@@ -244,23 +249,37 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str] | None = None,
         given.add(axis.key)
         axes = [a for a in axes if a.key != axis.key] + [axis]  # --grid replaces the spec's
     if not axes:
-        raise ConfigError(GRID_SOURCE, [("", "nothing to sweep: give --grid KEY=VALUES (or a "
-                                             "sweep.grid section in the config)")])
+        raise ConfigError(GRID_SOURCE if grid or "grid" not in spec else source, [
+            ("", "nothing to sweep: give --grid KEY=VALUES (or a sweep.grid section in the "
+                 "config)")])
+    # a problem with a point is the option's when a --grid made the grid, else the file's
+    label = GRID_SOURCE if any(a.option for a in axes) else source
     refused = [(a.key, REFUSED_KEYS[a.key]) for a in axes if a.key in REFUSED_KEYS]
     if refused:
-        raise ConfigError(GRID_SOURCE, refused)
+        raise ConfigError(label, refused)
     if spec.get("seeds") is not None:
         raw["seeds"] = spec["seeds"]
+    swept = [o for o in overrides or [] if o.split("=", 1)[0].strip().startswith("sweep")]
+    if swept:  # the spec's sweep section is the grid's, not a config key
+        raise ConfigError(source, [("sweep", "the sweep section is set by sweep's options, "
+                                             "not --set: --grid, --seeds, --plot, --check")],
+                          [(o.split("=", 1)[0].strip(), f"--set {o}") for o in swept])
     apply_overrides(raw, overrides or [], source)
     raw.pop("expect", None)  # a base config's claims are about it, not about the points
-    base_cfg = config_from_dict(copy.deepcopy(raw), source)  # the base alone must be valid
+    try:
+        base_cfg = config_from_dict(copy.deepcopy(raw), source)  # the base alone must be valid
+    except ConfigError as e:  # the spec's seeds are its sweep.seeds
+        if spec.get("seeds") is None:
+            raise
+        raise ConfigError(e.source, [("sweep.seeds" if k == "seeds" else k, msg)
+                                     for k, msg in e.problems], e.origins) from None
     count = math.prod(len(a.values) for a in axes)
     if count > max_variants and not yes:
         runs = count * len(base_cfg.seeds or [0])
         raise ConfigError(GRID_SOURCE, [("", f"{count} variants ({runs} runs) is more than "
                                              f"--max-variants {max_variants}: pass --yes to run "
                                              "them all, or a smaller grid")])
-    _check_each_value(raw, axes, source)
+    _check_each_value(raw, axes, source, label)
     names = point_names(base_cfg.name, axes)
     points = []
     problems: list[tuple[str, str]] = []
@@ -276,7 +295,7 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str] | None = None,
                 break
         points.append(Point(name, values, patched))
     if problems:
-        raise ConfigError(GRID_SOURCE, problems)
+        raise ConfigError(label, problems)
     claims = check_claim_specs(spec.get("expect"), source)
     plot = spec.get("plot")
     keys = [a.key for a in axes]
@@ -293,7 +312,8 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str] | None = None,
                 base_cfg.seeds, claims, str(plot) if plot else None)
 
 
-def _check_each_value(raw: dict[str, Any], axes: list[Axis], source: str) -> None:
+def _check_each_value(raw: dict[str, Any], axes: list[Axis], source: str,
+                      label: str = GRID_SOURCE) -> None:
     """The first point, then each grid value in turn with the other keys at their first
     values: a problem is named by the key and the value that caused it, once."""
     name = str(raw.get("name"))
@@ -301,18 +321,19 @@ def _check_each_value(raw: dict[str, Any], axes: list[Axis], source: str) -> Non
     try:
         config_from_dict(patch(raw, first, name), source)
     except ConfigError as e:
-        raise ConfigError(GRID_SOURCE, [(p, f"{msg} (at the point {_where(first)})")
-                                        for p, msg in e.problems]) from None
+        raise ConfigError(label, [(p, f"{msg} (at the point {_where(first)})")
+                                  for p, msg in e.problems]) from None
     problems = []
     for axis in axes:
         for value in axis.values[1:]:
             try:
                 config_from_dict(patch(raw, {**first, axis.key: value}, name), source)
             except ConfigError as e:
-                problems += [(p or axis.key, f"{msg} (from --grid {axis.key}={_show(value)})")
+                problems += [(p or axis.key, f"{msg} (from {axis.origin} "
+                                             f"{axis.key}={_show(value)})")
                              for p, msg in e.problems]
     if problems:
-        raise ConfigError(GRID_SOURCE, problems[:MAX_PROBLEMS])
+        raise ConfigError(label, problems[:MAX_PROBLEMS])
 
 
 def _where(values: dict[str, Any]) -> str:

@@ -425,3 +425,26 @@ def test_a_field_that_is_no_column_is_refused_before_anything_runs(tmp_path):
     result = run_cli("sweep", str(write(tmp_path, spec, "s.yaml")), "--out", str(out))
     assert result.exit_code == 2 and "sweep.expect.0.where.depth_per_ξ" in result.output
     assert not out.exists()
+
+
+def test_a_specs_own_grid_and_seeds_are_blamed_on_the_file_not_on_options(tmp_path):
+    """No --grid was given: a bad sweep.grid key or value is the file's; sweep.seeds is named
+    as such; --set cannot reach the sweep section."""
+    spec = {**TINY, "sweep": {"grid": {"model.depht": [1, 2]}}}
+    typo = write(tmp_path, spec, "typo.yaml")
+    result = run_cli("validate", str(typo))
+    assert result.exit_code == 2
+    assert f"{typo}: model.depht: unknown key 'depht'" in result.output
+    assert "--grid" not in result.output.split("allowed:")[0]
+    negative = write(tmp_path, {**TINY, "sweep": {"grid": {"model.depth": [1, -2]}}}, "neg.yaml")
+    assert "(from sweep.grid model.depth=-2)" in run_cli("validate", str(negative)).output
+    seeds = write(tmp_path, {**TINY, "sweep": {"grid": {"model.depth": [1, 2]}, "seeds": 2}},
+                  "seeds.yaml")
+    assert f"{seeds}: sweep.seeds: a list of seeds" in run_cli("validate", str(seeds)).output
+    ok = write(tmp_path, {**TINY, "sweep": {"grid": {"model.depth": [1, 2]}}}, "ok.yaml")
+    told = run_cli("validate", str(ok), "--set", "sweep.seeds=3")
+    assert told.exit_code == 2 and "did you mean 'seed'" not in told.output
+    assert "the sweep section is set by sweep's options, not --set" in told.output
+    # a --grid still names the option
+    given = run_cli("sweep", str(ok), "--grid", "model.dpth=1,2", "--out", str(tmp_path / "r"))
+    assert given.exit_code == 2 and "--grid: model.dpth: unknown key" in given.output
