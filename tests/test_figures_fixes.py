@@ -436,3 +436,18 @@ def test_a_long_run_name_shrinks_the_title_to_fit_the_figure(runs, tmp_path: Pat
         for text in fig.texts:
             box = text.get_window_extent(canvas.get_renderer())
             assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (draw.__name__, text.get_text())
+
+
+def test_an_evaluation_row_between_the_logged_ones_makes_no_cliff_in_the_smoothed_loss():
+    """Rows every 20 steps and an evaluation's at 99, 199, …: a moving average over points
+    jumped by a whole point's worth between steps 99 and 100; over steps it follows the
+    trend (a straight line stays itself, away from the ends)."""
+    from gradlab.render.figures import smooth
+
+    steps = np.array(sorted(set(range(0, 1000, 20)) | {99, 199, 299, 399, 499, 599}), float)
+    loss = 1 - steps / 1000
+    smoothed = smooth(loss, 9, steps)
+    inner = (steps > 100) & (steps < 880)
+    assert np.abs(smoothed - loss)[inner].max() < 0.005
+    at = {s: v for s, v in zip(steps, smoothed)}
+    assert abs((at[299] - at[300]) - 0.001) < 0.001  # the line's own step, not a cliff

@@ -173,7 +173,7 @@ def relative_loss(record: Record) -> tuple[np.ndarray, np.ndarray, str]:
     finite = np.isfinite(loss)
     y = loss[finite] / base
     window = max(1, (y.size // 6) | 1)  # the trend: a minibatch loss is noisy
-    return steps[finite], smooth(y, window) if window > 1 else y, by
+    return steps[finite], smooth(y, window, steps[finite]) if window > 1 else y, by
 
 
 def comparison_loss_figure(records: list[Record]) -> Figure:

@@ -367,16 +367,28 @@ def top_of(values: np.ndarray, log: bool = True) -> float:
     return high * 10 if log and high > 0 else high + 0.1 * (abs(high) or 1.0)
 
 
-def smooth(y: np.ndarray, window: int) -> np.ndarray:
+def smooth(y: np.ndarray, window: int, x: np.ndarray | None = None) -> np.ndarray:
     """A centred moving average of `window` points (shorter at the ends): the trend of a noisy
-    minibatch loss. `y` must be finite."""
+    minibatch loss. `y` must be finite. With `x` (the steps, ascending) it is a triangular
+    kernel `window` typical spacings of `x` wide, in steps: a row logged between the regular
+    ones (an evaluation's, one step before the next log) then moves the curve by its own
+    weight, where an average over points jumped by a whole point's worth (a cliff at every
+    evaluation)."""
     if window <= 1 or y.size < 3:
         return y.astype(float)
-    half = window // 2
+    if x is not None and x.size == y.size and x.size > 1:
+        half = max(1.0, (window + 1) / 2 * float(np.median(np.diff(x))))
+        lo, hi = np.searchsorted(x, x - half, side="left"), np.searchsorted(x, x + half)
+        out = np.empty(y.size, dtype=float)
+        for i in range(y.size):
+            weights = 1 - np.abs(x[lo[i]:hi[i]] - x[i]) / half
+            out[i] = float(weights @ y[lo[i]:hi[i]]) / float(weights.sum())
+        return out
     cumulative = np.concatenate([[0.0], np.cumsum(y, dtype=float)])
-    lo = np.clip(np.arange(y.size) - half, 0, y.size)
-    hi = np.clip(np.arange(y.size) + half + 1, 0, y.size)
-    return (cumulative[hi] - cumulative[lo]) / (hi - lo)
+    half_n = window // 2
+    lo_n = np.clip(np.arange(y.size) - half_n, 0, y.size)
+    hi_n = np.clip(np.arange(y.size) + half_n + 1, 0, y.size)
+    return (cumulative[hi_n] - cumulative[lo_n]) / (hi_n - lo_n)
 
 
 def training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

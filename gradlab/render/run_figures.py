@@ -128,7 +128,7 @@ def loss_figure(record: Record) -> Figure:
     if y.size >= SMOOTH_FROM:
         window = min(51, max(3, (y.size // 3) | 1))
         ax.plot(x, y, color="C0", lw=1, alpha=0.35, label="train loss (minibatch), raw")
-        ax.plot(x, smooth(y, window), color="C0", lw=2.2,
+        ax.plot(x, smooth(y, window, x), color="C0", lw=2.2,
                 label=f"train loss, smoothed ({window} logged steps)")
     elif y.size:
         ax.plot(x, y, color="C0", lw=1.5, marker="o", ms=4, label="train loss (minibatch)")
