@@ -340,3 +340,12 @@ def test_a_boolean_is_no_number_and_a_seed_given_twice_is_named(write_yaml) -> N
     fine = write_yaml(tiny(), "fine.yaml")
     twice = invoke("run", fine, "--seeds", "0,0")
     assert twice.exit_code == 2 and "--seeds 0,0: seed 0 given twice" in twice.stderr
+
+
+def test_the_trains_conflicts_are_reported_together(write_yaml) -> None:
+    path = write_yaml(tiny(train={"steps": 10, "epochs": 2, "optimizer": "sgd",
+                                  "nesterov": True}), "c.yaml")
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert "set train.steps or train.epochs, not both" in result.stderr
+    assert "nesterov needs optimizer sgd with momentum > 0" in result.stderr

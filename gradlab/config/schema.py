@@ -317,11 +317,14 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        problems = []  # every one at once
         if self.steps is not None and self.epochs is not None:
-            raise ValueError(f"train.epochs: set train.steps or train.epochs, not both; got "
-                             f"steps {self.steps} and epochs {self.epochs}")
+            problems.append(f"train.epochs: set train.steps or train.epochs, not both; got "
+                            f"steps {self.steps} and epochs {self.epochs}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs optimizer sgd with momentum > 0")
+            problems.append("nesterov needs optimizer sgd with momentum > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
