@@ -349,3 +349,10 @@ def test_the_trains_conflicts_are_reported_together(write_yaml) -> None:
     assert result.exit_code == 2
     assert "set train.steps or train.epochs, not both" in result.stderr
     assert "nesterov needs optimizer sgd with momentum > 0" in result.stderr
+
+
+def test_a_pair_given_as_one_number_is_said_in_gradlabs_words(write_yaml) -> None:
+    path = write_yaml(tiny(train={"optimizer": "adam", "betas": 0.9}), "b.yaml")
+    result = invoke("validate", path)
+    assert result.exit_code == 2 and "Input should be" not in result.stderr
+    assert f"{path}: train.betas: must be a list ([a, b, ...]), got 0.9" in result.stderr

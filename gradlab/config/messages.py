@@ -120,6 +120,12 @@ def _message(err: Any, fields: list[str]) -> str:
         return f"must be a string, got {shown(given)}"
     if kind == "string_pattern_mismatch":
         return f"must be letters, digits, '_', '.' or '-' (at most 100), got {shown(given)}"
+    if kind in ("tuple_type", "list_type"):
+        return f"must be a list ([a, b, ...]), got {shown(given)}"
+    if kind in ("too_short", "too_long"):
+        return f"must be a list of {ctx.get('max_length', ctx.get('min_length'))} items, " \
+               f"got {shown(given)}" if "max_length" in ctx or "min_length" in ctx \
+            else str(err["msg"])
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"must be a mapping of keys, got {shown(given)}"
     if kind == "value_error":
