@@ -144,6 +144,9 @@ def parse_slurm(items: list[str]) -> dict[str, Any]:
                 problems.append((key, f"{value!r}: a whole number ≥ {0 if key == 'gpus' else 1}"))
             else:
                 fields["parallelism" if key == "array_parallelism" else key] = int(value)
+        elif key == "mem" and not re.fullmatch(r"\d+[KMGT]?", value, re.IGNORECASE):
+            problems.append((key, f"{value!r}: a size as sbatch --mem takes it: 4G, 4000M, "
+                                  "or megabytes (4000)"))
         elif key == "setup":
             setup.append(value)
         else:

@@ -57,6 +57,7 @@ def test_slurm_options_become_submitits_parameters():
     (["cpus=0"], ["cpus", "a whole number ≥ 1"]),
     (["time=soon"], ["time", "H:MM:SS"]),
     (["partition"], ["expected KEY=VALUE"]),
+    (["mem=lots"], ["mem", "'lots': a size as sbatch --mem takes it"]),
 ])
 def test_bad_slurm_options_name_the_key(items, words):
     with pytest.raises(ConfigError) as e:
