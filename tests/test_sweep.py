@@ -448,3 +448,21 @@ def test_a_specs_own_grid_and_seeds_are_blamed_on_the_file_not_on_options(tmp_pa
     # a --grid still names the option
     given = run_cli("sweep", str(ok), "--grid", "model.dpth=1,2", "--out", str(tmp_path / "r"))
     assert given.exit_code == 2 and "--grid: model.dpth: unknown key" in given.output
+
+
+def test_a_stopped_runs_cell_says_so():
+    """An interrupted point's value is from part of its run: the heatmap says 'stopped'."""
+    from gradlab.render.sweep_figures import _draw
+
+    sweep = {"name": "s", "grid": [{"key": "model.depth", "values": [2, 4]},
+                                   {"key": "train.lr", "values": [0.1, 0.2]}], "seeds": [0],
+             "points": [{"name": f"p{d}_{lr}", "values": {"model.depth": d, "train.lr": lr}}
+                        for d in (2, 4) for lr in (0.1, 0.2)]}
+    rows = [{"variant": p["name"], "seed": 0, "final_loss": 0.5,
+             "status": "interrupted" if p["name"] == "p2_0.1" else "completed"}
+            for p in sweep["points"]]
+    cells = heatmap_cells(sweep, rows, "final_loss")
+    assert cells.stopped == [[1, 0], [0, 0]]
+    ax = _draw(sweep, cells, None).axes[0]
+    assert [t.get_text() for t in ax.texts].count("0.50\nstopped") == 1
+    assert "stopped: a run cut short" in ax.get_title()

@@ -55,6 +55,7 @@ class Cells:
     diverged: list[list[int]]
     missing: list[list[int]]
     averaged_over: list[str]  # swept keys other than the two axes, averaged too
+    stopped: list[list[int]] | None = None  # runs interrupted (or killed) before their end
 
 
 def heatmap_axes(keys: list[str]) -> tuple[str, str | None]:
@@ -94,6 +95,7 @@ def heatmap_cells(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str,
     runs = [[0] * len(xs) for _ in ys]
     diverged = [[0] * len(xs) for _ in ys]
     missing = [[0] * len(xs) for _ in ys]
+    stopped = [[0] * len(xs) for _ in ys]
     for r in rows:
         values = point_of.get(str(r.get("variant")))
         if values is None:
@@ -104,6 +106,8 @@ def heatmap_cells(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str,
         x = r.get(field)
         if r.get("status") == "diverged":
             diverged[iy][ix] += 1
+        if r.get("status") in ("interrupted", "incomplete"):
+            stopped[iy][ix] += 1  # its value is from part of the run
         if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
             found[iy][ix].append(float(x))
         elif r.get("status") != "diverged":
@@ -112,7 +116,7 @@ def heatmap_cells(sweep: dict[str, Any], rows: list[dict[str, Any]], field: str,
     means: list[list[float | None]] = [
         [field_stats(list(v), field).get("mean") if v else None for v in row] for row in found]
     others = [k for k in keys if k not in (x_key, y_key)]
-    return Cells(field, x_key, y_key, xs, ys, means, runs, diverged, missing, others)
+    return Cells(field, x_key, y_key, xs, ys, means, runs, diverged, missing, others, stopped)
 
 
 def fields_of(rows: list[dict[str, Any]]) -> list[str]:
@@ -338,6 +342,8 @@ def _draw(sweep: dict[str, Any], cells: Cells, overlay: dict[str, Any] | None) -
     title = f"{sweep.get('name')}: {cells.field} ({over})"
     if any(d for row in cells.diverged for d in row):
         title += ";  × diverged (n: of that many seeds)"
+    if any(k for row in cells.stopped or [] for k in row):
+        title += ";  stopped: a run cut short"
     ax.set_title(title, fontsize=10, pad=30 if top_axis else 6)
     return fig
 
@@ -370,6 +376,9 @@ def _write_cells(ax: Any, cells: Cells, cx: list[float], cy: list[float], mesh: 
                 parts.append(_format(m))
             if d:
                 parts.append("×" if d == n else f"×{d}")
+            k = cells.stopped[iy][ix] if cells.stopped else 0
+            if k:
+                parts.append("stopped" if k == n else f"{k} stopped")
             if m is None and not d and n:
                 parts.append("no value")
             if parts:  # above the theory's lines, on a patch of the cell's own colour
