@@ -356,3 +356,20 @@ def test_a_pair_given_as_one_number_is_said_in_gradlabs_words(write_yaml) -> Non
     result = invoke("validate", path)
     assert result.exit_code == 2 and "Input should be" not in result.stderr
     assert f"{path}: train.betas: must be a list ([a, b, ...]), got 0.9" in result.stderr
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: d\ndata: {kind: teacher, n_samples: 64, n_features: 4}\n"
+                    "model:\n  depth: 3\nmodel:\n  width: 8\n  width: 9\n", encoding="utf-8")
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert f"{path}: model: given twice (lines 3 and 5): the second would silently replace " \
+           "the first" in result.stderr
+    assert f"{path}: model.width: given twice (lines 6 and 7)" in result.stderr
+    from gradlab.config.load import read_yaml
+
+    merged = tmp_path / "merge.yaml"  # merge keys and an alias used twice are no duplicates
+    merged.write_text("a: &b {x: 1}\nc: &e {y: 2}\nd:\n  <<: *b\n  <<: *e\nf: [*b, *b]\n",
+                      encoding="utf-8")
+    assert read_yaml(merged)["d"] == {"x": 1, "y": 2}

@@ -47,7 +47,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(source, [("", f"cannot read: {e}")]) from None
     try:
         _check_depth(text, source)
-        _check_shape(yaml.compose(text), source)
+        root = yaml.compose(text)
+        _check_shape(root, source)
+        _check_duplicates(root, source)
         raw = yaml.safe_load(text)  # safe: tags never construct Python objects
     except yaml.constructor.ConstructorError as e:
         raise ConfigError(source, [_tag_problem(text, e)]) from None
@@ -122,6 +124,39 @@ def _check_depth(text: str, source: str) -> None:
                 raise ConfigError(source, [("", f"nested more than {MAX_DEPTH} levels deep")])
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
+
+
+def _check_duplicates(root: yaml.Node | None, source: str) -> None:
+    """Refuse a key given twice in one mapping (two `model:` sections): YAML keeps the last
+    and the first would be dropped without a word. Every such key, at its dotted path."""
+    problems: list[tuple[str, str]] = []
+    seen_nodes: set[int] = set()
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if id(node) in seen_nodes:  # an alias: checked where it was defined
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+                path = f"{prefix}.{name}" if prefix and name is not None else name or prefix
+                if name is not None and name != "<<":  # a merge key may repeat
+                    if name in first:
+                        problems.append((path, f"given twice (lines {first[name]} and "
+                                               f"{key.start_mark.line + 1}): the second would "
+                                               "silently replace the first"))
+                    else:
+                        first[name] = key.start_mark.line + 1
+                walk(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{prefix}.{i}" if prefix else str(i))
+
+    if root is not None:
+        walk(root, "")
+    if problems:
+        raise ConfigError(source, problems)
 
 
 def _check_shape(root: yaml.Node | None, source: str) -> None:
