@@ -29,9 +29,9 @@ Without a fork server (Windows) the workers are spawned.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -53,6 +53,7 @@ from gradlab.record import stopping
 from gradlab.record.bounded import read_rows
 from gradlab.record.comparison import write_comparison
 from gradlab.record.group import (
+    GROUP_FILE,
     group_summary,
     is_group_dir,
     link_seed,
@@ -491,7 +492,10 @@ def _finish_group(v: Variant) -> None:
     assert v.config is not None and v.config.seeds and v.run_dir is not None
     not_run = {m.seed for m in v.members if m.error == NOT_STARTED and m.seed is not None}
     if not_run and len(not_run) == len(v.members):
-        shutil.rmtree(v.run_dir, ignore_errors=True)  # group.json of a group that never ran
+        # the group.json written at its start, and the directory if nothing else is in it
+        (v.run_dir / GROUP_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            v.run_dir.rmdir()
         v.group, v.error, v.run_dir = None, NOT_STARTED, None
         return
     try:

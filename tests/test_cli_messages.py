@@ -356,6 +356,9 @@ def test_a_pair_given_as_one_number_is_said_in_gradlabs_words(write_yaml) -> Non
     result = invoke("validate", path)
     assert result.exit_code == 2 and "Input should be" not in result.stderr
     assert f"{path}: train.betas: must be a list ([a, b, ...]), got 0.9" in result.stderr
+    three = write_yaml(tiny(train={"optimizer": "adam", "betas": [0.9, 0.99, 0.5]}), "c.yaml")
+    assert f"{three}: train.betas: must be a list of at most 2 items, got [0.9, 0.99, 0.5]" \
+        in invoke("validate", three).stderr
 
 
 def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path: Path) -> None:

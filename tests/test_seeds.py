@@ -391,6 +391,15 @@ def test_seeds_a_stopped_comparison_never_started_are_not_run_not_failed_claims(
     _finish_group(never)
     assert never.status == "not run" and never.expectations == []
     assert not (tmp_path / "empty").exists() and never.run_dir is None
+    # what else is in such a directory is never deleted: only the group.json of its start
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "group.json").write_text("{}")
+    (kept / "notes.txt").write_text("mine")
+    other = Variant(path, config=cfg, run_dir=kept, members=[
+        Variant(path, config=cfg, seed=s, error=NOT_STARTED) for s in (0, 1)])
+    _finish_group(other)
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
 
 
 def test_a_paired_claim_against_a_partner_that_never_started_is_not_checked(tmp_path):

@@ -122,10 +122,10 @@ def _message(err: Any, fields: list[str]) -> str:
         return f"must be letters, digits, '_', '.' or '-' (at most 100), got {shown(given)}"
     if kind in ("tuple_type", "list_type"):
         return f"must be a list ([a, b, ...]), got {shown(given)}"
-    if kind in ("too_short", "too_long"):
-        return f"must be a list of {ctx.get('max_length', ctx.get('min_length'))} items, " \
-               f"got {shown(given)}" if "max_length" in ctx or "min_length" in ctx \
-            else str(err["msg"])
+    if kind == "too_long" and "max_length" in ctx:
+        return f"must be a list of at most {ctx['max_length']} items, got {shown(given)}"
+    if kind == "too_short" and "min_length" in ctx:
+        return f"must be a list of at least {ctx['min_length']} items, got {shown(given)}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"must be a mapping of keys, got {shown(given)}"
     if kind == "value_error":
